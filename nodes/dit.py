@@ -1,0 +1,84 @@
+"""Nodes that load Wan diffusion transformers into a ``WAN_MODEL`` (one DiT, or a 2.2 high/low expert pair)."""
+from __future__ import annotations
+
+import logging
+
+from ..wan.dit.attention import BACKENDS
+from ..wan.dit.loader import load_dit
+from ..wan.experts import ExpertSet, load_moe
+from . import host
+
+log = logging.getLogger("wan_experts")
+
+CATEGORY = "Wan Experts/loaders"
+DTYPE_CHOICES = ["default", "bf16", "fp16", "fp32"]
+DTYPE_TOOLTIP = ("Compute precision. 'default' keeps the file's precision (bf16 for fp8 files, whose weights stay "
+                 "fp8 in memory and are upcast layer by layer).")
+ATTENTION_TOOLTIP = ("Attention kernel. 'sdpa' (PyTorch) always works; 'sage' and 'flash' need the sageattention / "
+                     "flash-attn package and a CUDA GPU.")
+
+
+def _model_list():
+    return (host.list_models("diffusion_models"),)
+
+
+class WanExpertsLoadDiT:
+    DISPLAY_NAME = "Load Wan DiT"
+    DESCRIPTION = ("Loads one Wan diffusion model (2.1 T2V/I2V/FLF2V, 2.2 TI2V-5B, or a single 2.2 A14B expert) from "
+                   "models/diffusion_models. The variant is detected from the weights.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("WAN_MODEL",)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The loaded diffusion model, for Wan Sampler.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model_name": _model_list() + ({"tooltip": "DiT file in models/diffusion_models (.safetensors, fp8 ok)."},),
+            "dtype": (DTYPE_CHOICES, {"default": "default", "tooltip": DTYPE_TOOLTIP}),
+            "role": (["auto", "single", "high", "low"], {"default": "auto", "tooltip": (
+                "For a Wan 2.2 A14B expert loaded alone: which noise range it serves. 'auto' reads a high_noise / "
+                "low_noise hint in the file name, else 'single'.")}),
+            "attention": (list(BACKENDS), {"default": "sdpa", "tooltip": ATTENTION_TOOLTIP}),
+        }}
+
+    def load(self, model_name, dtype="default", role="auto", attention="sdpa"):
+        path = host.model_path("diffusion_models", model_name)
+        model = load_dit(path, dtype=dtype, device=host.offload_device(), role=role, attention=attention)
+        return (ExpertSet(model),)
+
+
+class WanExpertsLoadMoE:
+    DISPLAY_NAME = "Load Wan 2.2 MoE (high + low noise)"
+    DESCRIPTION = ("Loads the two experts of a Wan 2.2 A14B model (T2V or I2V). Wan Sampler switches from the "
+                   "high-noise to the low-noise expert automatically at the boundary timestep.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("WAN_MODEL",)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("Both experts with their switch boundary, for Wan Sampler.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "high_noise_model": _model_list() + ({"tooltip": "The high-noise expert file (…high_noise….safetensors)."},),
+            "low_noise_model": _model_list() + ({"tooltip": "The low-noise expert file (…low_noise….safetensors)."},),
+            "dtype": (DTYPE_CHOICES, {"default": "default", "tooltip": DTYPE_TOOLTIP}),
+            "boundary": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 0.999, "step": 0.005, "tooltip": (
+                "Switch to the low-noise expert when timestep < boundary x 1000. 0 = auto: 0.875 for T2V, "
+                "0.900 for I2V (the official values).")}),
+            "attention": (list(BACKENDS), {"default": "sdpa", "tooltip": ATTENTION_TOOLTIP}),
+        }}
+
+    def load(self, high_noise_model, low_noise_model, dtype="default", boundary=0.0, attention="sdpa"):
+        high = host.model_path("diffusion_models", high_noise_model)
+        low = host.model_path("diffusion_models", low_noise_model)
+        experts = load_moe(high, low, dtype=dtype, device=host.offload_device(),
+                           boundary="auto" if boundary == 0 else boundary, attention=attention)
+        log.info("Wan MoE %s: boundary %.3f (%s)", experts.variant.id if experts.variant else "?", experts.boundary,
+                 "auto" if boundary == 0 else "set")
+        return (experts,)
+
+
+NODES = {"WanExpertsLoadDiT": WanExpertsLoadDiT, "WanExpertsLoadMoE": WanExpertsLoadMoE}

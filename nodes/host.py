@@ -1,0 +1,130 @@
+"""The only module that imports ComfyUI.
+
+Inside ComfyUI it forwards to ``folder_paths``, ``comfy.utils`` and ``comfy.model_management``. Without ComfyUI
+(tests, scripts) it falls back to plain folders: models under ``$WAN_EXPERTS_MODELS/<kind>/`` (default
+``./models``) and outputs under ``$WAN_EXPERTS_OUTPUT`` (default ``./output``).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("wan_experts")
+
+try:  # pragma: no cover - exercised only inside a ComfyUI process
+    import folder_paths  # type: ignore
+    import comfy.model_management as model_management  # type: ignore
+    import comfy.utils as comfy_utils  # type: ignore
+
+    IN_COMFY = True
+except ImportError:
+    folder_paths = model_management = comfy_utils = None
+    IN_COMFY = False
+
+MODEL_KINDS = ("diffusion_models", "text_encoders", "vae", "clip_vision", "loras")
+WEIGHT_SUFFIXES = (".safetensors", ".sft", ".pth", ".pt", ".bin", ".ckpt", ".safetensors.index.json")
+
+
+class MissingModelError(FileNotFoundError):
+    """A model file named in a graph is not where the host looks for it."""
+
+
+def models_root() -> Path:
+    return Path(os.environ.get("WAN_EXPERTS_MODELS", "models"))
+
+
+def model_folder(kind: str) -> Path:
+    """The folder a user should put files of ``kind`` into (first registered folder inside ComfyUI)."""
+    _check_kind(kind)
+    if IN_COMFY:
+        return Path(folder_paths.get_folder_paths(kind)[0])
+    return models_root() / kind
+
+
+def list_models(kind: str) -> list[str]:
+    """File names (relative to the kind's folders) offered in a node's file widget."""
+    _check_kind(kind)
+    if IN_COMFY:
+        return list(folder_paths.get_filename_list(kind))
+    root = model_folder(kind)
+    if not root.is_dir():
+        return []
+    names = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and _is_weight_file(p)]
+    return sorted(names)
+
+
+def model_path(kind: str, name: str) -> str:
+    """Full path of a model file picked in a widget; a clear error naming the folder when it is missing."""
+    _check_kind(kind)
+    if not name:
+        raise MissingModelError(f"No {kind} file was selected. Put one in '{model_folder(kind)}' and pick it.")
+    if IN_COMFY:
+        path = folder_paths.get_full_path(kind, name)
+    else:
+        candidate = model_folder(kind) / name
+        path = str(candidate) if candidate.exists() else None
+    if path is None:
+        raise MissingModelError(
+            f"Model file '{name}' was not found in the {kind} folder. Download it and put it in "
+            f"'{model_folder(kind)}' (README, 'Model files'), then refresh the node."
+        )
+    return path
+
+
+def output_dir() -> Path:
+    if IN_COMFY:
+        return Path(folder_paths.get_output_directory())
+    return Path(os.environ.get("WAN_EXPERTS_OUTPUT", "output"))
+
+
+def compute_device() -> torch.device:
+    if IN_COMFY:
+        return model_management.get_torch_device()
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def offload_device() -> torch.device:
+    if IN_COMFY:
+        return model_management.unet_offload_device()
+    return torch.device("cpu")
+
+
+def free_memory(device: torch.device | None = None) -> None:
+    """Give cached device memory back (after moving a model off the device)."""
+    if IN_COMFY:
+        model_management.soft_empty_cache()
+    elif torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def check_interrupted() -> None:
+    """Raise the host's interruption exception when the user pressed cancel."""
+    if IN_COMFY:
+        model_management.throw_exception_if_processing_interrupted()
+
+
+class Progress:
+    """Progress bar of ``total`` steps; inside ComfyUI every update is also a cancel point."""
+
+    def __init__(self, total: int):
+        self.total = int(total)
+        self.done = 0
+        self._bar = comfy_utils.ProgressBar(self.total) if IN_COMFY else None
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        if self._bar is not None:
+            self._bar.update(n)
+        check_interrupted()
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model kind '{kind}'; expected one of {MODEL_KINDS}")
+
+
+def _is_weight_file(p: Path) -> bool:
+    return p.name.lower().endswith(WEIGHT_SUFFIXES) and not p.name.startswith(".")

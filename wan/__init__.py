@@ -1,0 +1,23 @@
+"""Wan Experts engine: pure PyTorch, importable without ComfyUI.
+
+Public API (imported lazily so that ``import wan`` stays cheap):
+    load_dit, load_moe, WanDiT, WanDiTConfig, ExpertSet   -- diffusion transformer(s)
+"""
+from importlib import import_module
+
+_EXPORTS = {
+    "load_dit": ".dit.loader",
+    "WanDiT": ".dit.model",
+    "WanDiTConfig": ".dit.config",
+    "load_moe": ".experts",
+    "ExpertSet": ".experts",
+    "VARIANTS": ".variants",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

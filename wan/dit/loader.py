@@ -1,0 +1,145 @@
+"""Load a Wan DiT from any layout users have, without holding two copies of the weights.
+
+The module is built on the meta device and the (memory-mapped) tensors are assigned to it; a tensor is copied
+only when it must change dtype. fp8 Linear weights stay fp8 and are cast per layer at run time.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import read_state_dict, wrong_kind_message
+from ..errors import CheckpointError, InputError
+from ..ops import FP8_DTYPES, Linear
+from ..variants import ROLES, detect_variant
+from .config import WanDiTConfig
+from .keys import normalize_keys
+from .model import WanDiT
+
+log = logging.getLogger("wan_experts")
+
+DTYPES = {
+    "fp32": torch.float32, "float32": torch.float32,
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+    "fp16": torch.float16, "float16": torch.float16,
+}
+EXPERT_FOLDERS = {"high": "high_noise_model", "low": "low_noise_model"}
+
+
+def load_dit(path, dtype=None, device="cpu", role: str | None = None, num_heads: int | None = None,
+             attention: str = "sdpa") -> WanDiT:
+    """Load a DiT from a ``.safetensors``/``.pth`` file, a sharded index, or an official/diffusers folder.
+
+    ``dtype``: compute dtype (None/"default": the file's own, bf16 for fp8 files). ``role``: "high", "low" or
+    "single"; None guesses it from a ``high_noise``/``low_noise`` name hint.
+    """
+    path = Path(path)
+    role = resolve_role(role, path)
+    source = _expert_source(path, role)
+    sd = read_state_dict(source, what="DiT file")
+    sd, scales, layout = normalize_keys(sd)
+    if "head.modulation" not in sd or "vace_patch_embedding.weight" in sd:
+        raise CheckpointError(wrong_kind_message(source, "a Wan DiT (diffusion model)", sd.keys()))
+    try:
+        config = WanDiTConfig.from_state_dict(sd, num_heads or _heads_from_folder(source))
+    except CheckpointError as exc:
+        raise CheckpointError(f"'{source.name}': {exc}") from exc
+    variant = detect_variant(in_dim=config.in_dim, dim=config.dim, has_clip=config.has_clip,
+                             has_flf_pos=config.flf_pos_len is not None, role=role, name_hint=str(path))
+    compute = resolve_dtype(dtype, sd)
+    with torch.device("meta"):
+        model = WanDiT(config, variant, role, attention)
+    _assign_weights(model, sd, scales, compute, source)
+    model.compute_dtype = compute
+    model.requires_grad_(False).eval()
+    model.source, model.layout = str(path), layout
+    if torch.device(device) != torch.device("cpu"):
+        model.to(device)
+    log.info("Loaded %s (%s, role %s) from %s [%s], compute %s", variant.id, _size(config), role, path.name,
+             layout, str(compute).replace("torch.", ""))
+    return model
+
+
+def resolve_role(role: str | None, path: Path) -> str:
+    if role in (None, "", "auto"):
+        hint = str(path).lower()
+        return "high" if "high_noise" in hint else "low" if "low_noise" in hint else "single"
+    if role not in ROLES:
+        raise InputError(f"role '{role}' is unknown; use one of {ROLES} (or None to guess from the file name)")
+    return role
+
+
+def resolve_dtype(dtype, sd: dict[str, torch.Tensor]) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in (None, "", "default", "auto"):
+        if dtype not in DTYPES:
+            raise InputError(f"dtype '{dtype}' is unknown; use one of {sorted(set(DTYPES))} or 'default'")
+        return DTYPES[dtype]
+    main = sd["blocks.0.self_attn.q.weight"].dtype if "blocks.0.self_attn.q.weight" in sd else torch.float32
+    return torch.bfloat16 if main in FP8_DTYPES or main not in DTYPES.values() else main
+
+
+def _expert_source(path: Path, role: str) -> Path:
+    """An official Wan 2.2 A14B folder holds both experts; pick the one the role names."""
+    if not (path.is_dir() and all((path / d).is_dir() for d in EXPERT_FOLDERS.values())):
+        return path
+    if role not in EXPERT_FOLDERS:
+        raise InputError(f"'{path.name}' holds two experts ({', '.join(EXPERT_FOLDERS.values())}); "
+                         f"load it with role='high' or role='low', or load both as a pair (load_moe)")
+    return path / EXPERT_FOLDERS[role]
+
+
+def _heads_from_folder(source: Path) -> int | None:
+    cfg_file = (source if source.is_dir() else source.parent) / "config.json"
+    if not cfg_file.is_file():
+        return None
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except ValueError:
+        return None
+    return cfg.get("num_heads") or cfg.get("num_attention_heads")
+
+
+def _assign_weights(model: WanDiT, sd, scales, compute: torch.dtype, source: Path) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:4])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:4])})")
+        raise CheckpointError(f"'{source.name}' does not match the Wan DiT layout it looks like: "
+                              f"{'; '.join(parts)} keys. The file may be incomplete or a different model.")
+    linear_weights = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, Linear)}
+    weights = {}
+    for key, want in expected.items():
+        t = sd[key]
+        if t.shape != want.shape:
+            raise CheckpointError(f"'{source.name}': '{key}' has shape {tuple(t.shape)}, expected "
+                                  f"{tuple(want.shape)} for this model. The file is inconsistent or damaged.")
+        weights[key] = _stored(key, t, compute, key in linear_weights, scales)
+    model.load_state_dict(weights, strict=True, assign=True)
+    for name, scale in scales.items():
+        module = model.get_submodule(name)
+        if isinstance(module, Linear):
+            module.scale_weight = scale.float()
+
+
+def _stored(key: str, t: torch.Tensor, compute: torch.dtype, is_linear_weight: bool, scales) -> torch.Tensor:
+    """The tensor as the model keeps it: fp8 Linear weights stay fp8, everything else in the compute dtype."""
+    if t.dtype in FP8_DTYPES:
+        if is_linear_weight:
+            return t
+        scale = scales.pop(key.rsplit(".", 1)[0], None)
+        t = t.float() * (scale.float() if scale is not None else 1.0)
+    return t if t.dtype == compute else t.to(compute)
+
+
+def _size(config: WanDiTConfig) -> str:
+    return f"dim {config.dim}, {config.num_layers} layers, {config.in_dim}->{config.out_dim} ch"

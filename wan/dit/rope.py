@@ -1,0 +1,40 @@
+"""3D rotary position embedding of the Wan DiT (frame, height, width), theta 10000, positions in patch units."""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+
+MAX_POSITIONS = 1024
+
+
+def axis_dims(head_dim: int) -> tuple[int, int, int]:
+    """Real dims per axis (frame, height, width): 44/42/42 for head_dim 128."""
+    hw = 2 * (head_dim // 6)
+    return head_dim - 2 * hw, hw, hw
+
+
+def _axis_table(dim: int, theta: float = 10000.0) -> torch.Tensor:
+    inv = 1.0 / torch.pow(theta, torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    angles = torch.outer(torch.arange(MAX_POSITIONS, dtype=torch.float64), inv)
+    return torch.polar(torch.ones_like(angles), angles)  # complex128 [MAX_POSITIONS, dim // 2]
+
+
+@lru_cache(maxsize=32)
+def grid_freqs(f: int, h: int, w: int, head_dim: int, device: torch.device) -> torch.Tensor:
+    """Complex64 rotations [f*h*w, 1, head_dim // 2] for a row-major (f, h, w) token grid."""
+    if max(f, h, w) > MAX_POSITIONS:
+        raise ValueError(f"token grid {f}x{h}x{w} exceeds {MAX_POSITIONS} positions per axis")
+    tf, th, tw = (_axis_table(d) for d in axis_dims(head_dim))
+    table = torch.cat([
+        tf[:f].view(f, 1, 1, -1).expand(f, h, w, -1),
+        th[:h].view(1, h, 1, -1).expand(f, h, w, -1),
+        tw[:w].view(1, 1, w, -1).expand(f, h, w, -1),
+    ], dim=-1)
+    return table.reshape(f * h * w, 1, -1).to(device=device, dtype=torch.complex64)
+
+
+def apply_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent channel pairs of x [B, L, H, D] (in float32) and return x's dtype."""
+    xc = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
+    return torch.view_as_real(xc * freqs).flatten(-2).to(x.dtype)
