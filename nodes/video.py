@@ -1,0 +1,47 @@
+"""Node that writes the decoded frames to an mp4 / webm file with the workflow embedded, like core ComfyUI."""
+from __future__ import annotations
+
+from ..wan.video import FORMATS, save_video, workflow_metadata
+from . import host
+
+
+class WanExpertsSaveVideo:
+    DISPLAY_NAME = "Save Wan Video"
+    DESCRIPTION = ("Encodes the frames to an mp4 (H.264) or webm (VP9) file in the output folder, with the workflow "
+                   "stored in the file so dragging it into ComfyUI restores the graph. Never overwrites: each run "
+                   "gets the next number.")
+    CATEGORY = "Wan Experts/output"
+    RETURN_TYPES = ()
+    RETURN_NAMES = ()
+    OUTPUT_TOOLTIPS = ()
+    OUTPUT_NODE = True
+    FUNCTION = "save"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "images": ("IMAGE", {"tooltip": "The video frames (from Wan VAE Decode)."}),
+                "fps": ("FLOAT", {"default": 16.0, "min": 1.0, "max": 120.0, "step": 1.0, "tooltip": (
+                    "Frames per second: 16 for Wan 2.1 and the 2.2 A14B models, 24 for Wan 2.2 TI2V-5B.")}),
+                "filename_prefix": ("STRING", {"default": "video/Wan", "tooltip": (
+                    "File name start, optionally with subfolders inside the output folder; a number and the "
+                    "extension are appended (video/Wan -> output/video/Wan_00001_.mp4).")}),
+                "format": (list(FORMATS), {"default": "mp4", "tooltip": (
+                    "mp4 = H.264 (plays everywhere); webm = VP9 (smaller, for browsers).")}),
+                "crf": ("INT", {"default": 19, "min": 0, "max": 63, "step": 1, "tooltip": (
+                    "Quality: lower is better and larger. H.264 uses 0..51 (19 is visually near lossless), "
+                    "VP9 0..63 (about 31 is a good start).")}),
+            },
+            "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
+        }
+
+    def save(self, images, fps=16.0, filename_prefix="video/Wan", format="mp4", crf=19, prompt=None,
+             extra_pnginfo=None):
+        saved = save_video(images, host.output_dir(), filename_prefix, fps=fps, format=format, crf=crf,
+                           metadata=workflow_metadata(prompt, extra_pnginfo))
+        preview = {"filename": saved.filename, "subfolder": saved.subfolder, "type": "output"}
+        return {"ui": {"images": [preview], "animated": (True,)}, "result": ()}
+
+
+NODES = {"WanExpertsSaveVideo": WanExpertsSaveVideo}

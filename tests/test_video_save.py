@@ -1,0 +1,100 @@
+"""Save Wan Video writes playable files: checked by decoding them back with PyAV (an independent decoder path:
+FFmpeg's demuxers and h264 / vp9 decoders), not with our own code."""
+import importlib
+import json
+import os
+
+import av
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture
+def save_node(pack, models_dir):
+    return importlib.import_module(pack.__name__ + ".nodes.video").WanExpertsSaveVideo()
+
+
+def _frames(n=5, h=32, w=48):
+    """A gradient that moves, so frames differ and decoded colours can be compared."""
+    y = torch.linspace(0, 1, h).view(1, h, 1, 1)
+    x = torch.linspace(0, 1, w).view(1, 1, w, 1)
+    t = torch.arange(n).view(n, 1, 1, 1) / max(n - 1, 1)
+    return torch.cat([x.expand(n, h, w, 1), y.expand(n, h, w, 1), t.expand(n, h, w, 1)], dim=-1)
+
+
+def _decode(path):
+    with av.open(str(path)) as container:
+        tags = {k.lower(): v for k, v in container.metadata.items()}  # matroska reads tag names upper-case
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        rate = container.streams.video[0].average_rate
+    return np.stack(frames), tags, rate
+
+
+@pytest.mark.parametrize("fmt", ["mp4", "webm"])
+def test_save_video_decodes_back_with_metadata(save_node, fmt):
+    prompt = {"1": {"class_type": "WanExpertsSaveVideo", "inputs": {"fps": 16}}}
+    workflow = {"nodes": [{"id": 1, "type": "WanExpertsSaveVideo"}], "links": []}
+    frames = _frames()
+    out = save_node.save(frames, fps=16.0, filename_prefix="video/Wan", format=fmt, crf=10, prompt=prompt,
+                         extra_pnginfo={"workflow": workflow})
+    entry = out["ui"]["images"][0]
+    assert out["result"] == () and out["ui"]["animated"] == (True,)
+    assert entry == {"filename": f"Wan_00001_.{fmt}", "subfolder": "video", "type": "output"}
+    path = os.path.join(os.environ["WAN_EXPERTS_OUTPUT"], "video", entry["filename"])
+    decoded, tags, rate = _decode(path)
+    assert decoded.shape == (5, 32, 48, 3)
+    assert float(rate) == 16.0
+    assert json.loads(tags["prompt"]) == prompt and json.loads(tags["workflow"]) == workflow
+    err = np.abs(decoded.astype(np.float32) / 255 - frames.numpy()).mean()
+    assert err < 0.03, f"decoded colours differ from the input by {err:.3f} on average"
+    assert not [p for p in os.listdir(os.path.dirname(path)) if "partial" in p]
+
+
+def test_counter_never_overwrites(save_node):
+    out_dir = os.environ["WAN_EXPERTS_OUTPUT"]
+    os.makedirs(out_dir)
+    open(os.path.join(out_dir, "clip_00007_.mp4"), "wb").write(b"keep me")
+    names = [save_node.save(_frames(2), filename_prefix="clip")["ui"]["images"][0]["filename"] for _ in range(2)]
+    assert names == ["clip_00008_.mp4", "clip_00009_.mp4"]
+    assert open(os.path.join(out_dir, "clip_00007_.mp4"), "rb").read() == b"keep me"
+
+
+def test_odd_size_is_padded_to_even(save_node):
+    out = save_node.save(_frames(3, h=17, w=33), filename_prefix="odd")
+    decoded, _, _ = _decode(os.path.join(os.environ["WAN_EXPERTS_OUTPUT"], out["ui"]["images"][0]["filename"]))
+    assert decoded.shape == (3, 18, 34, 3)
+
+
+def test_output_folder_that_cannot_be_created_is_named(save_node):
+    out_dir = os.environ["WAN_EXPERTS_OUTPUT"]
+    os.makedirs(out_dir)
+    open(os.path.join(out_dir, "video"), "w").close()  # a file where the subfolder should go
+    with pytest.raises(OSError, match="output folder") as info:
+        save_node.save(_frames(2), filename_prefix="video/Wan")
+    assert os.path.join(out_dir, "video") in str(info.value)
+
+
+def test_failed_write_leaves_nothing_behind(save_node, pack, monkeypatch):
+    video = importlib.import_module(pack.__name__ + ".wan.video")
+
+    def disk_full(pixels, path, *args):
+        path.write_bytes(b"half a video")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(video, "encode", disk_full)
+    with pytest.raises(OSError, match="No space left") as info:
+        save_node.save(_frames(2), filename_prefix="full")
+    out_dir = os.environ["WAN_EXPERTS_OUTPUT"]
+    assert out_dir in str(info.value)
+    assert os.listdir(out_dir) == []
+
+
+def test_bad_inputs_are_refused_before_writing(save_node):
+    with pytest.raises(ValueError, match="images must be frames"):
+        save_node.save(torch.zeros(4, 4, 3))
+    with pytest.raises(ValueError, match="filename_prefix"):
+        save_node.save(_frames(2), filename_prefix="../escape")
+    with pytest.raises(ValueError, match="crf"):
+        save_node.save(_frames(2), crf=60, format="mp4")
+    assert not os.path.exists(os.environ["WAN_EXPERTS_OUTPUT"])

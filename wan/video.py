@@ -1,0 +1,171 @@
+"""Write frames to a video file (mp4 / H.264 or webm / VP9) through PyAV, never overwriting and never leaving a
+half-written file behind.
+
+Frames are float [N, H, W, 3] in 0..1 (ComfyUI's ``IMAGE``). yuv420p stores colour at half resolution, so an
+odd width or height is padded by one pixel (the last row / column repeated) rather than refused. Metadata (the
+graph that made the video) goes into the container tags; mp4 needs ``movflags=use_metadata_tags`` for custom
+tags, the same flag core ComfyUI uses, so ComfyUI can read the workflow back from the file.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import torch
+
+from .errors import InputError, WanError
+
+log = logging.getLogger("wan_experts")
+
+
+class OutputFolderError(WanError, OSError):
+    """The output folder cannot be created or written to."""
+
+
+@dataclass(frozen=True)
+class VideoFormat:
+    name: str  # container name for PyAV and the file extension
+    codec: str
+    crf_max: int
+    options: tuple[tuple[str, str], ...] = ()
+
+
+FORMATS = {
+    "mp4": VideoFormat("mp4", "libx264", 51, (("movflags", "use_metadata_tags+faststart"),)),
+    "webm": VideoFormat("webm", "libvpx-vp9", 63),
+}
+PIXEL_FORMAT = "yuv420p"
+
+
+@dataclass(frozen=True)
+class SavedVideo:
+    path: Path
+    filename: str
+    subfolder: str  # relative to the output folder, "/"-separated, "" for the folder itself
+
+
+def save_video(frames: torch.Tensor, output_dir, filename_prefix: str = "video/Wan", fps: float = 16.0,
+               format: str = "mp4", crf: int = 19, metadata: dict[str, str] | None = None) -> SavedVideo:
+    """Encode ``frames`` to ``<output_dir>/<subfolder>/<name>_<counter:05>_.<ext>`` with a fresh counter."""
+    fmt = _check_format(format, crf)
+    pixels = frames_to_uint8(frames)
+    _check_fps(fps)
+    folder, name, subfolder = split_prefix(Path(output_dir), filename_prefix)
+    _make_folder(folder)
+    tmp = folder / f".{name}.{os.getpid()}.partial.{fmt.name}"
+    try:
+        encode(pixels, tmp, fps, fmt, crf, metadata or {})
+        final = _claim_name(tmp, folder, name, fmt.name)
+    except OSError as exc:
+        raise OutputFolderError(f"could not write the video into '{folder}': {exc}. Check that the folder "
+                                f"exists, is writable and has free space.") from exc
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    log.info("Saved %d frames (%dx%d, %.3g fps) to %s", pixels.shape[0], pixels.shape[2], pixels.shape[1], fps, final)
+    return SavedVideo(final, final.name, subfolder)
+
+
+def workflow_metadata(prompt=None, extra_pnginfo=None) -> dict[str, str]:
+    """Container tags as core ComfyUI writes them: ``prompt`` and every ``extra_pnginfo`` key (``workflow``), JSON."""
+    tags = {}
+    if prompt is not None:
+        tags["prompt"] = json.dumps(prompt)
+    for key, value in (extra_pnginfo or {}).items():
+        tags[str(key)] = json.dumps(value)
+    return tags
+
+
+def frames_to_uint8(frames: torch.Tensor) -> torch.Tensor:
+    """IMAGE [N, H, W, 3|4] in 0..1 -> uint8 [N, H', W', 3] with even H', W' (edge-padded when odd)."""
+    if not torch.is_tensor(frames) or frames.dim() != 4 or frames.shape[-1] not in (3, 4) or frames.shape[0] < 1:
+        shape = tuple(frames.shape) if torch.is_tensor(frames) else type(frames).__name__
+        raise InputError(f"images must be frames [N, H, W, 3] with at least one frame; got {shape}")
+    rgb = frames[..., :3].detach().float().cpu()
+    h, w = rgb.shape[1:3]
+    if h % 2 or w % 2:
+        log.warning("Video size %dx%d is odd; padding to %dx%d (yuv420p needs even sizes)", w, h, w + w % 2, h + h % 2)
+        rgb = torch.nn.functional.pad(rgb.permute(0, 3, 1, 2), (0, w % 2, 0, h % 2), mode="replicate")
+        rgb = rgb.permute(0, 2, 3, 1)
+    return (rgb.clamp(0, 1) * 255).round().to(torch.uint8).contiguous()
+
+
+def encode(pixels: torch.Tensor, path: Path, fps: float, fmt: VideoFormat, crf: int, tags: dict[str, str]) -> None:
+    """Write uint8 frames [N, H, W, 3] to ``path`` in ``fmt``."""
+    import av
+
+    with av.open(str(path), mode="w", format=fmt.name, options=dict(fmt.options)) as container:
+        for key, value in tags.items():
+            container.metadata[key] = value
+        stream = container.add_stream(fmt.codec, rate=Fraction(round(fps * 1000), 1000))
+        stream.width, stream.height = pixels.shape[2], pixels.shape[1]
+        stream.pix_fmt = PIXEL_FORMAT
+        stream.options = {"crf": str(crf)} | ({"b:v": "0"} if fmt.codec == "libvpx-vp9" else {})
+        for frame in pixels.numpy():
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def split_prefix(output_dir: Path, filename_prefix: str) -> tuple[Path, str, str]:
+    """(folder, file name stem, subfolder) for a prefix such as ``video/Wan``; refuses to leave ``output_dir``."""
+    prefix = (filename_prefix or "").replace("\\", "/").strip()
+    parts = [p for p in prefix.split("/") if p not in ("", ".")]
+    if not parts or ".." in parts or prefix.startswith("/") or re.match(r"^[A-Za-z]:", prefix):
+        raise InputError(f"filename_prefix '{filename_prefix}' must be a name, optionally with subfolders inside "
+                         f"the output folder (e.g. 'video/Wan'); absolute paths and '..' are not allowed")
+    name, sub = parts[-1], parts[:-1]
+    return output_dir.joinpath(*sub), name, "/".join(sub)
+
+
+def next_counter(folder: Path, name: str) -> int:
+    """1 + the highest counter of existing ``<name>_<digits>_.*`` files (ComfyUI's numbering), 1 when none."""
+    pattern = re.compile(re.escape(name) + r"_(\d+)_\.")
+    found = [int(m.group(1)) for p in folder.iterdir() if (m := pattern.match(p.name))] if folder.is_dir() else []
+    return max(found, default=0) + 1
+
+
+def _claim_name(tmp: Path, folder: Path, name: str, ext: str) -> Path:
+    """Move the finished file to the first free counter; an existing file is never replaced."""
+    counter = next_counter(folder, name)
+    while True:
+        final = folder / f"{name}_{counter:05}_.{ext}"
+        try:
+            os.link(tmp, final)  # fails if ``final`` exists, unlike a rename on POSIX
+            return final
+        except FileExistsError:
+            counter += 1
+        except (AttributeError, OSError):  # no hard links on this file system: check, then rename
+            if not final.exists():
+                os.replace(tmp, final)
+                return final
+            counter += 1
+
+
+def _make_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputFolderError(f"could not create the output folder '{folder}': {exc.strerror or exc}. Choose "
+                                f"another filename_prefix or output folder, or fix its permissions.") from exc
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputFolderError(f"the output folder '{folder}' is not writable. Fix its permissions or choose "
+                                f"another output folder.")
+
+
+def _check_format(format: str, crf: int) -> VideoFormat:
+    if format not in FORMATS:
+        raise InputError(f"video format '{format}' is unknown; use one of {sorted(FORMATS)}")
+    fmt = FORMATS[format]
+    if not 0 <= int(crf) <= fmt.crf_max:
+        raise InputError(f"crf {crf} is out of range for {format}: use 0 (best) .. {fmt.crf_max} (smallest)")
+    return fmt
+
+
+def _check_fps(fps: float) -> None:
+    if not 0 < float(fps) <= 1000:
+        raise InputError(f"fps {fps} must be above 0 and at most 1000 (Wan 2.1: 16, Wan 2.2 TI2V-5B: 24)")
