@@ -1,0 +1,133 @@
+"""A small test-only executor for API-format graphs, standing in for ComfyUI's ``execution.py``.
+
+API format: ``{node_id: {"class_type": str, "inputs": {name: value}}}`` where a value is a literal (widget value)
+or a link ``[source_node_id, output_slot]``. Like ComfyUI, the runner resolves ``class_type`` through
+``NODE_CLASS_MAPPINGS``, runs nodes in dependency order inside ``torch.inference_mode()``, calls
+``getattr(cls(), cls.FUNCTION)(**inputs)``, fills hidden inputs (``PROMPT`` = the graph, ``EXTRA_PNGINFO`` =
+``{"workflow": ...}``, ``UNIQUE_ID`` = the node id), and takes a returned ``{"ui": ..., "result": ...}`` dict
+apart. Core nodes the example workflows use on purpose (``LoadImage``) get minimal stand-ins here.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class GraphError(ValueError):
+    """The graph cannot run: unknown node type, missing input, bad link, cycle."""
+
+
+@dataclass
+class GraphResult:
+    outputs: dict[str, tuple] = field(default_factory=dict)  # node id -> output tuple
+    ui: dict[str, dict] = field(default_factory=dict)  # node id -> "ui" dict of output nodes
+    order: list[str] = field(default_factory=list)
+
+
+class LoadImage:
+    """Stand-in for core ComfyUI ``LoadImage``: an image from the input folder -> IMAGE [1, H, W, 3], MASK."""
+
+    RETURN_TYPES = ("IMAGE", "MASK")
+    FUNCTION = "load_image"
+    input_dir = Path(os.environ.get("WAN_EXPERTS_INPUT", "input"))
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ([], {"image_upload": True})}}
+
+    def load_image(self, image):
+        from PIL import Image
+
+        with Image.open(self.input_dir / image) as img:
+            rgba = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
+        pixels = torch.from_numpy(rgba[..., :3]).unsqueeze(0)
+        return pixels, 1.0 - torch.from_numpy(rgba[..., 3]).unsqueeze(0)
+
+
+CORE_STAND_INS = {"LoadImage": LoadImage}
+
+
+def run_graph(graph: dict, mappings: dict, workflow: dict | None = None, input_dir=None) -> GraphResult:
+    """Run every node of ``graph``; ``workflow`` (UI format) is passed as ``extra_pnginfo["workflow"]``."""
+    classes = {**CORE_STAND_INS, **mappings}
+    for node_id, node in graph.items():
+        if node.get("class_type") not in classes:
+            raise GraphError(f"node {node_id}: unknown class_type '{node.get('class_type')}'")
+    if input_dir is not None:
+        LoadImage.input_dir = Path(input_dir)
+    hidden_values = {"PROMPT": graph, "EXTRA_PNGINFO": {"workflow": workflow} if workflow is not None else None}
+    result = GraphResult(order=topological_order(graph))
+    with torch.inference_mode():
+        for node_id in result.order:
+            cls = classes[graph[node_id]["class_type"]]
+            kwargs = _node_inputs(node_id, graph[node_id], cls, result.outputs)
+            kwargs.update(_hidden_inputs(cls, node_id, hidden_values))
+            _store(result, node_id, cls, getattr(cls(), cls.FUNCTION)(**kwargs))
+    return result
+
+
+def topological_order(graph: dict) -> list[str]:
+    """Node ids so that every node comes after the nodes it takes inputs from (stable by id otherwise)."""
+    deps = {nid: {v[0] for v in node.get("inputs", {}).values() if is_link(v)} for nid, node in graph.items()}
+    for nid, sources in deps.items():
+        missing = sources - set(graph)
+        if missing:
+            raise GraphError(f"node {nid} takes input from node(s) {sorted(missing)}, which the graph lacks")
+    order, done = [], set()
+    while len(order) < len(graph):
+        ready = sorted((n for n in graph if n not in done and deps[n] <= done), key=_id_key)
+        if not ready:
+            raise GraphError(f"the graph has a cycle among nodes {sorted(set(graph) - done, key=_id_key)}")
+        order.extend(ready)
+        done.update(ready)
+    return order
+
+
+def is_link(value) -> bool:
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)
+
+
+def _node_inputs(node_id: str, node: dict, cls, outputs: dict) -> dict:
+    declared = cls.INPUT_TYPES()
+    known = {**declared.get("required", {}), **declared.get("optional", {})}
+    missing = [name for name in declared.get("required", {}) if name not in node.get("inputs", {})]
+    if missing:
+        raise GraphError(f"node {node_id} ({node['class_type']}): required input(s) {missing} missing")
+    kwargs = {}
+    for name, value in node.get("inputs", {}).items():
+        if name not in known:
+            raise GraphError(f"node {node_id} ({node['class_type']}): unknown input '{name}'")
+        if is_link(value):
+            source, slot = value
+            if slot >= len(outputs[source]):
+                raise GraphError(f"node {node_id}.{name} links to output {slot} of node {source}, which has "
+                                 f"{len(outputs[source])} output(s)")
+            value = outputs[source][slot]
+        kwargs[name] = value
+    return kwargs
+
+
+def _hidden_inputs(cls, node_id: str, values: dict) -> dict:
+    hidden = cls.INPUT_TYPES().get("hidden", {})
+    return {name: (node_id if kind == "UNIQUE_ID" else values.get(kind)) for name, kind in hidden.items()}
+
+
+def _store(result: GraphResult, node_id: str, cls, returned) -> None:
+    if isinstance(returned, dict):
+        if "ui" in returned:
+            result.ui[node_id] = returned["ui"]
+        returned = returned.get("result", ())
+    returned = tuple(returned or ())
+    expected = len(getattr(cls, "RETURN_TYPES", ()))
+    if len(returned) != expected:
+        raise GraphError(f"node {node_id} ({cls.__name__}) returned {len(returned)} value(s) for "
+                         f"{expected} declared output(s)")
+    result.outputs[node_id] = returned
+
+
+def _id_key(node_id: str):
+    return (0, int(node_id), "") if node_id.isdigit() else (1, 0, node_id)
