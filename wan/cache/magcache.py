@@ -1,0 +1,141 @@
+"""MagCache for Wan (after MagCache4Wan2.1 / MagCache4Wan2.2, Zehong-Ma/MagCache).
+
+A calibrated curve gives, per step and CFG branch, the ratio of the residual's magnitude to the previous step's.
+Per branch, while skipping, the ratios multiply up; the skip error ``|1 − product|`` is summed over the skipped
+steps. A call reuses the cached residual while the summed error stays below the threshold and at most K calls in a
+row were skipped; otherwise it computes and the accumulators restart. The first calls are always computed (the
+retention ratio R), counted in the published codes' interleaved call order (cond, uncond, cond, ...):
+
+- one model: calls ``c < int(2·steps·R)``;
+- Wan 2.2 T2V-A14B: the first R of the high-noise expert's calls, and the low-noise expert's calls
+  ``split <= c <= (2·steps − split)·R + split`` (split = 2 × high-noise steps);
+- Wan 2.2 I2V-A14B: every high-noise call and the first R of the low-noise expert's calls.
+
+Other step counts use the curve resampled by nearest index (cond and uncond separately). For the two-expert
+curves each expert's part of the curve is resampled to that expert's steps, so the ratios stay on the right side
+of the switch; at the published step count and shift this is the curve itself. At the switch the new expert
+always computes first and the accumulators restart (the published code keeps them across the switch).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import InputError
+from ..variants import VARIANTS
+from .base import BranchState, Call, StepCache
+from .select import choose, input_facts, is_file_request
+from .tables import MAGCACHE_NEAREST, MagCurve, load_curves, nearest_interp, pick_key, published_curves
+from .teacache import check_threshold
+
+MAX_THRESHOLD = 1.0
+MAX_K = 20
+ADVICE = ("choose the curve published for this model (or 'auto'), or calibrate one with "
+          "`python -m wan.cache.calibrate` and pass its JSON file")
+
+
+@dataclass
+class MagState(BranchState):
+    ratio: float = 1.0
+    skipped: int = 0
+    error: float = 0.0
+
+
+class MagCache(StepCache):
+    name = "MagCache"
+
+    def __init__(self, threshold: float = 0.12, K: int = 2, retention_ratio: float = 0.2, curve: str = "auto",
+                 allow_fallback: bool = False):
+        super().__init__()
+        self.threshold = check_threshold(threshold, "MagCache", MAX_THRESHOLD)
+        if int(K) != K or not 0 <= K <= MAX_K:
+            raise InputError(f"MagCache K {K} must be a whole number from 0 to {MAX_K} (the most steps in a row "
+                             f"that may reuse the cache; the authors use 2)")
+        if not 0.0 <= float(retention_ratio) < 1.0:
+            raise InputError(f"MagCache retention_ratio {retention_ratio} must be at least 0 and below 1 (the "
+                             f"fraction of first steps always computed; the authors use 0.1-0.4)")
+        self.K, self.retention_ratio = int(K), float(retention_ratio)
+        self.curve, self.allow_fallback = str(curve), bool(allow_fallback)
+        self.data: MagCurve | None = None
+        self._choice = None
+        self._ratios: tuple[np.ndarray, np.ndarray] | None = None
+        self._split: int | None = None  # high-noise steps of this run (two experts), else None
+        self._rule = "single"
+
+    def describe(self) -> str:
+        name = self.data.name if self.data else self.curve
+        return (f"MagCache(threshold {self.threshold:g}, K {self.K}, retention {self.retention_ratio:g}, "
+                f"curve {name})")
+
+    def _setup(self, experts) -> None:
+        variant = experts.variant.id if experts is not None and experts.variant else None
+        if is_file_request(self.curve):
+            table = load_curves(self.curve)
+            requested = "auto" if variant and pick_key(table, variant) else sorted(table)[0]
+        else:
+            table, requested = published_curves(), self.curve
+        self._choice = choose(table, requested, variant, self.allow_fallback, MAGCACHE_NEAREST,
+                              "MagCache curves", ADVICE)
+        self.data, self._ratios, self._split, self._rule = None, None, None, "single"
+        if experts is not None and experts.is_moe:
+            self._split = sum(1 for t in self.timesteps if t >= experts.boundary * 1000)
+            task = experts.variant.task if experts.variant else "t2v"
+            self._rule = "moe_i2v" if task == "i2v" else "moe_t2v"
+
+    def _on_first_call(self, model, x, t, y) -> None:
+        self.data = self._choice.table[self._choice.resolve(*input_facts(model, x, t, y))]
+        self._ratios = run_ratios(self.data, len(self.timesteps), self._split)
+        self._report.policy = self.describe()
+
+    def _new_state(self) -> MagState:
+        return MagState()
+
+    def _decide(self, state, call: Call, st: MagState) -> bool:
+        if call.first_in_expert or self.retained(call.index):
+            return True
+        st.ratio *= float(self._ratios[0 if call.branch == "cond" else 1][call.step])
+        st.skipped += 1
+        st.error += abs(1.0 - st.ratio)
+        return not (st.error < self.threshold and st.skipped <= self.K)
+
+    def _refreshed(self, st: MagState) -> None:
+        st.ratio, st.skipped, st.error = 1.0, 0, 0.0
+
+    def retained(self, c: int) -> bool:
+        """Whether call ``c`` (interleaved cond/uncond order) is in the always-computed part of the run."""
+        calls, r = 2 * len(self.timesteps), self.retention_ratio
+        if self._rule == "single":
+            return c < int(calls * r)
+        split = 2 * self._split
+        if self._rule == "moe_i2v":
+            return c < int(split + (calls - split) * r)
+        return c < int(split * r) or split <= c <= (calls - split) * r + split
+
+
+def run_ratios(curve: MagCurve, steps: int, split: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The (cond, uncond) ratios for a run of ``steps`` steps, ``split`` of them on the high-noise expert."""
+    cal_split = calibration_switch_step(curve)
+    if split is None or cal_split is None:
+        return nearest_interp(curve.cond, steps), nearest_interp(curve.uncond, steps)
+
+    def two_parts(values):
+        return np.concatenate([nearest_interp(values[:cal_split], split),
+                               nearest_interp(values[cal_split:], steps - split)])
+
+    return two_parts(curve.cond), two_parts(curve.uncond)
+
+
+def calibration_switch_step(curve: MagCurve) -> int | None:
+    """High-noise steps in the run a two-expert curve was calibrated on, None for one-model curves.
+
+    The authors calibrate with the variant's official shift and step count, on their ``get_timesteps`` schedule:
+    sigmas linspace(1, 0.01, steps + 1)[:-1], shifted, as float32, timesteps = int(sigma · 1000).
+    """
+    variant = VARIANTS.get(curve.variant)
+    if variant is None or not variant.moe:
+        return None
+    sigmas = np.linspace(1.0, 0.01, curve.steps + 1)[:-1]
+    sigmas = (variant.shift * sigmas / (1 + (variant.shift - 1) * sigmas)).astype(np.float32)
+    timesteps = (sigmas * 1000).astype(np.int64)
+    return int((timesteps >= 1000 * variant.boundary).sum())
