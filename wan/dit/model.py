@@ -29,6 +29,20 @@ def sinusoid(dim: int, t: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
+def patchify(x: torch.Tensor, conv: nn.Conv3d) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """The patch-embedding Conv3d (kernel == stride) as one matmul over non-overlapping patches.
+
+    x [B, C, F, H, W] -> tokens [B, f*h*w, dim] in row-major (f, h, w) order, and the grid (f, h, w).
+    """
+    b, c, frames, height, width = x.shape
+    pt, ph, pw = conv.kernel_size
+    f, h, w = frames // pt, height // ph, width // pw
+    patches = x.view(b, c, f, pt, h, ph, w, pw).permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, f * h * w, -1)
+    weight = conv.weight.to(device=x.device, dtype=x.dtype).reshape(conv.out_channels, -1)
+    bias = None if conv.bias is None else conv.bias.to(device=x.device, dtype=x.dtype)
+    return torch.nn.functional.linear(patches, weight, bias), (f, h, w)
+
+
 class SelfAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, eps: float):
         super().__init__()
@@ -174,9 +188,8 @@ class WanDiT(nn.Module):
         cfg, dtype = self.config, self.compute_dtype
         if y is not None:
             x = torch.cat([x, y.to(x.dtype)], dim=1)
-        tokens = self.patch_embedding(x.to(dtype))
-        grid = tuple(tokens.shape[2:])
-        tokens = tokens.flatten(2).transpose(1, 2).float()
+        tokens, grid = patchify(x.to(dtype), self.patch_embedding)
+        tokens = tokens.float()
         e = self.time_embedding(sinusoid(cfg.freq_dim, t).float())
         e0 = self.time_projection(e).unflatten(-1, (6, cfg.dim))
         if context.shape[1] < cfg.text_len:  # official: text tokens zero-padded to text_len before the projection
