@@ -1,0 +1,82 @@
+"""Image conditioning (I2V, FLF2V, TI2V-5B) built from start/end images with any VAE object that has
+``encode(video [B, 3, F, H, W] in [-1, 1]) -> raw latents``, ``z_dim`` and ``stride``.
+
+I2V / FLF2V: ``y`` = [mask (4 ch), normalised latent of (start, grey frames[, end])]; the mask is 1 on the
+pixel frames given (first, and last for FLF2V), the first repeated 4x, folded to (4, T_lat). Any 4n+1 length
+works (the official FLF2V code hard-codes 81). TI2V-5B: the normalised latent of the start image alone, imposed
+on latent frame 0 while sampling.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..conditioning import ClipEmbeds, ImageCond
+from ..errors import InputError
+from ..latents import normalize
+from .shapes import check_frames
+
+
+def fit_image(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """[B, 3, H, W] -> [B, 3, height, width]: centre-crop to the target aspect, then bicubic resize (official I2V)."""
+    h, w = image.shape[-2:]
+    if (h, w) == (height, width):
+        return image
+    if abs(w / h - width / height) * h > 1:  # aspect differs by more than a pixel: crop the longer side
+        crop_w, crop_h = (round(h * width / height), h) if w / h > width / height else (w, round(w * height / width))
+        top, left = (h - crop_h) // 2, (w - crop_w) // 2
+        image = image[..., top:top + crop_h, left:left + crop_w]
+    return F.interpolate(image.float(), size=(height, width), mode="bicubic")
+
+
+def frame_mask(frames: int, lat_h: int, lat_w: int, last: bool, t_stride: int = 4) -> torch.Tensor:
+    """[1, t_stride, T_lat, h, w]: 1 where a pixel frame is given (frame 0, and the last one when ``last``)."""
+    given = torch.zeros(frames)
+    given[0] = 1
+    if last:
+        given[-1] = 1
+    per_frame = torch.cat([given[:1].repeat(t_stride), given[1:]])  # first frame counts t_stride times
+    mask = per_frame.view(-1, t_stride).transpose(0, 1)  # [t_stride, T_lat]
+    return mask[None, :, :, None, None].expand(1, t_stride, mask.shape[1], lat_h, lat_w).contiguous()
+
+
+def concat_condition(vae, start: torch.Tensor, frames: int, end: torch.Tensor | None = None,
+                     clip: ClipEmbeds | torch.Tensor | None = None) -> ImageCond:
+    """I2V (``end`` None) or FLF2V conditioning for the 36-channel models; images [B, 3, H, W] in [-1, 1]."""
+    check_frames(frames, vae.stride[0])
+    if frames < 2 and end is not None:
+        raise InputError("first-last-frame video needs at least 5 frames")
+    b, _, h, w = start.shape
+    n_grey = frames - 1 - (end is not None)
+    parts = [start[:, :, None].float(), start.new_zeros(b, 3, n_grey, h, w, dtype=torch.float32)]
+    if end is not None:
+        parts.append(_match(end, start, "end image")[:, :, None].float())
+    z = normalize(vae.encode(torch.cat(parts, dim=2)))
+    mask = frame_mask(frames, z.shape[-2], z.shape[-1], end is not None, vae.stride[0]).to(z)
+    y = torch.cat([mask.expand(b, -1, -1, -1, -1), z], dim=1)
+    features = clip.features if isinstance(clip, ClipEmbeds) else clip
+    return ImageCond(kind="flf2v" if end is not None else "i2v", y=y, clip=features)
+
+
+def first_frame_condition(vae, start: torch.Tensor) -> ImageCond:
+    """TI2V-5B: the start image's latent [B, 48, 1, h, w] (normalised), imposed on latent frame 0."""
+    return ImageCond(kind="ti2v", first_latent=normalize(vae.encode(start[:, :, None].float())))
+
+
+def image_condition(vae, start: torch.Tensor, width: int, height: int, frames: int, end: torch.Tensor | None = None,
+                    clip: ClipEmbeds | None = None) -> ImageCond:
+    """The conditioning the VAE's model family uses: 48 channels -> TI2V-5B, 16 -> I2V (FLF2V with ``end``)."""
+    start = fit_image(start, width, height)
+    if vae.z_dim == 48:
+        if end is not None:
+            raise InputError("TI2V-5B (Wan 2.2 VAE) takes a start image only; disconnect the end image, or use a "
+                             "Wan 2.1 FLF2V model with the Wan 2.1 VAE for first-last-frame video")
+        check_frames(frames, vae.stride[0])
+        return first_frame_condition(vae, start)
+    return concat_condition(vae, start, frames, None if end is None else fit_image(end, width, height), clip)
+
+
+def _match(end: torch.Tensor, start: torch.Tensor, name: str) -> torch.Tensor:
+    if end.shape[1:] != start.shape[1:]:
+        raise InputError(f"{name} {tuple(end.shape)} must have the start image's size {tuple(start.shape)}")
+    return end.expand(start.shape[0], -1, -1, -1) if end.shape[0] == 1 else end

@@ -1,0 +1,61 @@
+"""Per-run model inputs: text contexts, image conditioning and timesteps, batched and on the compute device."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..conditioning import ImageCond, TextEmbeds
+from ..experts import ExpertSet
+
+
+@dataclass
+class ModelInputs:
+    positive: torch.Tensor
+    negative: torch.Tensor | None
+    clip: torch.Tensor | None = None
+    y: torch.Tensor | None = None
+    first_latent: torch.Tensor | None = None  # TI2V-5B: imposed on latent frame 0
+    token_mask: torch.Tensor | None = None  # TI2V-5B: per-token timestep factor [B, L] (0 on the start frame)
+    batch: int = 1
+
+    @classmethod
+    def build(cls, experts: ExpertSet, text: TextEmbeds, cond: ImageCond | None, shape, device) -> "ModelInputs":
+        b = shape[0]
+        cfg = experts.config
+        inputs = cls(_batched(text.positive, b, device), _batched(text.negative, b, device), batch=b)
+        if cond is not None and cond.kind in ("i2v", "flf2v"):
+            inputs.y = _batched(cond.y, b, device)
+            inputs.clip = _batched(cond.clip, b, device) if cfg.has_clip else None
+        if cfg.per_token_time:
+            first = cond.first_latent if cond is not None and cond.kind == "ti2v" else None
+            inputs.first_latent = _batched(first, b, device)
+            inputs.token_mask = _token_mask(shape, cfg.patch_size, first is not None, device)
+        return inputs
+
+    def timesteps(self, t: float) -> torch.Tensor:
+        """[B] for the 2.1 / A14B models; [B, L] per token for TI2V-5B (0 on start-image tokens)."""
+        if self.token_mask is not None:
+            return self.token_mask * t
+        return torch.full((self.batch,), t, dtype=torch.float32, device=self.positive.device)
+
+    def impose(self, x: torch.Tensor) -> torch.Tensor:
+        """TI2V-5B image mode: latent frame 0 is the start image's latent (before and after every step)."""
+        if self.first_latent is None:
+            return x
+        return torch.cat([self.first_latent.to(x.dtype), x[:, :, 1:]], dim=2)
+
+
+def _token_mask(shape, patch, keep_first: bool, device) -> torch.Tensor:
+    b, _, t, h, w = shape
+    mask = torch.ones(t // patch[0], h // patch[1], w // patch[2], device=device)
+    if keep_first:
+        mask[0] = 0
+    return mask.flatten().unsqueeze(0).expand(b, -1)
+
+
+def _batched(t: torch.Tensor | None, batch: int, device) -> torch.Tensor | None:
+    if t is None:
+        return None
+    t = t.to(device)
+    return t.expand(batch, *t.shape[1:]) if t.shape[0] == 1 and batch > 1 else t

@@ -1,0 +1,193 @@
+"""The denoise loop: classifier-free guidance with one scale per expert, the expert chosen per step by
+``t >= boundary * 1000`` (or a manual switch step), partial ranges for chained samplers, ``denoise`` < 1, an
+optional step cache and a per-step callback. Latents here are in the DiT's normalised space.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from ..conditioning import ImageCond, TextEmbeds
+from ..errors import InputError
+from ..experts import ExpertSet
+from .inputs import ModelInputs
+from .placement import ExpertPlacement
+from .schedules import Schedule, make_schedule, partial_schedule
+from .solvers import SOLVERS, make_solver
+from .validate import check_sampling_inputs
+
+log = logging.getLogger("wan_experts")
+
+
+@dataclass
+class SamplerSettings:
+    steps: int
+    shift: float
+    solver: str = "unipc"
+    cfg_high: float = 5.0  # single model, or the high-noise expert
+    cfg_low: float = 5.0  # the low-noise expert
+    boundary: float | None = None  # None: the ExpertSet's own
+    switch_step: int | None = None  # schedule step where the low-noise expert takes over (overrides boundary)
+    start_step: int = 0
+    end_step: int | None = None  # None: run to the end
+    add_noise: bool = True
+    return_with_leftover_noise: bool = False
+    denoise: float = 1.0
+    schedule: str = "official"  # or "diffusers" (diffusers' flow-UniPC sigma grid)
+    keep_both_resident: bool = False
+
+
+@dataclass
+class SolverState:
+    """Solver history after a partial run, so that the next sampler in a chain continues it exactly."""
+
+    solver: str
+    sigmas: torch.Tensor
+    next_step: int
+    data: dict = field(default_factory=dict)
+
+
+@dataclass
+class StepInfo:
+    index: int  # 0-based step of this run
+    total: int  # steps in this run
+    schedule_step: int
+    timestep: float
+    sigma: float
+    expert: str
+    x: torch.Tensor  # latents after the step
+    x0: torch.Tensor  # the model's estimate of the clean latents at this step (for previews)
+
+
+@dataclass
+class SampleResult:
+    latents: torch.Tensor
+    experts: list[str]  # expert of each step run
+    schedule: Schedule
+    cache_report: Any = None
+    solver_state: SolverState | None = None
+
+
+def sample(experts: ExpertSet, latents: torch.Tensor, text: TextEmbeds, settings: SamplerSettings, *,
+           noise: torch.Tensor | None = None, image_cond: ImageCond | None = None, step_cache=None,
+           callback: Callable[[StepInfo], None] | None = None, device=None, offload_device=None,
+           solver_state: SolverState | None = None) -> SampleResult:
+    """Denoise ``latents`` [B, C, T, h, w] (normalised). With ``add_noise`` and start 0 the run starts from
+    ``noise`` alone, like the official scripts; a later start mixes noise in at that step's sigma."""
+    s = settings
+    _check_settings(s, experts)
+    check_sampling_inputs(experts, latents, text, image_cond, needs_negative=_uses_cfg(s, experts))
+    if s.add_noise and (noise is None or noise.shape != latents.shape):
+        raise InputError(f"add_noise needs noise of the latent's shape {tuple(latents.shape)}")
+    schedule, first = partial_schedule(lambda n: make_schedule(s.solver, n, s.shift, s.schedule), s.steps, s.denoise)
+    start, end = _step_range(s, schedule, first)
+    run_experts = experts
+    if experts.is_moe and s.boundary is not None:
+        run_experts = dataclasses.replace(experts, boundary=s.boundary)
+    plan = expert_plan(run_experts, schedule, range(start, end), s.switch_step)
+    device = torch.device(device) if device is not None else latents.device
+    inputs = ModelInputs.build(experts, text, image_cond, latents.shape, device)
+    x = _initial(latents, noise, schedule, start, s.add_noise, device)
+    solver = make_solver(s.solver, schedule)
+    _restore(solver, solver_state, s, schedule, start)
+    full_denoise = end < schedule.steps and not s.return_with_leftover_noise
+    placement = ExpertPlacement(experts.models, device, offload_device or device, s.keep_both_resident)
+    if step_cache is not None:
+        step_cache.begin(timesteps=[schedule.timestep(i) for i in range(start, end)], experts=run_experts)
+    try:
+        x = inputs.impose(x)
+        for n, i in enumerate(range(start, end)):
+            model = placement.activate(run_experts.low if plan[n] == "low" else run_experts.high)
+            t = schedule.timestep(i)
+            v = _guided(model, x, inputs.timesteps(t), inputs, _cfg(s, plan[n]), step_cache, n, plan[n])
+            x0 = inputs.impose(solver.x0(i, v, x))
+            x = x0 if full_denoise and i == end - 1 else inputs.impose(solver.step(i, v, x))
+            if callback is not None:
+                callback(StepInfo(n, end - start, i, t, schedule.sigma(i), plan[n], x, x0))
+    finally:
+        placement.release()
+    report = step_cache.end() if step_cache is not None else None
+    state = None
+    if end < schedule.steps and not full_denoise:
+        state = SolverState(s.solver, schedule.sigmas, end, solver.state())
+    return SampleResult(x, plan, schedule, report, state)
+
+
+def expert_plan(experts: ExpertSet, schedule: Schedule, steps: range, switch_step: int | None = None) -> list[str]:
+    """"single", or "high"/"low" per step: by ``t >= boundary * 1000`` (ExpertSet) unless a switch step is set."""
+    if not experts.is_moe:
+        return ["single"] * len(steps)
+    if switch_step is not None:
+        return ["high" if i < switch_step else "low" for i in steps]
+    return [experts.expert_for(schedule.timestep(i))[0] for i in steps]
+
+
+def _guided(model, x, t, inputs: ModelInputs, scale: float, step_cache, step: int, expert: str) -> torch.Tensor:
+    """v = v_u + g (v_c - v_u): the conditional forward first, then the unconditional one (skipped at g = 1)."""
+    def forward(context, branch):
+        kwargs = {"clip_fea": inputs.clip, "y": inputs.y}
+        if step_cache is None:
+            return model(x, t, context, **kwargs)
+        return step_cache.forward(model, x, t, context, step=step, branch=branch, expert=expert, **kwargs)
+
+    v_cond = forward(inputs.positive, "cond")
+    if scale == 1.0:
+        return v_cond
+    v_uncond = forward(inputs.negative, "uncond")
+    return v_uncond + scale * (v_cond - v_uncond)
+
+
+def _cfg(s: SamplerSettings, expert: str) -> float:
+    return s.cfg_low if expert == "low" else s.cfg_high
+
+
+def _uses_cfg(s: SamplerSettings, experts: ExpertSet) -> bool:
+    return s.cfg_high != 1.0 or (experts.is_moe and s.cfg_low != 1.0)
+
+
+def _step_range(s: SamplerSettings, schedule: Schedule, first: int) -> tuple[int, int]:
+    start = first + s.start_step
+    end = schedule.steps if s.end_step is None else min(schedule.steps, first + s.end_step)
+    if start >= end:
+        raise InputError(f"start step {s.start_step} must be before the end step "
+                         f"{s.end_step if s.end_step is not None else s.steps} (of {s.steps} steps)")
+    return start, end
+
+
+def _initial(latents, noise, schedule: Schedule, start: int, add_noise: bool, device) -> torch.Tensor:
+    latents = latents.to(device=device, dtype=torch.float32)
+    if not add_noise:
+        return latents
+    noise = noise.to(device=device, dtype=torch.float32)
+    if start == 0:
+        return noise
+    sigma = schedule.sigma(start)
+    return sigma * noise + (1.0 - sigma) * latents
+
+
+def _restore(solver, state: SolverState | None, s: SamplerSettings, schedule: Schedule, start: int) -> None:
+    if state is None or s.add_noise:
+        return
+    if state.solver == s.solver and state.next_step == start and torch.equal(state.sigmas, schedule.sigmas):
+        solver.load_state(state.data)
+    else:
+        log.info("Wan sampler: the incoming latent was made with another schedule or solver; starting the solver "
+                 "history afresh at step %d", start)
+
+
+def _check_settings(s: SamplerSettings, experts: ExpertSet) -> None:
+    if s.solver not in SOLVERS:
+        raise InputError(f"solver '{s.solver}' is unknown; use one of {SOLVERS}")
+    if s.start_step < 0 or (s.end_step is not None and s.end_step < 0):
+        raise InputError(f"start step ({s.start_step}) and end step ({s.end_step}) cannot be negative")
+    if s.boundary is not None and not 0.0 < s.boundary < 1.0:
+        raise InputError(f"boundary {s.boundary} must lie between 0 and 1 (a fraction of the 1000 timesteps)")
+    if (s.boundary is not None or s.switch_step is not None) and not experts.is_moe:
+        log.info("Wan sampler: boundary / switch step apply to a Wan 2.2 expert pair only; ignored for one model")
+    for name in ("cfg_high", "cfg_low"):
+        if getattr(s, name) < 0:
+            raise InputError(f"{name} {getattr(s, name)} cannot be negative")
