@@ -1,0 +1,7 @@
+"""The Wan 2.1 and 2.2 video VAEs: causal time chunking as the official code, tiling, every file layout."""
+from .config import WAN21_VAE, WAN22_VAE, WanVAEConfig
+from .loader import load_vae
+from .model import WanVAEModel
+from .vae import WanVAE
+
+__all__ = ["WAN21_VAE", "WAN22_VAE", "WanVAE", "WanVAEConfig", "WanVAEModel", "load_vae"]

@@ -1,0 +1,89 @@
+"""Load a Wan VAE from any layout users have, without holding two copies of the weights."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import read_state_dict, wrong_kind_message
+from ..dit.loader import DTYPES
+from ..errors import CheckpointError, InputError
+from ..latents import STATS
+from .config import WanVAEConfig
+from .keys import normalize_keys
+from .model import WanVAEModel
+from .vae import WanVAE
+
+log = logging.getLogger("wan_experts")
+
+OFFICIAL_FILES = ("Wan2.1_VAE.pth", "Wan2.2_VAE.pth")
+REQUIRED_KEYS = ("encoder.conv1.weight", "decoder.conv1.weight", "decoder.head.2.weight", "conv1.weight", "conv2.weight")
+
+
+def load_vae(path, dtype=None, device="cpu") -> WanVAE:
+    """Load a Wan 2.1 or 2.2 VAE: official ``.pth``, Comfy-Org ``.safetensors``, or a diffusers folder.
+
+    ``dtype``: compute dtype (None/"default": the file's own float dtype). The version (2.1 / 2.2) is detected.
+    """
+    source = _weights_source(Path(path))
+    sd, layout = normalize_keys(read_state_dict(source, what="VAE file"))
+    if not all(k in sd for k in REQUIRED_KEYS):
+        raise CheckpointError(wrong_kind_message(source, "a Wan VAE", sd.keys()))
+    try:
+        config = WanVAEConfig.from_state_dict(sd)
+    except (CheckpointError, KeyError, IndexError, ValueError) as exc:
+        raise CheckpointError(f"'{source.name}' looks like a Wan VAE but its layout is not one: {exc}") from exc
+    if config.z_dim not in STATS:
+        raise CheckpointError(f"'{source.name}' has {config.z_dim} latent channels; Wan VAEs have 16 (2.1) or 48 (2.2)."
+                              f" It is another model's VAE.")
+    compute = resolve_dtype(dtype, sd["decoder.conv1.weight"].dtype)
+    with torch.device("meta"):
+        model = WanVAEModel(config)
+    _assign_weights(model, sd, compute, source)
+    model.requires_grad_(False).eval()
+    vae = WanVAE(model, compute, "cpu", source=str(path))
+    if torch.device(device) != torch.device("cpu"):
+        vae.to(device)
+    log.info("Loaded Wan %s VAE (z %d, base %d/%d) from %s [%s], compute %s", config.version, config.z_dim,
+             config.dim, config.dec_dim, source.name, layout, str(compute).replace("torch.", ""))
+    return vae
+
+
+def resolve_dtype(dtype, file_dtype: torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "", "default", "auto"):
+        return file_dtype if file_dtype in DTYPES.values() else torch.float32
+    if dtype not in DTYPES:
+        raise InputError(f"dtype '{dtype}' is unknown; use one of {sorted(set(DTYPES))} or 'default'")
+    return DTYPES[dtype]
+
+
+def _weights_source(path: Path) -> Path:
+    """The weight file inside a folder: a diffusers pipeline's ``vae/``, or the official VAE of a Wan-AI folder."""
+    if not path.is_dir():
+        return path
+    if (path / "vae").is_dir():
+        return path / "vae"
+    for name in OFFICIAL_FILES:
+        if (path / name).is_file():
+            return path / name
+    return path
+
+
+def _assign_weights(model: WanVAEModel, sd: dict[str, torch.Tensor], compute: torch.dtype, source: Path) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    if missing or unexpected:
+        parts = [f"{len(missing)} missing (e.g. {', '.join(missing[:4])})"] if missing else []
+        parts += [f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:4])})"] if unexpected else []
+        raise CheckpointError(f"'{source.name}' does not match the Wan {model.config.version} VAE layout it looks "
+                              f"like: {'; '.join(parts)} keys. The file may be incomplete or a different model.")
+    for key, want in expected.items():
+        if sd[key].shape != want.shape:
+            raise CheckpointError(f"'{source.name}': '{key}' has shape {tuple(sd[key].shape)}, expected "
+                                  f"{tuple(want.shape)}. The file is inconsistent or damaged.")
+    weights = {k: (sd[k] if sd[k].dtype == compute else sd[k].to(compute)) for k in expected}
+    model.load_state_dict(weights, strict=True, assign=True)

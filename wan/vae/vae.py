@@ -1,0 +1,180 @@
+"""``WanVAE``: encode videos to raw latents and decode them back, whole or in spatial tiles.
+
+Videos are [B, 3, F, H, W] in [-1, 1]; latents are the raw posterior means [B, z, T, h, w] (the DiT works on
+``normalize(latents)``). F must be 4n+1: other frame counts are trimmed to the largest 4n+1 (the official encoder
+ignores those trailing frames too) and a warning is logged. H and W must be multiples of the spatial stride.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import torch
+
+from .. import latents as latent_stats
+from ..errors import InputError
+from ..latents import VAE_NAME
+from .model import WanVAEModel, num_chunks
+from .tiling import TileGrid, run_tiled
+
+log = logging.getLogger("wan_experts")
+
+ProgressCallback = Callable[[int, int], None]  # (chunks done, chunks in total)
+TILED_MODES = ("auto", "on", "off")
+DEFAULT_TILE_SIZE = 512  # pixels
+DEFAULT_OVERLAP = 64  # pixels
+OutOfMemoryError = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+
+class WanVAE:
+    def __init__(self, model: WanVAEModel, dtype: torch.dtype, device: torch.device | str = "cpu", source: str = ""):
+        self.model = model
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self.source = source
+
+    # --- description ---------------------------------------------------------------------------------------------
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def version(self) -> str:
+        return self.config.version
+
+    @property
+    def z_dim(self) -> int:
+        return self.config.z_dim
+
+    @property
+    def stride(self) -> tuple[int, int, int]:
+        return self.config.stride
+
+    def __repr__(self) -> str:
+        return f"WanVAE({self.version}, z {self.z_dim}, {str(self.dtype).replace('torch.', '')}, {self.device})"
+
+    def to(self, device: torch.device | str) -> "WanVAE":
+        self.model.to(device)
+        self.device = torch.device(device)
+        return self
+
+    # --- latent space ------------------------------------------------------------------------------------------
+    @staticmethod
+    def normalize(latents: torch.Tensor) -> torch.Tensor:
+        return latent_stats.normalize(latents)
+
+    @staticmethod
+    def denormalize(latents: torch.Tensor) -> torch.Tensor:
+        return latent_stats.denormalize(latents)
+
+    # --- encode / decode ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor, tiled: str | bool = "auto", tile_size: int = DEFAULT_TILE_SIZE,
+               overlap: int = DEFAULT_OVERLAP, callback: ProgressCallback | None = None) -> torch.Tensor:
+        """Video [B, 3, F, H, W] in [-1, 1] -> raw latents [B, z, 1 + (F-1)//4, H/s, W/s], float32."""
+        video = self._check_video(video)
+        s = self.stride[1]
+        grid = TileGrid.from_pixels(tile_size, overlap, s)
+        latent_hw = (video.shape[3] // s, video.shape[4] // s)
+        per_item = num_chunks(video.shape[2], self.stride[0])
+        full = lambda v, cb: self.model.encode_chunks(v, cb)  # noqa: E731
+        tiles = lambda v, cb: run_tiled(lambda t: full(t, cb), v, grid, latent_hw, s, 1)  # noqa: E731
+        return self._run(video, full, tiles, tiled, per_item, grid.count(*latent_hw), callback)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, tiled: str | bool = "auto", tile_size: int = DEFAULT_TILE_SIZE,
+               overlap: int = DEFAULT_OVERLAP, callback: ProgressCallback | None = None,
+               clamp: bool = True) -> torch.Tensor:
+        """Raw latents [B, z, T, h, w] -> video [B, 3, 1 + 4(T-1), h*s, w*s] in [-1, 1], float32."""
+        latents = self._check_latents(latents)
+        s = self.stride[1]
+        grid = TileGrid.from_pixels(tile_size, overlap, s)
+        latent_hw = tuple(latents.shape[3:])
+        full = lambda z, cb: self.model.decode_chunks(z, cb)  # noqa: E731
+        tiles = lambda z, cb: run_tiled(lambda t: full(t, cb), z, grid, latent_hw, 1, s)  # noqa: E731
+        video = self._run(latents, full, tiles, tiled, latents.shape[2], grid.count(*latent_hw), callback)
+        return video.clamp_(-1.0, 1.0) if clamp else video
+
+    def _run(self, x, full, tiles, tiled, chunks_per_item: int, tile_count: int, callback) -> torch.Tensor:
+        """One batch item at a time; full pass, tiles, or full pass falling back to tiles on out-of-memory."""
+        mode = _tiled_mode(tiled)
+        outs = []
+        for i in range(x.shape[0]):
+            item = x[i:i + 1].to(self.device, self.dtype)
+            if mode == "on":
+                counter = _Counter(callback, x.shape[0] * chunks_per_item * tile_count, i * chunks_per_item * tile_count)
+                outs.append(tiles(item, counter))
+                continue
+            counter = _Counter(callback, x.shape[0] * chunks_per_item, i * chunks_per_item)
+            try:
+                outs.append(full(item, counter).float())
+            except OutOfMemoryError:
+                if mode == "off":
+                    raise
+                log.warning("Wan VAE: out of memory for a %dx%d pass on %s; retrying in %d tiles",
+                            x.shape[-2], x.shape[-1], self.device, tile_count)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                per_item = chunks_per_item * tile_count
+                counter = _Counter(callback, x.shape[0] * per_item, i * per_item)
+                outs.append(tiles(item, counter))
+        return torch.cat(outs)
+
+    # --- input checks -------------------------------------------------------------------------------------------
+    def _check_video(self, video: torch.Tensor) -> torch.Tensor:
+        if not isinstance(video, torch.Tensor) or video.dim() != 5 or video.shape[1] != 3:
+            shape = tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__
+            raise InputError(f"video to encode has shape {shape}; expected [batch, 3, frames, height, width] "
+                             f"with values in [-1, 1]")
+        _, _, frames, height, width = video.shape
+        s = self.stride[1]
+        if height % s or width % s or height == 0 or width == 0:
+            raise InputError(f"video size {width}x{height} is not a multiple of {s} (the {VAE_NAME[self.z_dim]} "
+                             f"compresses {s}x{s} pixels per latent); resize or crop it to e.g. "
+                             f"{max(s, width // s * s)}x{max(s, height // s * s)}")
+        if frames < 1:
+            raise InputError("video to encode has no frames")
+        step = self.stride[0]
+        keep = 1 + (frames - 1) // step * step
+        if keep != frames:
+            log.warning("Wan VAE: %d frames is not %dn+1; encoding the first %d (the last %d are dropped, as in the "
+                        "official encoder)", frames, step, keep, frames - keep)
+            video = video[:, :, :keep]
+        return video
+
+    def _check_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        if not isinstance(latents, torch.Tensor) or latents.dim() != 5:
+            shape = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
+            raise InputError(f"latents to decode have shape {shape}; expected [batch, {self.z_dim}, frames, height, "
+                             f"width] (video latents of the {VAE_NAME[self.z_dim]})")
+        channels = latents.shape[1]
+        if channels != self.z_dim:
+            other = VAE_NAME.get(channels)
+            what = f"{other} latents" if other else "not Wan latents"
+            raise InputError(f"latents have {channels} channels ({what}) but this is the {VAE_NAME[self.z_dim]}: "
+                             f"decode them with the VAE that matches the model that made them (Wan 2.1 / 2.2 A14B: "
+                             f"Wan2.1_VAE; Wan 2.2 TI2V-5B: Wan2.2_VAE)")
+        if latents.shape[2] < 1 or latents.shape[3] < 1 or latents.shape[4] < 1:
+            raise InputError(f"latents to decode have an empty dimension: shape {tuple(latents.shape)}")
+        return latents
+
+
+class _Counter:
+    """Turns per-chunk ticks into ``callback(done, total)`` calls."""
+
+    def __init__(self, callback: ProgressCallback | None, total: int, done: int):
+        self.callback, self.total, self.done = callback, total, done
+
+    def __call__(self) -> None:
+        self.done += 1
+        if self.callback is not None:
+            self.callback(self.done, self.total)
+
+
+def _tiled_mode(tiled: str | bool) -> str:
+    if tiled is True or tiled is False:
+        return "on" if tiled else "off"
+    if tiled not in TILED_MODES:
+        raise InputError(f"tiled='{tiled}' is unknown; use 'auto' (whole frame, tiles if out of memory), 'on' or "
+                         f"'off'")
+    return tiled
