@@ -99,6 +99,7 @@ class StepCache:
         self.experts = None
         self._states: dict[str, BranchState] = {}
         self._started = False
+        self._expert: str | None = None
         self._report = CacheReport(self.name, 0)
 
     # -- the protocol ------------------------------------------------------------------------------------
@@ -110,6 +111,7 @@ class StepCache:
         self.experts = experts
         self._states = {}
         self._started = False
+        self._expert = None
         self._setup(experts)
         self._report = CacheReport(self.describe(), len(self.timesteps))
 
@@ -120,6 +122,10 @@ class StepCache:
         if not self._started:
             self._on_first_call(model, x, t, y)
             self._started = True
+        if expert != self._expert:
+            if self._expert is not None:
+                self._on_expert_switch(step, expert)
+            self._expert = expert
         state = model.prepare(x, t, context, clip_fea, y)
         calls = [self._call(step, b, expert, rows) for b, rows in branches]
         compute = [self._decide(state, c, self._states[c.branch]) or c.first_in_expert for c in calls]
@@ -144,6 +150,9 @@ class StepCache:
 
     def _on_first_call(self, model, x, t, y) -> None:
         """Choices that need the inputs (e.g. the 480p or 720p set by output area), made once per run."""
+
+    def _on_expert_switch(self, step: int, expert: str) -> None:
+        """The run moved to another expert at ``step`` (branch states restart on their own)."""
 
     def _new_state(self) -> BranchState:
         return BranchState()

@@ -18,6 +18,7 @@ always computes first and the accumulators restart (the published code keeps the
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +29,8 @@ from .base import BranchState, Call, StepCache
 from .select import choose, input_facts, is_file_request
 from .tables import MAGCACHE_NEAREST, MagCurve, load_curves, nearest_interp, pick_key, published_curves
 from .teacache import check_threshold
+
+log = logging.getLogger("wan_experts")
 
 MAX_THRESHOLD = 1.0
 MAX_K = 20
@@ -87,6 +90,14 @@ class MagCache(StepCache):
         self.data = self._choice.table[self._choice.resolve(*input_facts(model, x, t, y))]
         self._ratios = run_ratios(self.data, len(self.timesteps), self._split)
         self._report.policy = self.describe()
+
+    def _on_expert_switch(self, step: int, expert: str) -> None:
+        """The loop may switch at another step than ``t >= boundary`` predicts (a manual switch step)."""
+        if self._split is not None and expert == "low" and step != self._split:
+            log.info("MagCache: the low-noise expert starts at step %d, not %d as the boundary predicts; "
+                     "re-mapping the curve", step, self._split)
+            self._split = step
+            self._ratios = run_ratios(self.data, len(self.timesteps), self._split)
 
     def _new_state(self) -> MagState:
         return MagState()
