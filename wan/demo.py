@@ -15,29 +15,23 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .variants import VARIANTS, Variant
+from .generate import EXPERT_FOLDERS, OFFICIAL_CLIP, OFFICIAL_T5, OFFICIAL_TOKENIZER, OFFICIAL_VAE
+from .variants import DEFAULT_NEGATIVE_PROMPT, VARIANTS, Variant
 
 DIT_DIM, DIT_FFN, DIT_HEADS, DIT_LAYERS = 256, 512, 2, 2
 T5_DIM, T5_FFN, T5_HEADS, T5_LAYERS = 64, 128, 2, 2
 VAE_DIM = 8
 CLIP_DIM = 64
+CLIP_LAYERS = 2  # blocks Wan reads; the files hold one more (the last block, which Wan skips)
 CLIP_TOKENS = 257  # 16x16 patches + class token at 224 px, patch 14
 SEED = 2024
 
-# Official Wan-AI folder file names.
-OFFICIAL_T5 = "models_t5_umt5-xxl-enc-bf16.pth"
-OFFICIAL_TOKENIZER = "google/umt5-xxl"
-OFFICIAL_CLIP = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
-OFFICIAL_VAE = {"2.1": "Wan2.1_VAE.pth", "2.2": "Wan2.2_VAE.pth"}
 DIT_FILE = "diffusion_pytorch_model.safetensors"
-EXPERT_FOLDERS = {"high": "high_noise_model", "low": "low_noise_model"}
 
 _TOKENIZER_CORPUS = (
     "Two anthropomorphic cats in comfy boxing gear and bright gloves fight intensely on a spotlighted stage. "
     "A cat walks on the grass, realistic style. A red car drives along a coastal road at sunset, cinematic. "
-    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，"
-    "丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，"
-    "静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走，镜头晃动，镜头切换"
+    + DEFAULT_NEGATIVE_PROMPT + "镜头晃动，镜头切换"
 )
 
 
@@ -119,7 +113,7 @@ def write_official_folder(folder, task_variant: str | Variant) -> DemoModels:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if variant.moe:
-        dits = tuple(_write_dit_folder(folder / EXPERT_FOLDERS[r], variant, SEED + i) for i, r in enumerate(("high", "low")))
+        dits = tuple(_write_dit_folder(folder / name, variant, SEED + i) for i, name in enumerate(EXPERT_FOLDERS))
     else:
         dits = (_write_dit_folder(folder, variant, SEED),)
     encoder, proto = tiny_text_encoder()
@@ -142,7 +136,8 @@ def write_comfy_files(models_dir, task_variant: str | Variant, names: dict[str, 
     dits = tuple(_save_st(tiny_dit(variant, SEED + i).state_dict(), root / "diffusion_models" / n)
                  for i, n in enumerate(dit_names))
     encoder, proto = tiny_text_encoder()
-    t5_sd = {**official_t5_to_hf(encoder.state_dict()), "spiece_model": torch.frombuffer(bytearray(proto), dtype=torch.uint8)}
+    tokenizer = torch.frombuffer(bytearray(proto), dtype=torch.uint8)
+    t5_sd = {**official_t5_to_hf(encoder.state_dict()), "spiece_model": tokenizer}
     t5 = _save_st(t5_sd, root / "text_encoders" / names["text_encoders"])
     vae = _save_st(tiny_vae(variant.vae).state_dict(), root / "vae" / names["vae"])
     clip = None
@@ -153,7 +148,8 @@ def write_comfy_files(models_dir, task_variant: str | Variant, names: dict[str, 
 
 def official_t5_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Official Wan UMT5 names -> Hugging Face T5 names (the Comfy-Org text-encoder layout)."""
-    block = {"attn.": "layer.0.SelfAttention.", "pos_embedding.embedding.": "layer.0.SelfAttention.relative_attention_bias.",
+    block = {"attn.": "layer.0.SelfAttention.",
+             "pos_embedding.embedding.": "layer.0.SelfAttention.relative_attention_bias.",
              "norm1.": "layer.0.layer_norm.", "ffn.gate.0.": "layer.1.DenseReluDense.wi_0.",
              "ffn.fc1.": "layer.1.DenseReluDense.wi_1.", "ffn.fc2.": "layer.1.DenseReluDense.wo.",
              "norm2.": "layer.1.layer_norm."}
@@ -170,8 +166,50 @@ def official_t5_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def tiny_clip_state_dict(layout: str) -> dict[str, torch.Tensor]:
-    raise NotImplementedError("the CLIP vision encoder is not available yet")
+def tiny_clip_state_dict(layout: str, seed: int = SEED) -> dict[str, torch.Tensor]:
+    """A tiny CLIP vision tower (224 px, patch 14 -> 257 tokens, width 64) in the ``official`` (``visual.*``,
+    fused ``to_qkv``) or ``hf`` (``vision_model.*``) layout, with the last block that Wan never reads."""
+    from .encoders.clip import ClipVisionConfig, ClipVisionTower
+
+    config = ClipVisionConfig(dim=CLIP_DIM, mlp_dim=2 * CLIP_DIM, num_heads=4, num_layers=CLIP_LAYERS)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        full = ClipVisionTower(ClipVisionConfig(**{**config.__dict__, "num_layers": CLIP_LAYERS + 1}))
+        with torch.no_grad():
+            for p in full.parameters():
+                if not p.any():
+                    p.normal_(0, 0.02)
+    sd = full.state_dict()
+    return _clip_official(sd) if layout == "official" else _clip_hf(sd)
+
+
+def _clip_official(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in sd.items():
+        if ".attn.q." in key:
+            parts = [sd[key.replace(".attn.q.", f".attn.{n}.")] for n in "qkv"]
+            out["visual." + key.replace(".attn.q.", ".attn.to_qkv.")] = torch.cat(parts)
+        elif ".attn.k." not in key and ".attn.v." not in key:
+            out["visual." + key] = value
+    return out
+
+
+def _clip_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    top = {"patch_embedding.weight": "embeddings.patch_embedding.weight", "cls_embedding": "embeddings.class_embedding",
+           "pos_embedding": "embeddings.position_embedding.weight", "pre_norm.weight": "pre_layrnorm.weight",
+           "pre_norm.bias": "pre_layrnorm.bias"}
+    block = {"attn.q.": "self_attn.q_proj.", "attn.k.": "self_attn.k_proj.", "attn.v.": "self_attn.v_proj.",
+             "attn.proj.": "self_attn.out_proj.", "norm1.": "layer_norm1.", "norm2.": "layer_norm2.",
+             "mlp.0.": "mlp.fc1.", "mlp.2.": "mlp.fc2."}
+    out = {}
+    for key, value in sd.items():
+        if key in top:
+            out["vision_model." + top[key]] = value.reshape(-1) if key == "cls_embedding" else value.squeeze(0)
+            continue
+        _, n, rest = key.split(".", 2)
+        old = next(p for p in block if rest.startswith(p))
+        out[f"vision_model.encoder.layers.{n}.{block[old]}{rest[len(old):]}"] = value
+    return out
 
 
 def _write_dit_folder(folder: Path, variant: Variant, seed: int) -> Path:

@@ -71,6 +71,30 @@ def save_video(frames: torch.Tensor, output_dir, filename_prefix: str = "video/W
     return SavedVideo(final, final.name, subfolder)
 
 
+def write_video(frames: torch.Tensor, path, fps: float = 16.0, crf: int = 19,
+                metadata: dict[str, str] | None = None) -> Path:
+    """Encode ``frames`` to exactly ``path`` (.mp4 or .webm), replacing an existing file only once complete."""
+    path = Path(path)
+    format = path.suffix.lower().lstrip(".")
+    if format not in FORMATS:
+        raise InputError(f"cannot write '{path.name}': the file name must end in .mp4 or .webm")
+    fmt = _check_format(format, crf)
+    pixels = frames_to_uint8(frames)
+    _check_fps(fps)
+    _make_folder(path.parent)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.partial.{fmt.name}")
+    try:
+        encode(pixels, tmp, fps, fmt, crf, metadata or {})
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise OutputFolderError(f"could not write the video '{path}': {exc}. Check that the folder is writable "
+                                f"and has free space.") from exc
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
 def workflow_metadata(prompt=None, extra_pnginfo=None) -> dict[str, str]:
     """Container tags as core ComfyUI writes them: ``prompt`` and every ``extra_pnginfo`` key (``workflow``), JSON."""
     tags = {}
