@@ -1,0 +1,110 @@
+"""Put a checkpoint's tensors into a module built on the meta device, keeping fp8 Linear weights as they are.
+
+Shared by the text and image encoders: pick the compute dtype, split off Comfy "scaled fp8" scales, check every
+key and shape against the module, then assign (no copy unless a tensor must change dtype).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from ..errors import CheckpointError, InputError
+from ..ops import FP8_DTYPES, Linear
+
+DTYPES = {
+    "fp32": torch.float32, "float32": torch.float32,
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+    "fp16": torch.float16, "float16": torch.float16,
+}
+SCALE_SUFFIX = ".scale_weight"
+INPUT_SCALE_SUFFIX = ".scale_input"
+
+
+def split_fp8_scales(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(tensors without the scaled-fp8 bookkeeping, ``scale_weight`` by layer name)."""
+    scales = {k[: -len(SCALE_SUFFIX)]: v for k, v in sd.items() if k.endswith(SCALE_SUFFIX)}
+    rest = {k: v for k, v in sd.items()
+            if k != "scaled_fp8" and not k.endswith((SCALE_SUFFIX, INPUT_SCALE_SUFFIX))}
+    return rest, scales
+
+
+def compute_dtype(dtype, stored: torch.dtype) -> torch.dtype:
+    """The dtype to compute in: the one asked for, else the file's own (bf16 for fp8 files)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in (None, "", "default", "auto"):
+        if dtype not in DTYPES:
+            raise InputError(f"dtype '{dtype}' is unknown; use one of {sorted(set(DTYPES))} or 'default'")
+        return DTYPES[dtype]
+    return stored if stored in DTYPES.values() else torch.bfloat16
+
+
+def build_with_weights(factory, sd: dict[str, torch.Tensor], scales: dict[str, torch.Tensor], dtype: torch.dtype,
+                       source: Path, what: str) -> nn.Module:
+    """``factory()`` built on the meta device, given the checkpoint's tensors, frozen and in eval mode."""
+    with torch.device("meta"):
+        module = factory()
+    assign_weights(module, sd, scales, dtype, source, what)
+    return module.requires_grad_(False).eval()
+
+
+def official_file_in(path: Path, pattern: str) -> Path:
+    """An official Wan model folder keeps the encoders as ``.pth`` files beside the DiT: pick the one matching."""
+    if path.is_dir():
+        found = sorted(path.glob(pattern))
+        if len(found) == 1:
+            return found[0]
+    return path
+
+
+def assign_weights(module: nn.Module, sd: dict[str, torch.Tensor], scales: dict[str, torch.Tensor],
+                   dtype: torch.dtype, source: Path, what: str) -> None:
+    """Load ``sd`` (already in the module's names) into ``module``; every key must match in name and shape."""
+    expected = module.state_dict()
+    _check_keys(set(expected), set(sd), source, what)
+    linear_weights = {f"{n}.weight" for n, m in module.named_modules() if isinstance(m, Linear)}
+    weights = {}
+    for key, want in expected.items():
+        t = sd[key]
+        if t.shape != want.shape:
+            raise CheckpointError(f"'{source.name}': '{key}' has shape {tuple(t.shape)}, expected "
+                                  f"{tuple(want.shape)} for this {what}. The file is inconsistent or damaged.")
+        weights[key] = _as_stored(key, t, dtype, key in linear_weights, scales)
+    module.load_state_dict(weights, strict=True, assign=True)
+    for name, scale in scales.items():
+        layer = module.get_submodule(name) if _has_module(module, name) else None
+        if isinstance(layer, Linear) and layer.weight.dtype in FP8_DTYPES:
+            layer.scale_weight = scale.float()
+
+
+def _check_keys(expected: set[str], found: set[str], source: Path, what: str) -> None:
+    missing, unexpected = sorted(expected - found), sorted(found - expected)
+    if not missing and not unexpected:
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:4])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:4])})")
+    raise CheckpointError(f"'{source.name}' does not match the {what} layout it looks like: {'; '.join(parts)} "
+                          f"keys. The file may be incomplete or a different model.")
+
+
+def _as_stored(key: str, t: torch.Tensor, dtype: torch.dtype, is_linear_weight: bool, scales) -> torch.Tensor:
+    """fp8 Linear weights stay fp8 (scaled per layer at run time); everything else goes to the compute dtype."""
+    if t.dtype in FP8_DTYPES:
+        if is_linear_weight:
+            return t
+        scale = scales.pop(key.rsplit(".", 1)[0], None)
+        t = t.float() * (scale.float() if scale is not None else 1.0)
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+def _has_module(module: nn.Module, name: str) -> bool:
+    try:
+        module.get_submodule(name)
+        return True
+    except AttributeError:
+        return False
