@@ -98,3 +98,15 @@ def test_bad_inputs_are_refused_before_writing(save_node):
     with pytest.raises(ValueError, match="crf"):
         save_node.save(_frames(2), crf=60, format="mp4")
     assert not os.path.exists(os.environ["WAN_EXPERTS_OUTPUT"])
+
+
+def test_write_video_to_exact_path_replaces_only_when_done(pack, tmp_path):
+    video = importlib.import_module(pack.__name__ + ".wan.video")
+    target = tmp_path / "sub" / "clip.mp4"
+    video.write_video(_frames(3), target, fps=24, metadata={"comment": "first"})
+    video.write_video(_frames(4), target, fps=24, metadata={"comment": "second"})
+    decoded, tags, rate = _decode(target)
+    assert decoded.shape[0] == 4 and tags["comment"] == "second" and float(rate) == 24
+    with pytest.raises(ValueError, match="must end in .mp4 or .webm"):
+        video.write_video(_frames(2), tmp_path / "clip.avi")
+    assert sorted(p.name for p in target.parent.iterdir()) == ["clip.mp4"]
