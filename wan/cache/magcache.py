@@ -140,9 +140,11 @@ def run_ratios(curve: MagCurve, steps: int, split: int | None) -> tuple[np.ndarr
 def calibration_switch_step(curve: MagCurve) -> int | None:
     """High-noise steps in the run a two-expert curve was calibrated on, None for one-model curves.
 
-    The authors calibrate with the variant's official shift and step count, on their ``get_timesteps`` schedule:
+    Our calibration files record it; for the published curves it is derived: the authors calibrate with the variant's official shift and step count, on their ``get_timesteps`` schedule:
     sigmas linspace(1, 0.01, steps + 1)[:-1], shifted, as float32, timesteps = int(sigma · 1000).
     """
+    if curve.switch_step is not None:
+        return curve.switch_step
     variant = VARIANTS.get(curve.variant)
     if variant is None or not variant.moe:
         return None

@@ -66,6 +66,7 @@ class MagCurve:
     cond: tuple[float, ...]
     uncond: tuple[float, ...]
     source: str
+    switch_step: int | None = None  # two-expert curves: first low-noise step of the calibration run, if recorded
 
     @property
     def steps(self) -> int:
@@ -109,7 +110,9 @@ def parse_curves(data: dict, source: str) -> dict[str, MagCurve]:
             raise InputError(f"'{source}': curve '{key}' has {len(ratios)} ratios; {steps} steps need "
                              f"{2 * (steps - 1)} (cond and uncond interleaved, from step 1)")
         padded = [1.0, 1.0] + ratios  # the published code pads step 0 so the list has one pair per step
-        out[key] = MagCurve(key, base_variant(key), tuple(padded[0::2]), tuple(padded[1::2]), source)
+        switch = entry.get("switch_step")
+        out[key] = MagCurve(key, base_variant(key), tuple(padded[0::2]), tuple(padded[1::2]), source,
+                            None if switch is None else int(switch))
     return out
 
 
