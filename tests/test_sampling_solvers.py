@@ -93,18 +93,6 @@ def test_state_carries_across_split(solver):
     assert torch.equal(run_ours(second, sched, mid, 4), whole)
 
 
-def test_a14b_expert_split_counts():
-    """Oracle: WAN_REFERENCE §6 — T2V-A14B (40 steps, shift 12, boundary 0.875) runs 26 high + 14 low steps;
-    I2V-A14B (40 steps, shift 5, boundary 0.9) 15 + 25; timesteps from the official UniPC scheduler."""
-    for shift, boundary, high in ((12.0, 0.875, 26), (5.0, 0.900, 15)):
-        ts = official_scheduler("unipc", 40, shift).timesteps
-        assert torch.equal(make_schedule("unipc", 40, shift).timesteps, ts)
-        choice = ["high" if float(t) >= boundary * 1000 else "low" for t in ts]
-        print(f"shift {shift} boundary {boundary}: " + " ".join(f"{int(t)}:{c[0]}" for t, c in zip(ts, choice)))
-        assert choice.count("high") == high and choice.count("low") == 40 - high
-        assert choice == sorted(choice)  # all high steps come first
-
-
 def test_denoise_uses_the_tail_of_a_longer_schedule():
     """Oracle: ComfyUI's rule — denoise d runs the last `steps` of a schedule of int(steps / d) steps."""
     sched, start = partial_schedule(lambda n: make_schedule("unipc", n, 5.0), 10, 0.5)

@@ -50,6 +50,9 @@ class SolverState:
     next_step: int
     data: dict = field(default_factory=dict)
 
+    def to(self, device) -> "SolverState":
+        return SolverState(self.solver, self.sigmas, self.next_step, _move(self.data, device))
+
 
 @dataclass
 class StepInfo:
@@ -93,7 +96,7 @@ def sample(experts: ExpertSet, latents: torch.Tensor, text: TextEmbeds, settings
     inputs = ModelInputs.build(experts, text, image_cond, latents.shape, device)
     x = _initial(latents, noise, schedule, start, s.add_noise, device)
     solver = make_solver(s.solver, schedule)
-    _restore(solver, solver_state, s, schedule, start)
+    _restore(solver, solver_state, s, schedule, start, device)
     full_denoise = end < schedule.steps and not s.return_with_leftover_noise
     placement = ExpertPlacement(experts.models, device, offload_device or device, s.keep_both_resident)
     if step_cache is not None:
@@ -169,11 +172,21 @@ def _initial(latents, noise, schedule: Schedule, start: int, add_noise: bool, de
     return sigma * noise + (1.0 - sigma) * latents
 
 
-def _restore(solver, state: SolverState | None, s: SamplerSettings, schedule: Schedule, start: int) -> None:
+def _move(data, device):
+    if torch.is_tensor(data):
+        return data.to(device)
+    if isinstance(data, dict):
+        return {k: _move(v, device) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_move(v, device) for v in data]
+    return data
+
+
+def _restore(solver, state: SolverState | None, s: SamplerSettings, schedule: Schedule, start: int, device) -> None:
     if state is None or s.add_noise:
         return
     if state.solver == s.solver and state.next_step == start and torch.equal(state.sigmas, schedule.sigmas):
-        solver.load_state(state.data)
+        solver.load_state(_move(state.data, device))
     else:
         log.info("Wan sampler: the incoming latent was made with another schedule or solver; starting the solver "
                  "history afresh at step %d", start)

@@ -48,11 +48,12 @@ def check_text(experts: ExpertSet, text: TextEmbeds, batch: int, needs_negative:
     if not isinstance(text, TextEmbeds):
         raise InputError(f"text must be the output of Wan Text Encode (WAN_TEXT); got {type(text).__name__}")
     dim = experts.config.text_dim
+    if text.positive is None or (needs_negative and text.negative is None):
+        which = "positive" if text.positive is None else "negative"
+        raise InputError(f"the {which} prompt embedding is missing; guidance (cfg other than 1) needs both. Encode "
+                         f"both prompts (an empty negative uses the official default) or set cfg to 1")
     for label, emb in (("positive", text.positive), ("negative", text.negative if needs_negative else None)):
         if emb is None:
-            if label == "negative":
-                raise InputError("cfg > 1 needs a negative prompt embedding; encode one (an empty negative "
-                                 "uses the official default) or set cfg to 1")
             continue
         if emb.dim() != 3 or emb.shape[-1] != dim or emb.shape[0] not in (1, batch):
             raise InputError(f"the {label} text embedding {tuple(emb.shape)} does not fit this model: expected "
