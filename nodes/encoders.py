@@ -17,13 +17,15 @@ LOADER_CATEGORY = "Wan Experts/loaders"
 DTYPE_CHOICES = ["default", "bf16", "fp16", "fp32"]
 DTYPE_TOOLTIP = ("Compute precision. 'default' keeps the file's precision (bf16 for fp8 files, whose weights stay fp8 "
                  "in memory and are upcast layer by layer).")
+TEXT_DTYPE_TOOLTIP = ("Compute precision. 'default' is bf16 like the official code (fp32 for an fp32 file); fp16 can "
+                      "overflow in T5. fp8 weights stay fp8 in memory and are upcast layer by layer.")
 KEEP_TOOLTIP = ("Keep the encoder on the GPU after encoding (faster when prompts change often). Off: it goes back to "
                 "system memory after each use, leaving the GPU to the diffusion model.")
 
 
-def _placement_inputs(device_tooltip: str) -> dict:
+def _placement_inputs(device_tooltip: str, dtype_tooltip: str = DTYPE_TOOLTIP) -> dict:
     return {
-        "dtype": (DTYPE_CHOICES, {"default": "default", "tooltip": DTYPE_TOOLTIP}),
+        "dtype": (DTYPE_CHOICES, {"default": "default", "tooltip": dtype_tooltip}),
         "device": (["gpu", "cpu"], {"default": "gpu", "tooltip": device_tooltip}),
         "keep_loaded": ("BOOLEAN", {"default": False, "tooltip": KEEP_TOOLTIP}),
     }
@@ -53,7 +55,7 @@ class WanExpertsLoadTextEncoder:
                 "text_encoder_name": (host.list_models("text_encoders"), {
                     "tooltip": "UMT5-XXL file in models/text_encoders (e.g. umt5_xxl_fp8_e4m3fn_scaled.safetensors)."}),
                 **_placement_inputs("Where the encoder runs. 'cpu' saves GPU memory at the cost of speed (the "
-                                    "official --t5_cpu option)."),
+                                    "official --t5_cpu option).", TEXT_DTYPE_TOOLTIP),
             },
             "optional": {
                 "tokenizer_path": ("STRING", {"default": "", "tooltip": (

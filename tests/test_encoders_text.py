@@ -149,3 +149,13 @@ def test_t5_without_per_block_position_bias_is_refused(tmp_path, spiece):
     save_file(sd, str(tmp_path / "t5xxl_fp16.safetensors"))
     with pytest.raises(CheckpointError, match="UMT5-XXL"):
         load_text_encoder(tmp_path / "t5xxl_fp16.safetensors")
+
+
+def test_fp16_file_computes_in_bf16_by_default(tmp_path, spiece):
+    """The official code runs T5 in bf16 (fp16 overflows in T5); an explicit dtype still wins."""
+    path = sup.save_comfy_t5(sup.hf_umt5().half(), spiece, tmp_path / "umt5_xxl_fp16.safetensors")
+    encoder = load_text_encoder(path)
+    assert encoder.compute_dtype == torch.bfloat16 and encoder.model.norm.weight.dtype == torch.bfloat16
+    out = encoder.encode(["a cat"])
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert load_text_encoder(path, dtype="fp16").compute_dtype == torch.float16

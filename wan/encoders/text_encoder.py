@@ -68,7 +68,7 @@ def load_text_encoder(path, tokenizer=None, dtype=None, device="cpu") -> TextEnc
     ``umt5_xxl_*.safetensors`` (fp16/bf16/fp8/scaled fp8), or a transformers ``UMT5EncoderModel`` folder.
 
     ``tokenizer``: explicit tokenizer path; None finds it (see ``tokenizer_source``). ``dtype``: compute dtype
-    (None/"default": the file's own, bf16 for fp8 files). ``device``: where the weights are put.
+    (None/"default": bf16 as the official code, fp32 for an fp32 file). ``device``: where the weights are put.
     """
     path = official_file_in(Path(path), OFFICIAL_FILE_GLOB)
     sd, layout = normalize_keys(read_state_dict(path, what="text encoder file"))
@@ -81,7 +81,9 @@ def load_text_encoder(path, tokenizer=None, dtype=None, device="cpu") -> TextEnc
         raise CheckpointError(f"'{path.name}' is a T5 encoder with a position bias in its first block only (T5 v1.1 "
                               f"/ FLAN-T5). Wan needs UMT5-XXL, e.g. umt5_xxl_fp8_e4m3fn_scaled.safetensors.")
     config = UMT5Config.from_state_dict(sd)
-    compute = compute_dtype(dtype, sd["blocks.0.attn.q.weight"].dtype)
+    stored = sd["blocks.0.attn.q.weight"].dtype
+    # fp16 overflows in T5 (the official code runs it in bf16): an fp16 file computes in bf16 unless asked otherwise
+    compute = compute_dtype(dtype, torch.bfloat16 if stored == torch.float16 else stored)
     model = build_with_weights(lambda: UMT5Encoder(config), sd, scales, compute, path, "UMT5 text encoder")
     layout += " (scaled fp8)" if scaled or scales else ""
     encoder = TextEncoder(model, tok, compute, str(path), layout).to(device)
