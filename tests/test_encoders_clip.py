@@ -98,3 +98,22 @@ def test_text_encoder_file_is_refused(tmp_path):
               str(tmp_path / "umt5.safetensors"))
     with pytest.raises(CheckpointError, match="text encoder"):
         load_clip_vision(tmp_path / "umt5.safetensors")
+
+
+def test_clip_scaled_fp8_file(tmp_path):
+    """Oracle: transformers ``CLIPVisionModel`` ``hidden_states[-2]`` with the dequantised (fp8 x scale_weight) weights
+    of a Comfy scaled-fp8 file, float32. Tolerance: max|ours - ref| <= 1e-4 * max|ref| + 1e-5."""
+    from safetensors.torch import save_file
+
+    model = sup.hf_clip_vision()
+    stored, dequant = sup.scaled_fp8(model.state_dict(), skip=("embedding",))
+    save_file({("" if k == "scaled_fp8" else "vision_model.") + k: v for k, v in stored.items()},
+              str(tmp_path / "clip_vision_h_fp8_scaled.safetensors"))
+    model.load_state_dict(dequant)
+    clip = load_clip_vision(tmp_path / "clip_vision_h_fp8_scaled.safetensors", dtype="fp32")
+    assert "scaled fp8" in clip.layout and clip.tower.transformer[0].attn.q.weight.dtype == torch.float8_e4m3fn
+    pixels = torch.randn(1, 3, 56, 56)
+    with torch.no_grad():
+        ref = model(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]
+        ok, err, bound = sup.close(clip.tower(pixels), ref)
+    assert ok, f"max error {err:.3g} > {bound:.3g}"
