@@ -25,8 +25,9 @@ def text_file(models_dir):
 @pytest.fixture
 def clip_file(models_dir):
     tower = sup.official_clip_tower()
-    sup.save_official_clip(tower, models_dir / "clip_vision" / "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth")
-    return "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth", tower
+    name = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
+    sup.save_official_clip(tower, models_dir / "clip_vision" / name)
+    return name, tower
 
 
 def test_every_input_has_a_tooltip(nodes):

@@ -19,8 +19,10 @@ from oracles.randomize import randomize_
 SP_VOCAB = 320
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 _SENTENCES = (
-    "A cat walks on the grass, realistic style.", "一只猫在草地上行走，阳光明媚。",
-    "The quick brown fox jumps over the lazy dog 123 times!", "Hello &amp; welcome to the café — naïve façade.",
+    "A cat walks on the grass, realistic style.",
+    "一只猫在草地上行走，阳光明媚。",
+    "The quick brown fox jumps over the lazy dog 123 times!",
+    "Hello &amp; welcome to the café — naïve façade.",
     "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量",
 )
 

@@ -34,7 +34,8 @@ def check_images(images, name: str = "images") -> torch.Tensor:
         log.warning("CLIP vision: %s are single-channel; the grey channel is repeated to RGB.", name)
         images = images.expand(-1, 3, -1, -1)
     elif channels != 3:
-        hint = " It looks channels-last ([B, H, W, C]): permute it to [B, C, H, W]." if images.shape[-1] in (1, 3, 4) else ""
+        channels_last = images.shape[-1] in (1, 3, 4)
+        hint = " It looks channels-last ([B, H, W, C]): permute it to [B, C, H, W]." if channels_last else ""
         raise InputError(f"CLIP vision: {name} have {channels} channels; expected 3 (RGB).{hint}")
     return _check_range(images.float(), name)
 
