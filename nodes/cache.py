@@ -31,17 +31,20 @@ def _data_file(name: str) -> str | None:
     return str(path)
 
 
-class WanExpertsTeaCache:
-    DISPLAY_NAME = "Wan TeaCache"
-    DESCRIPTION = ("TeaCache step caching: skips the transformer blocks on steps where the timestep embedding "
-                   "predicts little change and reuses the last computed residual (per CFG branch; restarts at the "
-                   "Wan 2.2 expert switch). Published coefficients exist for Wan 2.1 T2V 1.3B/14B and I2V 14B "
-                   "480p/720p only.")
+class _StepCacheNode:
     CATEGORY = CATEGORY
     RETURN_TYPES = ("WAN_STEP_CACHE",)
     RETURN_NAMES = ("step_cache",)
     OUTPUT_TOOLTIPS = (OUTPUT_TOOLTIP,)
     FUNCTION = "make"
+
+
+class WanExpertsTeaCache(_StepCacheNode):
+    DISPLAY_NAME = "Wan TeaCache"
+    DESCRIPTION = ("TeaCache step caching: skips the transformer blocks on steps where the timestep embedding "
+                   "predicts little change and reuses the last computed residual (per CFG branch; restarts at the "
+                   "Wan 2.2 expert switch). Published coefficients exist for Wan 2.1 T2V 1.3B/14B and I2V 14B "
+                   "480p/720p only.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -72,17 +75,12 @@ class WanExpertsTeaCache:
                          path or coefficients, allow_fallback),)
 
 
-class WanExpertsMagCache:
+class WanExpertsMagCache(_StepCacheNode):
     DISPLAY_NAME = "Wan MagCache"
     DESCRIPTION = ("MagCache step caching: skips the transformer blocks while the calibrated magnitude ratios "
                    "predict a small accumulated error, at most K steps in a row, after the first retained steps "
                    "(per CFG branch; Wan 2.2 rules around the expert switch). Published curves exist for Wan 2.1 "
                    "T2V/I2V/VACE, Wan 2.2 A14B (T2V, I2V) and TI2V-5B.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("WAN_STEP_CACHE",)
-    RETURN_NAMES = ("step_cache",)
-    OUTPUT_TOOLTIPS = (OUTPUT_TOOLTIP,)
-    FUNCTION = "make"
 
     @classmethod
     def INPUT_TYPES(cls):

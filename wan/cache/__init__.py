@@ -3,7 +3,8 @@
     TeaCache(threshold, mode="e"|"e0", start_step, end_step, coefficients="auto", allow_fallback=False)
     MagCache(threshold=0.12, K=2, retention_ratio=0.2, curve="auto", allow_fallback=False)
     StepCache, CacheReport                      -- the protocol the denoise loop uses (begin / forward / end)
-    calibrate_run, fit_teacache, write_calibration -- make coefficients / curves for models without published ones
+    calibrate(experts, run), write_calibration -- coefficients / curves for models without published ones
+                                                  (wan.cache.calibrate; CLI: python -m wan.cache.calibrate)
 """
 from .base import BATCHED, BRANCHES, CacheReport, StepCache
 from .magcache import MagCache

@@ -26,8 +26,8 @@ import numpy as np
 from ..errors import InputError
 from ..variants import VARIANTS
 from .base import BranchState, Call, StepCache
-from .select import choose, input_facts, is_file_request
-from .tables import MAGCACHE_NEAREST, MagCurve, load_curves, nearest_interp, pick_key, published_curves
+from .select import choose_for_model, input_facts
+from .tables import MAGCACHE_NEAREST, MagCurve, load_curves, nearest_interp, published_curves
 from .teacache import check_threshold
 
 log = logging.getLogger("wan_experts")
@@ -72,14 +72,8 @@ class MagCache(StepCache):
                 f"curve {name})")
 
     def _setup(self, experts) -> None:
-        variant = experts.variant.id if experts is not None and experts.variant else None
-        if is_file_request(self.curve):
-            table = load_curves(self.curve)
-            requested = "auto" if variant and pick_key(table, variant) else sorted(table)[0]
-        else:
-            table, requested = published_curves(), self.curve
-        self._choice = choose(table, requested, variant, self.allow_fallback, MAGCACHE_NEAREST,
-                              "MagCache curves", ADVICE)
+        self._choice = choose_for_model(experts, self.curve, published_curves(), load_curves, self.allow_fallback,
+                                        MAGCACHE_NEAREST, "MagCache curves", ADVICE)
         self.data, self._ratios, self._split, self._rule = None, None, None, "single"
         if experts is not None and experts.is_moe:
             self._split = sum(1 for t in self.timesteps if t >= experts.boundary * 1000)

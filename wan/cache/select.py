@@ -49,6 +49,18 @@ def choose(table: dict, requested: str, model_variant: str | None, allow_fallbac
     return Choice(table, data_variant, key, fallback)
 
 
+def choose_for_model(experts, requested: str, published: dict, load_file, allow_fallback: bool, nearest: dict,
+                     what: str, advice: str) -> Choice:
+    """``choose`` for the model of a run; ``requested`` may also be a JSON file made by the calibration."""
+    variant = experts.variant.id if experts is not None and experts.variant else None
+    if is_file_request(requested):
+        table = load_file(requested)
+        requested = "auto" if variant and pick_key(table, variant) else sorted(table)[0]
+    else:
+        table = published
+    return choose(table, requested, variant, allow_fallback, nearest, what, advice)
+
+
 def _choose_auto(table, model_variant, allow_fallback, nearest, what, advice) -> Choice:
     if model_variant is None:
         raise InputError(f"{what}: the model's variant is unknown, so 'auto' cannot choose; name a set "

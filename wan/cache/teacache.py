@@ -19,9 +19,8 @@ import torch
 
 from ..errors import InputError
 from .base import BranchState, Call, StepCache
-from .select import choose, input_facts, is_file_request
-from .tables import (TEACACHE_MODES, TEACACHE_NEAREST, CoefficientSet, load_coefficients, pick_key,
-                     published_coefficients)
+from .select import choose_for_model, input_facts
+from .tables import TEACACHE_MODES, TEACACHE_NEAREST, CoefficientSet, load_coefficients, published_coefficients
 
 MAX_THRESHOLD = 1.0
 ADVICE = ("calibrate a set for this model with `python -m wan.cache.calibrate` and pass its JSON file, "
@@ -64,14 +63,8 @@ class TeaCache(StepCache):
                 f"steps {self._window[0]}..{self._window[1] - 1} may skip)")
 
     def _setup(self, experts) -> None:
-        variant = experts.variant.id if experts is not None and experts.variant else None
-        if is_file_request(self.coefficients):
-            table = load_coefficients(self.coefficients)
-            requested = "auto" if variant and pick_key(table, variant) else sorted(table)[0]
-        else:
-            table, requested = published_coefficients(), self.coefficients
-        self._choice = choose(table, requested, variant, self.allow_fallback, TEACACHE_NEAREST,
-                              "TeaCache coefficients", ADVICE)
+        self._choice = choose_for_model(experts, self.coefficients, published_coefficients(), load_coefficients,
+                                        self.allow_fallback, TEACACHE_NEAREST, "TeaCache coefficients", ADVICE)
         self.set, self._poly = None, None
         n = len(self.timesteps)
         default_start, default_end = (1, n - 1) if self.mode == "e" else (5, n)
