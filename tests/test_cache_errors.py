@@ -122,3 +122,20 @@ def test_nodes_make_policies_and_refuse_bad_values(pack):
         nodes.WanExpertsMagCache().make(3.0)
     with pytest.raises(ValueError, match=r"'missing.json' was not found.*calibrate"):
         nodes.WanExpertsTeaCache().make(0.1, coefficients_file="missing.json")
+
+
+def test_auto_picks_the_sub_set_from_the_first_call():
+    """TI2V-5B: a per-token timestep of 0 on the start frame means image-to-video; 2.1 I2V: 480p by output area."""
+    experts = tiny_experts("wan22_ti2v_5b", layers=1, in_dim=48)
+    x, ctx = torch.randn(1, 48, 2, 4, 4), torch.randn(1, 3, 32)
+    for t, expected in ((torch.full((1, 8), 900.0), "wan22_ti2v_5b_t2v"),
+                        (torch.cat([torch.zeros(1, 4), torch.full((1, 4), 900.0)], 1), "wan22_ti2v_5b_i2v")):
+        cache = MagCache(0.06)
+        cache.begin([900.0, 800.0], experts)
+        assert cache.forward(experts.high, x, t, ctx).shape == x.shape
+        assert cache.data.name == expected
+    experts = tiny_experts("wan21_i2v_14b", layers=1)
+    cache = TeaCache(0.26)
+    cache.begin([900.0], experts)
+    cache.forward(experts.high, torch.randn(1, 16, 1, 2, 2), torch.tensor([900.0]), ctx)
+    assert cache.set.name == "wan21_i2v_14b_480p" and cache.end().computed == {"cond": [0]}

@@ -118,7 +118,7 @@ class StepCache:
     def forward(self, model, x, t, context, clip_fea=None, y=None, step: int = 0, branch: str = "cond",
                 expert: str = "single") -> torch.Tensor:
         """Run ``model`` on one call of the loop, computing its blocks or reusing a cached residual."""
-        branches = self._check_call(x, step, branch, expert)
+        branches = self._check_call(model, x, step, branch, expert)
         if not self._started:
             self._on_first_call(model, x, t, y)
             self._started = True
@@ -189,9 +189,12 @@ class StepCache:
             self._refreshed(st)
         return out
 
-    def _check_call(self, x, step, branch, expert) -> list[tuple[str, slice]]:
+    def _check_call(self, model, x, step, branch, expert) -> list[tuple[str, slice]]:
         if not self.timesteps:
             raise InputError("step cache: call begin(timesteps, experts) before the first forward")
+        if not all(hasattr(model, name) for name in ("prepare", "run_blocks", "finish")):
+            raise InputError(f"step cache: the model ({type(model).__name__}) is not a Wan Experts DiT; step caches "
+                             f"need its prepare / run_blocks / finish stages")
         if not 0 <= step < len(self.timesteps):
             raise InputError(f"step cache: step {step} is outside this run of {len(self.timesteps)} steps")
         if expert not in EXPERTS:

@@ -70,7 +70,8 @@ class TeaCache(StepCache):
         default_start, default_end = (1, n - 1) if self.mode == "e" else (5, n)
         start = default_start if self.start_step is None else int(self.start_step)
         end = default_end if self.end_step is None else min(int(self.end_step), n)
-        if end <= start and self.threshold > 0:
+        user_window = self.start_step is not None or self.end_step is not None
+        if end <= start and self.threshold > 0 and user_window:  # a short run with the defaults just computes all
             raise InputError(f"TeaCache: end_step {end} must be after start_step {start} for this {n}-step run "
                              f"(steps before start_step and from end_step on are always computed)")
         self._window = (start, end)
