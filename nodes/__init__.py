@@ -2,9 +2,9 @@
 
 Each module lists its nodes in ``NODES`` (id -> class); display names come from each class's ``DISPLAY_NAME``.
 """
-from . import dit
+from . import dit, encoders
 
-_MODULES = (dit,)
+_MODULES = (dit, encoders)
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
 for _module in _MODULES:

@@ -2,6 +2,7 @@
 
 Public API (imported lazily so that ``import wan`` stays cheap):
     load_dit, load_moe, WanDiT, WanDiTConfig, ExpertSet   -- diffusion transformer(s)
+    load_text_encoder, load_clip_vision, encode_prompts   -- UMT5 text encoder, CLIP vision
 """
 from importlib import import_module
 
@@ -12,6 +13,11 @@ _EXPORTS = {
     "load_moe": ".experts",
     "ExpertSet": ".experts",
     "VARIANTS": ".variants",
+    "load_text_encoder": ".encoders",
+    "load_clip_vision": ".encoders",
+    "TextEncoder": ".encoders",
+    "ClipVision": ".encoders",
+    "encode_prompts": ".encoders",
 }
 
 __all__ = sorted(_EXPORTS)
