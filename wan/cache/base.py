@@ -211,6 +211,17 @@ class StepCache:
         return [("cond", slice(0, b // 2)), ("uncond", slice(b // 2, b))]
 
 
+def check_threshold(value, what: str, maximum: float) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{what} threshold must be a number; got {value!r}") from exc
+    if not 0.0 <= value <= maximum:  # also rejects NaN
+        raise InputError(f"{what} threshold {value} is out of range; use 0 (no skipping) to {maximum} "
+                         f"(higher skips more steps and costs quality)")
+    return value
+
+
 def _rows_of(calls: list[Call]) -> slice:
     """The rows of the branches to compute; in a two-branch batch a single branch is one contiguous half."""
     if len(calls) != 1:

@@ -25,10 +25,9 @@ import numpy as np
 
 from ..errors import InputError
 from ..variants import VARIANTS
-from .base import BranchState, Call, StepCache
+from .base import BranchState, Call, StepCache, check_threshold
 from .select import choose_for_model, input_facts
 from .tables import MAGCACHE_NEAREST, MagCurve, load_curves, nearest_interp, published_curves
-from .teacache import check_threshold
 
 log = logging.getLogger("wan_experts")
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .base import BranchState, Call, StepCache
+from .base import BranchState, Call, StepCache, check_threshold
 from .select import choose_for_model, input_facts
 from .tables import TEACACHE_MODES, TEACACHE_NEAREST, CoefficientSet, load_coefficients, published_coefficients
 
@@ -99,13 +99,3 @@ class TeaCache(StepCache):
     def _refreshed(self, st: TeaState) -> None:
         st.accumulated = 0.0
 
-
-def check_threshold(value, what: str, maximum: float) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"{what} threshold must be a number; got {value!r}") from exc
-    if not 0.0 <= value <= maximum:  # also rejects NaN
-        raise InputError(f"{what} threshold {value} is out of range; use 0 (no skipping) to {maximum} "
-                         f"(higher skips more steps and costs quality)")
-    return value
