@@ -13,6 +13,10 @@ calls; in a batched call only the rows of the branches that must be computed go 
 
 State is kept per branch and never crosses a Wan 2.2 expert switch: the first call of a branch in a new expert
 always computes.
+
+A run is what one ``begin`` covers, and step-indexed data (MagCache curves, TeaCache windows) is laid over its
+steps. A sampler that runs only part of a schedule (chained samplers) therefore maps the whole curve onto its part;
+use one sampler over the whole schedule (both experts) to follow the published algorithms.
 """
 from __future__ import annotations
 
