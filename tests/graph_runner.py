@@ -51,6 +51,20 @@ class LoadImage:
 CORE_STAND_INS = {"LoadImage": LoadImage}
 
 
+def all_node_classes(pack) -> dict:
+    """The pack's ``NODE_CLASS_MAPPINGS`` plus the ``NODES`` of every ``nodes/<module>.py`` (also the ones not
+    registered in ``nodes/__init__.py`` yet)."""
+    import importlib
+    import pkgutil
+
+    nodes_pkg = importlib.import_module(pack.__name__ + ".nodes")
+    classes = dict(pack.NODE_CLASS_MAPPINGS)
+    for info in pkgutil.iter_modules(nodes_pkg.__path__):
+        module = importlib.import_module(f"{nodes_pkg.__name__}.{info.name}")
+        classes.update(getattr(module, "NODES", {}))
+    return classes
+
+
 def run_graph(graph: dict, mappings: dict, workflow: dict | None = None, input_dir=None) -> GraphResult:
     """Run every node of ``graph``; ``workflow`` (UI format) is passed as ``extra_pnginfo["workflow"]``."""
     classes = {**CORE_STAND_INS, **mappings}

@@ -1,0 +1,180 @@
+"""Write the example workflows (UI format in ``workflows/``, API format in ``workflows/api/``) from short specs.
+
+    python workflows/build.py
+
+Both formats come from one spec per workflow, so they cannot drift apart. Widget order, control values after
+seeds and the image-upload value follow the rules documented in ``tests/workflow_check.py`` (which the tests use
+to check the written files). Values not given in a spec take the node's declared default.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from workflow_check import CORE_NODES, socket_type, widget_slots  # noqa: E402
+
+SEED_CONTROL = "fixed"  # the stored seed reproduces the example; switch to "randomize" in the UI for variety
+COLUMN_WIDTH, NODE_WIDTH, ROW_GAP = 380, 340, 40
+
+
+@dataclass
+class N:
+    """One node of a spec: ``links`` maps an input to (source key, output index)."""
+
+    key: str
+    type: str
+    widgets: dict = field(default_factory=dict)
+    links: dict = field(default_factory=dict)
+    title: str | None = None
+
+
+@dataclass
+class Spec:
+    name: str  # file stem
+    title: str
+    note: str  # markdown: which files go where
+    nodes: list[N]
+
+
+def node_types(node_type: str, mappings: dict):
+    """(INPUT_TYPES, RETURN_TYPES, RETURN_NAMES) of a pack node or an allowed core node."""
+    if node_type in mappings:
+        cls = mappings[node_type]
+        return cls.INPUT_TYPES(), tuple(cls.RETURN_TYPES), tuple(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES))
+    inputs, outputs = CORE_NODES[node_type]
+    return inputs, outputs, outputs
+
+
+def widget_values(node: N, input_types: dict) -> dict:
+    """Every widget's value by name: the spec's, else the declared default (first choice for combos)."""
+    values = {}
+    for slot in widget_slots(input_types):
+        if slot.kind != "value":
+            continue
+        if slot.input in node.widgets:
+            values[slot.input] = node.widgets[slot.input]
+        elif "default" in slot.options:
+            values[slot.input] = slot.options["default"]
+        elif slot.choices:
+            values[slot.input] = slot.choices[0]
+        else:
+            raise ValueError(f"{node.key} ({node.type}): no value and no default for widget '{slot.input}'")
+    unknown = set(node.widgets) - set(values)
+    if unknown:
+        raise ValueError(f"{node.key} ({node.type}): {sorted(unknown)} are not widgets of this node")
+    return values
+
+
+def to_api(spec: Spec, mappings: dict) -> dict:
+    ids = {n.key: str(i + 1) for i, n in enumerate(spec.nodes)}
+    graph = {}
+    for n in spec.nodes:
+        inputs = widget_values(n, node_types(n.type, mappings)[0])
+        inputs.update({name: [ids[src], slot] for name, (src, slot) in n.links.items()})
+        title = n.title or getattr(mappings.get(n.type), "DISPLAY_NAME", n.type)
+        graph[ids[n.key]] = {"class_type": n.type, "inputs": inputs, "_meta": {"title": title}}
+    return graph
+
+
+def to_ui(spec: Spec, mappings: dict) -> dict:
+    ids = {n.key: i + 1 for i, n in enumerate(spec.nodes)}
+    links, outputs_links = [], {}
+    for n in spec.nodes:
+        for name, (src, slot) in n.links.items():
+            src_type = node_types(_by_key(spec, src).type, mappings)[1][slot]
+            links.append([len(links) + 1, ids[src], slot, ids[n.key], None, src_type, name])
+            outputs_links.setdefault((src, slot), []).append(len(links))
+    positions = _layout(spec)
+    nodes = [_ui_node(n, ids[n.key], positions[n.key], links, outputs_links, mappings) for n in spec.nodes]
+    note_id = len(spec.nodes) + 1
+    nodes.append({"id": note_id, "type": "MarkdownNote", "pos": [40, -260], "size": [700, 220], "flags": {},
+                  "order": note_id - 1, "mode": 0, "inputs": [], "outputs": [], "properties": {},
+                  "widgets_values": [spec.note], "title": "Model files", "color": "#432", "bgcolor": "#653"})
+    return {"last_node_id": note_id, "last_link_id": len(links), "nodes": nodes,
+            "links": [link[:6] for link in links], "groups": [], "config": {},
+            "extra": {"ds": {"scale": 0.8, "offset": [0, 300]}, "title": spec.title}, "version": 0.4}
+
+
+def _ui_node(n: N, node_id: int, pos, links: list, outputs_links: dict, mappings: dict) -> dict:
+    input_types, return_types, return_names = node_types(n.type, mappings)
+    widgets = {s.input for s in widget_slots(input_types)}
+    inputs = []
+    for section in ("required", "optional"):
+        for name in input_types.get(section, {}):
+            if name in widgets and name not in n.links:
+                continue
+            link_id = None
+            for link in links:
+                if link[3] == node_id and link[6] == name:
+                    link[4], link_id = len(inputs), link[0]
+            entry = {"name": name, "type": socket_type(input_types, name), "link": link_id}
+            if name in widgets:
+                entry["widget"] = {"name": name}
+            inputs.append(entry)
+    outputs = [{"name": name, "type": kind, "links": outputs_links.get((n.key, i), []), "slot_index": i}
+               for i, (name, kind) in enumerate(zip(return_names, return_types))]
+    return {"id": node_id, "type": n.type, "pos": list(pos), "size": [NODE_WIDTH, _height(input_types, inputs)],
+            "flags": {}, "order": node_id - 1, "mode": 0, "inputs": inputs, "outputs": outputs,
+            "properties": {"Node name for S&R": n.type}, "widgets_values": _ui_values(n, input_types),
+            **({"title": n.title} if n.title else {})}
+
+
+def _ui_values(n: N, input_types: dict) -> list:
+    values = widget_values(n, input_types)
+    out = []
+    for slot in widget_slots(input_types):
+        out.append(values[slot.input] if slot.kind == "value" else SEED_CONTROL if slot.kind == "control" else "image")
+    return out
+
+
+def _layout(spec: Spec) -> dict:
+    """Columns by depth in the graph (sources left), nodes stacked in each column."""
+    depth = {}
+    for n in spec.nodes:  # specs list sources before the nodes that use them
+        depth[n.key] = 1 + max((depth[src] for src, _ in n.links.values()), default=-1)
+    y_next, pos = {}, {}
+    for n in spec.nodes:
+        col = depth[n.key]
+        y = y_next.get(col, 0)
+        pos[n.key] = (40 + col * COLUMN_WIDTH, y)
+        y_next[col] = y + 60 + 26 * (len(n.widgets) + len(n.links) + 2) + ROW_GAP
+    return pos
+
+
+def _height(input_types: dict, inputs: list) -> int:
+    return 46 + 26 * (len(widget_slots(input_types)) + len(inputs))
+
+
+def _by_key(spec: Spec, key: str) -> N:
+    return next(n for n in spec.nodes if n.key == key)
+
+
+def write_all(specs: list[Spec], mappings: dict, folder: Path = HERE) -> list[Path]:
+    (folder / "api").mkdir(parents=True, exist_ok=True)
+    written = []
+    for spec in specs:
+        for path, data in ((folder / f"{spec.name}.json", to_ui(spec, mappings)),
+                           (folder / "api" / f"{spec.name}.json", to_api(spec, mappings))):
+            path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+            written.append(path)
+    return written
+
+
+def pack_mappings() -> dict:
+    from conftest import import_pack
+    from graph_runner import all_node_classes
+
+    return all_node_classes(import_pack("wan_experts_workflows"))
+
+
+if __name__ == "__main__":
+    from specs import SPECS
+
+    for written in write_all(SPECS, pack_mappings()):
+        print(written.relative_to(ROOT))

@@ -1,0 +1,186 @@
+"""The example workflows, one spec each (see build.py). Settings are the official ones (the Wan-AI generate.py
+defaults per task); file names are those of the Comfy-Org repackaged models."""
+from __future__ import annotations
+
+from build import N, Spec
+
+from wan.variants import VARIANTS
+
+SEED = 42
+T5_FILE = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
+VAE21, VAE22 = "wan_2.1_vae.safetensors", "wan2.2_vae.safetensors"
+CLIP_FILE = "clip_vision_h.safetensors"
+REPACK_21 = "huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged"
+REPACK_22 = "huggingface.co/Comfy-Org/Wan_2.2_ComfyUI_Repackaged"
+
+PROMPTS = {
+    "t2v": "Two anthropomorphic cats in comfy boxing gear and bright gloves fight intensely on a spotlighted stage.",
+    "i2v": ("Summer beach vacation style, a white cat wearing sunglasses sits on a surfboard. The fluffy-furred "
+            "feline gazes directly at the camera with a relaxed expression. Blurred beach scenery forms the "
+            "background featuring crystal-clear waters, distant green hills, and a blue sky dotted with white "
+            "clouds. The cat assumes a naturally relaxed posture, as if savoring the sea breeze and warm sunlight."),
+    "flf2v": ("CG animation style, a small blue bird takes off from the ground, flapping its wings. The bird's "
+              "feathers are delicate, with a unique pattern on its chest. The background shows a blue sky with "
+              "white clouds under bright sunshine. The camera follows the bird upward, capturing its flight and "
+              "the vastness of the sky from a close-up, low-angle perspective."),
+}
+
+
+def _files_note(title: str, files: list[tuple[str, str]], source: str, settings: str, extra: str = "") -> str:
+    rows = "\n".join(f"- `ComfyUI/models/{kind}/{name}`" for kind, name in files)
+    return (f"## {title}\n\nDownload these files from {source} and put them here:\n\n{rows}\n\n"
+            f"Official settings (Wan-AI generate.py): {settings}.{extra}\n\n"
+            f"Step counts, guidance (cfg) and shift of 0 on the sampler mean: the model's official value.")
+
+
+def _text_nodes(variant_id: str, task: str) -> list[N]:
+    return [
+        N("t5", "WanExpertsLoadTextEncoder", {"text_encoder_name": T5_FILE}),
+        N("text", "WanExpertsTextEncode", {"positive": PROMPTS[task],
+                                           "negative": VARIANTS[variant_id].default_negative_prompt},
+          {"text_encoder": ("t5", 0)}),
+    ]
+
+
+def _sampler(variant_id: str, latent: tuple, cond: tuple | None = None, cache: tuple | None = None,
+             shift: float | None = None) -> N:
+    v = VARIANTS[variant_id]
+    low, high = v.guidance
+    links = {"model": ("dit", 0), "text": ("text", 0), "latent": latent}
+    if cond is not None:
+        links["image_cond"] = cond
+    if cache is not None:
+        links["step_cache"] = cache
+    return N("sampler", "WanExpertsSampler", {"seed": SEED, "steps": v.steps, "cfg_high": high, "cfg_low": low,
+                                              "shift": v.shift if shift is None else shift, "solver": "unipc"},
+             links)
+
+
+def _output(variant_id: str, prefix: str) -> list[N]:
+    return [
+        N("decode", "WanExpertsVAEDecode", {}, {"vae": ("vae", 0), "samples": ("sampler", 0)}),
+        N("save", "WanExpertsSaveVideo", {"fps": float(VARIANTS[variant_id].fps), "filename_prefix": prefix},
+          {"images": ("decode", 0)}),
+    ]
+
+
+def _size(variant_id: str, index: int = 0) -> dict:
+    w, h = VARIANTS[variant_id].sizes[index].split("*")
+    return {"width": int(w), "height": int(h), "frames": VARIANTS[variant_id].frames}
+
+
+def t2v_13b(name="wan2.1_t2v_1.3B", cache: N | None = None, title="Wan 2.1 text to video (1.3B)") -> Spec:
+    vid, dit = "wan21_t2v_1.3b", "wan2.1_t2v_1.3B_fp16.safetensors"
+    nodes = [N("dit", "WanExpertsLoadDiT", {"model_name": dit}), *_text_nodes(vid, "t2v"),
+             N("vae", "WanExpertsLoadVAE", {"vae_name": VAE21}),
+             N("latent", "WanExpertsEmptyLatent", _size(vid))]
+    if cache is not None:
+        nodes.append(cache)
+    nodes += [_sampler(vid, ("latent", 0), cache=(cache.key, 0) if cache else None),
+              *_output(vid, "video/Wan2.1_t2v")]
+    files = [("diffusion_models", dit), ("text_encoders", T5_FILE), ("vae", VAE21)]
+    return Spec(name, title, _files_note(title, files, REPACK_21, "50 steps, shift 5, guidance 5, 832x480, 81 "
+                                         "frames at 16 fps (the README suggests shift 8-12 and guidance 6 for 1.3B)"),
+                nodes)
+
+
+def i2v_14b() -> Spec:
+    vid, dit, title = "wan21_i2v_14b", "wan2.1_i2v_480p_14B_fp16.safetensors", "Wan 2.1 image to video (14B, 480p)"
+    nodes = [N("dit", "WanExpertsLoadDiT", {"model_name": dit}), *_text_nodes(vid, "i2v"),
+             N("vae", "WanExpertsLoadVAE", {"vae_name": VAE21}),
+             N("image", "LoadImage", {"image": "start_image.png"}, title="Start image"),
+             N("clip", "WanExpertsLoadCLIPVision", {"clip_name": CLIP_FILE}),
+             N("clip_enc", "WanExpertsCLIPVisionEncode", {}, {"clip_vision": ("clip", 0), "start_image": ("image", 0)}),
+             N("i2v", "WanExpertsImageToVideo", _size(vid, 2),
+               {"vae": ("vae", 0), "start_image": ("image", 0), "clip_embeds": ("clip_enc", 0)}),
+             _sampler(vid, ("i2v", 1), ("i2v", 0), shift=3.0), *_output(vid, "video/Wan2.1_i2v")]
+    files = [("diffusion_models", dit), ("text_encoders", T5_FILE), ("vae", VAE21), ("clip_vision", CLIP_FILE)]
+    return Spec("wan2.1_i2v_14B_480p", title, _files_note(
+        title, files, REPACK_21, "40 steps, shift 3 at 480p (5 at 720p), guidance 5, 81 frames at 16 fps; the "
+        "video keeps the start image's area, so pick width x height with the image's aspect ratio",
+        " Put the start image into `ComfyUI/input/`. For 720p use wan2.1_i2v_720p_14B_fp16.safetensors, 1280x720 "
+        "and shift 5."), nodes)
+
+
+def flf2v_14b() -> Spec:
+    vid, dit, title = "wan21_flf2v_14b", "wan2.1_flf2v_720p_14B_fp16.safetensors", "Wan 2.1 first-last frame to video"
+    nodes = [N("dit", "WanExpertsLoadDiT", {"model_name": dit}), *_text_nodes(vid, "flf2v"),
+             N("vae", "WanExpertsLoadVAE", {"vae_name": VAE21}),
+             N("first", "LoadImage", {"image": "first_frame.png"}, title="First frame"),
+             N("last", "LoadImage", {"image": "last_frame.png"}, title="Last frame"),
+             N("clip", "WanExpertsLoadCLIPVision", {"clip_name": CLIP_FILE}),
+             N("clip_enc", "WanExpertsCLIPVisionEncode", {},
+               {"clip_vision": ("clip", 0), "start_image": ("first", 0), "end_image": ("last", 0)}),
+             N("i2v", "WanExpertsImageToVideo", _size(vid),
+               {"vae": ("vae", 0), "start_image": ("first", 0), "end_image": ("last", 0),
+                "clip_embeds": ("clip_enc", 0)}),
+             _sampler(vid, ("i2v", 1), ("i2v", 0)), *_output(vid, "video/Wan2.1_flf2v")]
+    files = [("diffusion_models", dit), ("text_encoders", T5_FILE), ("vae", VAE21), ("clip_vision", CLIP_FILE)]
+    return Spec("wan2.1_flf2v_14B_720p", title, _files_note(
+        title, files, REPACK_21, "50 steps, shift 16, guidance 5, 1280x720, 81 frames at 16 fps",
+        " Put both images (same size) into `ComfyUI/input/`."), nodes)
+
+
+def a14b(task: str, cache: N | None = None, name: str | None = None, title: str | None = None) -> Spec:
+    vid = f"wan22_{task}_a14b"
+    high, low = (f"wan2.2_{task}_{r}_noise_14B_fp8_scaled.safetensors" for r in ("high", "low"))
+    title = title or f"Wan 2.2 {'text' if task == 't2v' else 'image'} to video (A14B, two experts)"
+    nodes = [N("dit", "WanExpertsLoadMoE", {"high_noise_model": high, "low_noise_model": low}),
+             *_text_nodes(vid, task), N("vae", "WanExpertsLoadVAE", {"vae_name": VAE21})]
+    if task == "t2v":
+        nodes.append(N("latent", "WanExpertsEmptyLatent", _size(vid)))
+        latent, cond = ("latent", 0), None
+    else:
+        nodes += [N("image", "LoadImage", {"image": "start_image.png"}, title="Start image"),
+                  N("i2v", "WanExpertsImageToVideo", _size(vid), {"vae": ("vae", 0), "start_image": ("image", 0)})]
+        latent, cond = ("i2v", 1), ("i2v", 0)
+    if cache is not None:
+        nodes.append(cache)
+    nodes += [_sampler(vid, latent, cond, cache=(cache.key, 0) if cache else None),
+              *_output(vid, f"video/Wan2.2_{task}")]
+    files = [("diffusion_models", high), ("diffusion_models", low), ("text_encoders", T5_FILE), ("vae", VAE21)]
+    low_g, high_g = VARIANTS[vid].guidance
+    settings = (f"40 steps, shift {VARIANTS[vid].shift:g}, guidance {high_g:g} (high-noise expert) / {low_g:g} "
+                f"(low-noise expert), switch at t = {VARIANTS[vid].boundary * 1000:g}, 1280x720 (or 832x480), "
+                f"81 frames at 16 fps")
+    extra = " The sampler switches experts by itself (boundary 0 = the official value)."
+    if task == "i2v":
+        extra += " Put the start image into `ComfyUI/input/`; Wan 2.2 needs no CLIP vision model."
+    return Spec(name or f"wan2.2_{task}_A14B", title, _files_note(title, files, REPACK_22, settings, extra), nodes)
+
+
+def ti2v_5b(with_image: bool) -> Spec:
+    vid, dit = "wan22_ti2v_5b", "wan2.2_ti2v_5B_fp16.safetensors"
+    title = f"Wan 2.2 TI2V-5B {'image' if with_image else 'text'} to video"
+    nodes = [N("dit", "WanExpertsLoadDiT", {"model_name": dit}), *_text_nodes(vid, "i2v" if with_image else "t2v"),
+             N("vae", "WanExpertsLoadVAE", {"vae_name": VAE22})]
+    if with_image:
+        nodes += [N("image", "LoadImage", {"image": "start_image.png"}, title="Start image"),
+                  N("i2v", "WanExpertsImageToVideo", _size(vid), {"vae": ("vae", 0), "start_image": ("image", 0)})]
+        latent, cond = ("i2v", 1), ("i2v", 0)
+    else:
+        nodes.append(N("latent", "WanExpertsEmptyLatent", _size(vid), {"vae": ("vae", 0)}))
+        latent, cond = ("latent", 0), None
+    nodes += [_sampler(vid, latent, cond), *_output(vid, "video/Wan2.2_ti2v")]
+    files = [("diffusion_models", dit), ("text_encoders", T5_FILE), ("vae", VAE22)]
+    extra = " TI2V-5B needs the Wan 2.2 VAE (wan2.2_vae), not the 2.1 one."
+    if with_image:
+        extra += " Put the start image into `ComfyUI/input/`."
+    return Spec(f"wan2.2_ti2v_5B_{'i2v' if with_image else 't2v'}", title, _files_note(
+        title, files, REPACK_22, "50 steps, shift 5, guidance 5, 1280x704, 121 frames at 24 fps", extra), nodes)
+
+
+TEACACHE = N("cache", "WanExpertsTeaCache", {"threshold": 0.08, "mode": "e"})  # authors' 1.3B setting: ~2x
+MAGCACHE = N("cache", "WanExpertsMagCache", {"threshold": 0.05, "K": 2, "retention_ratio": 0.2})
+
+SPECS = [
+    t2v_13b(),
+    i2v_14b(),
+    flf2v_14b(),
+    a14b("t2v"),
+    a14b("i2v"),
+    ti2v_5b(False),
+    ti2v_5b(True),
+    t2v_13b("wan2.1_t2v_1.3B_teacache", TEACACHE, "Wan 2.1 text to video (1.3B) with TeaCache"),
+    a14b("t2v", MAGCACHE, "wan2.2_t2v_A14B_magcache", "Wan 2.2 text to video (A14B) with MagCache"),
+]
