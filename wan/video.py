@@ -53,21 +53,9 @@ def save_video(frames: torch.Tensor, output_dir, filename_prefix: str = "video/W
                format: str = "mp4", crf: int = 19, metadata: dict[str, str] | None = None) -> SavedVideo:
     """Encode ``frames`` to ``<output_dir>/<subfolder>/<name>_<counter:05>_.<ext>`` with a fresh counter."""
     fmt = _check_format(format, crf)
-    pixels = frames_to_uint8(frames)
-    _check_fps(fps)
     folder, name, subfolder = split_prefix(Path(output_dir), filename_prefix)
-    _make_folder(folder)
-    tmp = folder / f".{name}.{os.getpid()}.partial.{fmt.name}"
-    try:
-        encode(pixels, tmp, fps, fmt, crf, metadata or {})
-        final = _claim_name(tmp, folder, name, fmt.name)
-    except OSError as exc:
-        raise OutputFolderError(f"could not write the video into '{folder}': {exc}. Check that the folder "
-                                f"exists, is writable and has free space.") from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    log.info("Saved %d frames (%dx%d, %.3g fps) to %s", pixels.shape[0], pixels.shape[2], pixels.shape[1], fps, final)
+    final = _write_through_temp(frames, folder, name, fps, fmt, crf, metadata,
+                                lambda tmp: _claim_name(tmp, folder, name, fmt.name))
     return SavedVideo(final, final.name, subfolder)
 
 
@@ -79,20 +67,32 @@ def write_video(frames: torch.Tensor, path, fps: float = 16.0, crf: int = 19,
     if format not in FORMATS:
         raise InputError(f"cannot write '{path.name}': the file name must end in .mp4 or .webm")
     fmt = _check_format(format, crf)
+
+    def replace(tmp: Path) -> Path:
+        os.replace(tmp, path)
+        return path
+
+    return _write_through_temp(frames, path.parent, path.stem, fps, fmt, crf, metadata, replace)
+
+
+def _write_through_temp(frames, folder: Path, stem: str, fps: float, fmt: VideoFormat, crf: int, metadata,
+                        finish) -> Path:
+    """Check, encode to a hidden temporary file in ``folder``, then ``finish(tmp)`` names it; no leftovers."""
     pixels = frames_to_uint8(frames)
     _check_fps(fps)
-    _make_folder(path.parent)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.partial.{fmt.name}")
+    _make_folder(folder)
+    tmp = folder / f".{stem}.{os.getpid()}.partial.{fmt.name}"
     try:
         encode(pixels, tmp, fps, fmt, crf, metadata or {})
-        os.replace(tmp, path)
+        final = finish(tmp)
     except OSError as exc:
-        raise OutputFolderError(f"could not write the video '{path}': {exc}. Check that the folder is writable "
-                                f"and has free space.") from exc
+        raise OutputFolderError(f"could not write the video into '{folder}': {exc}. Check that the folder "
+                                f"exists, is writable and has free space.") from exc
     finally:
         if tmp.exists():
             tmp.unlink()
-    return path
+    log.info("Saved %d frames (%dx%d, %.3g fps) to %s", pixels.shape[0], pixels.shape[2], pixels.shape[1], fps, final)
+    return final
 
 
 def workflow_metadata(prompt=None, extra_pnginfo=None) -> dict[str, str]:
