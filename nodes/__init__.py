@@ -2,9 +2,9 @@
 
 Each module lists its nodes in ``NODES`` (id -> class); display names come from each class's ``DISPLAY_NAME``.
 """
-from . import dit, encoders
+from . import cache, dit, encoders, sampling, vae, video
 
-_MODULES = (dit, encoders)
+_MODULES = (dit, encoders, vae, sampling, cache, video)
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
 for _module in _MODULES:

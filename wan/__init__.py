@@ -3,6 +3,7 @@
 Public API (imported lazily so that ``import wan`` stays cheap):
     load_dit, load_moe, WanDiT, WanDiTConfig, ExpertSet   -- diffusion transformer(s)
     load_text_encoder, load_clip_vision, encode_prompts   -- UMT5 text encoder, CLIP vision
+    TeaCache, MagCache, StepCache, CacheReport            -- step caching for the sampler
 """
 from importlib import import_module
 
@@ -18,6 +19,10 @@ _EXPORTS = {
     "TextEncoder": ".encoders",
     "ClipVision": ".encoders",
     "encode_prompts": ".encoders",
+    "TeaCache": ".cache",
+    "MagCache": ".cache",
+    "StepCache": ".cache",
+    "CacheReport": ".cache",
 }
 
 __all__ = sorted(_EXPORTS)
