@@ -36,8 +36,8 @@ def test_single_t2v(tmp_path, solver):
     experts = ExpertSet(ours_from_official(ref_model, tmp_path / "t2v.safetensors"))
     pos, neg, text = prompts()
     shape = (1, 16, 2, 4, 4)
-    ref = official_loop({"single": ref_model}, official_noise(*shape[1:]), pos, neg, 5, 5.0, solver, (5.0, 5.0))
-    ours = run_ours(experts, shape, text, SamplerSettings(steps=5, shift=5.0, solver=solver, cfg_high=5.0))
+    ref = official_loop({"single": ref_model}, official_noise(*shape[1:]), pos, neg, 4, 5.0, solver, (5.0, 5.0))
+    ours = run_ours(experts, shape, text, SamplerSettings(steps=4, shift=5.0, solver=solver, cfg_high=5.0))
     assert_close(ours.latents[0], ref)
 
 
@@ -48,10 +48,10 @@ def test_a14b_t2v_two_experts(tmp_path):
                         ours_from_official(ref_low, tmp_path / "low.safetensors", "low"), boundary=0.875)
     pos, neg, text = prompts()
     shape = (1, 16, 2, 4, 4)
-    ref = official_loop({"high": ref_high, "low": ref_low}, official_noise(*shape[1:]), pos, neg, 6, 12.0,
+    ref = official_loop({"high": ref_high, "low": ref_low}, official_noise(*shape[1:]), pos, neg, 4, 12.0,
                         guide=(3.0, 4.0), boundary=0.875)
-    ours = run_ours(experts, shape, text, SamplerSettings(steps=6, shift=12.0, cfg_high=4.0, cfg_low=3.0))
-    assert ours.experts == ["high"] * 4 + ["low"] * 2
+    ours = run_ours(experts, shape, text, SamplerSettings(steps=4, shift=12.0, cfg_high=4.0, cfg_low=3.0))
+    assert ours.experts == ["high"] * 3 + ["low"] * 1
     assert_close(ours.latents[0], ref)
 
 
@@ -75,10 +75,10 @@ def test_a14b_i2v_two_experts(tmp_path):
     assert_close(cond.y[0], y_ref)
     pos, neg, text = prompts()
     shape = (1, 16, 2, 4, 4)
-    ref = official_loop({"high": ref_high, "low": ref_low}, official_noise(*shape[1:]), pos, neg, 6, 5.0,
+    ref = official_loop({"high": ref_high, "low": ref_low}, official_noise(*shape[1:]), pos, neg, 4, 5.0,
                         guide=(3.5, 3.5), boundary=0.9, y=y_ref)
-    ours = run_ours(experts, shape, text, SamplerSettings(steps=6, shift=5.0, cfg_high=3.5, cfg_low=3.5), cond)
-    assert ours.experts == ["high"] * 3 + ["low"] * 3
+    ours = run_ours(experts, shape, text, SamplerSettings(steps=4, shift=5.0, cfg_high=3.5, cfg_low=3.5), cond)
+    assert ours.experts == ["high"] * 2 + ["low"] * 2
     assert_close(ours.latents[0], ref)
 
 
@@ -98,7 +98,7 @@ def test_ti2v_5b(tmp_path, mode):
         with torch.no_grad():
             z = vae.encode(image[None, :, None], scale=[mean, 1.0 / std])[0]
         cond = first_frame_condition(RawVAE(vae, 48, (4, 16, 16)), image[None])
-    ref = official_loop({"single": ref_model}, official_noise(*shape[1:]), pos, neg, 5, 5.0, first_latent=z,
+    ref = official_loop({"single": ref_model}, official_noise(*shape[1:]), pos, neg, 4, 5.0, first_latent=z,
                         per_token=True)
-    ours = run_ours(experts, shape, text, SamplerSettings(steps=5, shift=5.0, cfg_high=5.0), cond)
+    ours = run_ours(experts, shape, text, SamplerSettings(steps=4, shift=5.0, cfg_high=5.0), cond)
     assert_close(ours.latents[0], ref)
