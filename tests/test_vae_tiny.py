@@ -60,9 +60,10 @@ def save_comfy(state_dict: dict, path, prefix: str = "", dtype: torch.dtype | No
     return str(path)
 
 
-def random_video(version: str, frames: int, batch: int = 1, scale: int = 1) -> torch.Tensor:
+def random_video(version: str, frames: int, batch: int = 1, seed: int = 0) -> torch.Tensor:
+    """[batch, 3, frames, H, W] in [-1, 1], H x W = a 2x3 latent frame."""
     h, w = TINY[version]["hw"]
-    return torch.rand(batch, 3, frames, h * scale, w * scale) * 2 - 1
+    return torch.rand(batch, 3, frames, h, w, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
 
 def max_err(ours: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
