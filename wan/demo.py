@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .generate import EXPERT_FOLDERS, OFFICIAL_CLIP, OFFICIAL_T5, OFFICIAL_TOKENIZER, OFFICIAL_VAE
+from .pipeline import EXPERT_FOLDERS, OFFICIAL_CLIP, OFFICIAL_T5, OFFICIAL_TOKENIZER, OFFICIAL_VAE
 from .variants import DEFAULT_NEGATIVE_PROMPT, VARIANTS, Variant
 
 DIT_DIM, DIT_FFN, DIT_HEADS, DIT_LAYERS = 256, 512, 2, 2

@@ -1,0 +1,262 @@
+"""Text (and start/end images) to a video file from an official Wan-AI model folder, stage by stage: text
+encoder, image encoders, DiT sampling (with an optional step cache), VAE decode, mp4. Each model is on the compute
+device only while it works (``offload``). ``wan.generate`` turns the official command-line flags into ``Settings``.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InputError
+from .variants import Variant
+
+log = logging.getLogger("wan_experts")
+
+
+@dataclass
+class Settings:
+    """A validated run: everything the pipeline needs, nothing left to guess."""
+
+    task: str
+    variant: Variant
+    width: int
+    height: int
+    frames: int
+    steps: int
+    shift: float
+    guidance: tuple[float, float]  # (low-noise or single model, high-noise expert)
+    solver: str
+    seed: int
+    prompt: str
+    negative: str
+    image: Path | None
+    last_image: Path | None
+    ckpt_dir: Path | None
+    save_file: Path
+    offload: bool
+    t5_cpu: bool
+    cache: tuple[str, float] | None  # ("teacache" | "magcache", threshold)
+    device: str
+    demo: bool = False
+
+
+# -- the official folder ------------------------------------------------------------------------------------------
+OFFICIAL_T5 = "models_t5_umt5-xxl-enc-bf16.pth"
+OFFICIAL_TOKENIZER = "google/umt5-xxl"
+OFFICIAL_CLIP = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
+OFFICIAL_VAE = {"2.1": "Wan2.1_VAE.pth", "2.2": "Wan2.2_VAE.pth"}
+EXPERT_FOLDERS = ("high_noise_model", "low_noise_model")
+MODEL_IN_DIM = {"t2v": 16, "i2v": 36, "flf2v": 36, "ti2v": 48}
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    dits: tuple[Path, ...]  # the folder itself, or (high_noise_model, low_noise_model)
+    text_encoder: Path
+    vae: Path
+    clip: Path | None
+
+
+def official_files(ckpt_dir: Path, task: str, variant: Variant) -> ModelFiles:
+    """The files of an official Wan-AI folder for ``task``; a missing one is named before anything loads."""
+    def need(relative: str, what: str) -> Path:
+        path = ckpt_dir / relative
+        if not path.exists():
+            raise InputError(f"--ckpt_dir '{ckpt_dir}' lacks {what} '{relative}', which {task} needs. Download the "
+                             f"complete official Wan-AI folder for {task} (huggingface.co/Wan-AI).")
+        return path
+
+    dits = tuple(need(d, "the expert folder") for d in EXPERT_FOLDERS) if variant.moe else (ckpt_dir,)
+    if not variant.moe and not any(ckpt_dir.glob("diffusion_pytorch_model*.safetensors*")):
+        raise InputError(f"--ckpt_dir '{ckpt_dir}' holds no diffusion_pytorch_model*.safetensors: it is not the "
+                         f"official {task} folder" + (" (a Wan 2.2 A14B folder? use --task t2v-A14B / i2v-A14B)"
+                                                      if (ckpt_dir / EXPERT_FOLDERS[0]).is_dir() else ""))
+    need(OFFICIAL_TOKENIZER, "the tokenizer folder")
+    return ModelFiles(dits, need(OFFICIAL_T5, "the text encoder"), need(OFFICIAL_VAE[variant.vae], "the VAE"),
+                      need(OFFICIAL_CLIP, "the CLIP image encoder") if variant.uses_clip else None)
+
+
+# -- the run ------------------------------------------------------------------------------------------------------
+def run(s: Settings) -> Path:
+    """Text (and images) -> video file, stage by stage, each model on the device only while it works."""
+    import torch
+
+    from .latents import denormalize
+    from .sampling import latent_shape, make_noise
+    from .video import write_video
+
+    images = [load_image(p) for p in (s.image, s.last_image) if p is not None] or _demo_images(s)
+    width, height = output_size(s, images[0] if images else None)
+    z_dim, stride = (48, (4, 16, 16)) if s.variant.vae == "2.2" else (16, (4, 8, 8))
+    shape = latent_shape(width, height, s.frames, z_dim, stride=stride)
+    files = official_files(s.ckpt_dir, s.task, s.variant)
+    device = torch.device(s.device)
+    log.info("%s: %dx%d, %d frames, %d steps (%s, shift %g, guidance %s), seed %d", s.task, width, height,
+             s.frames, s.steps, s.solver, s.shift, _guidance_text(s), s.seed)
+    text = encode_text(files, s, device)
+    vae = _load_vae(files, device)
+    cond = image_conditioning(files, s, vae, images, width, height, device) if images else None
+    if s.offload:
+        vae.to("cpu")
+    experts = load_experts(files, s, device)
+    result = denoise(experts, s, shape, text, cond, make_noise(shape, s.seed), device)
+    del experts
+    vae.to(device)
+    video = vae.decode(denormalize(result.latents))
+    frames = ((video[0].permute(1, 2, 3, 0) + 1) / 2).clamp(0, 1)
+    return write_video(frames, s.save_file, fps=s.variant.fps, metadata={"comment": run_description(s)})
+
+
+def encode_text(files: ModelFiles, s: Settings, device):
+    from .conditioning import TextEmbeds
+    from .encoders import load_text_encoder
+
+    encoder = load_text_encoder(files.text_encoder, device="cpu" if s.t5_cpu else device)
+    both = encoder.encode([s.prompt, s.negative])
+    del encoder  # the text encoder is not needed again
+    return TextEmbeds(both[:1], both[1:], [s.prompt], [s.negative])
+
+
+def image_conditioning(files: ModelFiles, s: Settings, vae, images, width: int, height: int, device):
+    from .conditioning import ClipEmbeds
+    from .encoders import load_clip_vision
+    from .sampling import image_condition
+
+    start, end = images[0], (images[1] if len(images) > 1 else None)
+    clip = None
+    if files.clip is not None:
+        encoder = load_clip_vision(files.clip, device=device)
+        clip = ClipEmbeds(encoder.encode_pair(start, end) if end is not None else encoder.encode(start))
+        del encoder
+    return image_condition(vae, start.to(device), width, height, s.frames,
+                           None if end is None else end.to(device), clip)
+
+
+def load_experts(files: ModelFiles, s: Settings, device):
+    """The DiT (or the Wan 2.2 expert pair), checked against the task before sampling."""
+    from .dit.loader import load_dit
+    from .experts import ExpertSet, load_moe
+
+    dtype = "bf16" if device.type == "cuda" else "fp32"
+    home = "cpu" if s.offload else device
+    if s.variant.moe:
+        experts = load_moe(s.ckpt_dir, s.ckpt_dir, dtype=dtype, device=home, boundary=s.variant.boundary)
+    else:
+        experts = ExpertSet(load_dit(files.dits[0], dtype=dtype, device=home))
+    cfg = experts.config
+    if cfg.in_dim != MODEL_IN_DIM[s.variant.task] or cfg.has_clip != s.variant.uses_clip:
+        raise InputError(f"the model in '{s.ckpt_dir}' does not fit --task {s.task}: it takes {cfg.in_dim} input "
+                         f"channels{' and CLIP features' if cfg.has_clip else ''}. Pick the task of that folder.")
+    return experts
+
+
+def denoise(experts, s: Settings, shape, text, cond, noise, device):
+    import torch
+
+    from .sampling import SamplerSettings, sample
+
+    low, high = s.guidance
+    settings = SamplerSettings(steps=s.steps, shift=s.shift, solver=s.solver, cfg_high=high, cfg_low=low)
+    with _progress_bar(s.steps) as bar:
+        result = sample(experts, torch.zeros(shape), text, settings, noise=noise, image_cond=cond,
+                        step_cache=make_step_cache(s), callback=lambda info: bar.update(1), device=device,
+                        offload_device="cpu" if s.offload else device)
+    if result.cache_report is not None:
+        log.info("%s", result.cache_report.summary())
+    return result
+
+
+def make_step_cache(s: Settings):
+    """TeaCache / MagCache from the flags; the demo's tiny models have no calibration data of their own."""
+    if s.cache is None:
+        return None
+    from .cache.magcache import MagCache
+    from .cache.teacache import TeaCache
+
+    kind, threshold = s.cache
+    if kind == "teacache":
+        return TeaCache(threshold, allow_fallback=s.demo)
+    return MagCache(threshold, allow_fallback=s.demo)
+
+
+def output_size(s: Settings, image) -> tuple[int, int]:
+    """(width, height): --size for text-to-video; with an image, the official area rule keeping its aspect."""
+    if image is None or s.variant.task == "t2v":
+        return s.width, s.height
+    area, ih, iw = s.width * s.height, image.shape[-2], image.shape[-1]
+    if s.variant.task == "ti2v":
+        return best_output_size(iw, ih, 32, area)
+    lat_h = round((area * ih / iw) ** 0.5 // 8 // 2 * 2)
+    lat_w = round((area * iw / ih) ** 0.5 // 8 // 2 * 2)
+    return lat_w * 8, lat_h * 8
+
+
+def best_output_size(iw: int, ih: int, multiple: int, area: int) -> tuple[int, int]:
+    """TI2V-5B (official): the multiple-of-32 size within ``area`` whose aspect is closest to the image's,
+    trying width first and height first."""
+    ratio = iw / ih
+    ow, oh = (area * ratio) ** 0.5, (area / ratio) ** 0.5
+    w1 = int(ow // multiple * multiple)
+    h1 = int(area / w1 // multiple * multiple)
+    h2 = int(oh // multiple * multiple)
+    w2 = int(area / h2 // multiple * multiple)
+    off = lambda w, h: max(ratio / (w / h), (w / h) / ratio)  # noqa: E731
+    return (w1, h1) if off(w1, h1) < off(w2, h2) else (w2, h2)
+
+
+def load_image(path: Path):
+    """An image file -> [1, 3, H, W] in [-1, 1] (decoded by PyAV, so no extra image library is needed)."""
+    import av
+    import torch
+
+    try:
+        with av.open(str(path)) as container:
+            rgb = next(container.decode(video=0)).to_ndarray(format="rgb24")
+    except (av.error.FFmpegError, StopIteration) as exc:
+        raise InputError(f"'{path}' could not be read as an image ({exc}); use a .png or .jpg file") from exc
+    return torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).float() / 127.5 - 1.0
+
+
+def run_description(s: Settings) -> str:
+    return (f"wan.generate --task {s.task} --size {s.width}*{s.height} --frame_num {s.frames} --sample_solver "
+            f"{s.solver} --sample_steps {s.steps} --sample_shift {s.shift:g} --sample_guide_scale "
+            f"{_guidance_text(s)} --base_seed {s.seed} --prompt {s.prompt!r}")
+
+
+def _guidance_text(s: Settings) -> str:
+    low, high = s.guidance
+    return f"{low:g}" if low == high else f"{low:g},{high:g}"
+
+
+def _demo_images(s: Settings) -> list:
+    """--demo of an image task without --image: a colour gradient (and its mirror as the end image)."""
+    if not s.demo or not s.variant.needs_image:
+        return []
+    import torch
+
+    y = torch.linspace(-1, 1, s.height).view(1, 1, -1, 1).expand(1, 1, s.height, s.width)
+    x = torch.linspace(-1, 1, s.width).view(1, 1, 1, -1).expand(1, 1, s.height, s.width)
+    start = torch.cat([x, y, -x], dim=1)
+    return [start, start.flip(-1)] if s.variant.task == "flf2v" else [start]
+
+
+def _load_vae(files: ModelFiles, device):
+    from .vae.loader import load_vae
+
+    return load_vae(files.vae, dtype="fp32", device=device)
+
+
+class _progress_bar:
+    def __init__(self, total: int):
+        self.total = total
+
+    def __enter__(self):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=self.total, desc="sampling", unit="step", file=sys.stderr)
+        return self.bar
+
+    def __exit__(self, *exc):
+        self.bar.close()
