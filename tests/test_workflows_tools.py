@@ -28,10 +28,24 @@ class MakeFrames:
         return (colour.expand(frames, 16, 16, 3).clone(),)
 
 
+class MakeRate:
+    """Test node with a FLOAT output, to drive a widget converted to an input."""
+
+    RETURN_TYPES = ("FLOAT",)
+    FUNCTION = "make"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
+    def make(self):
+        return (24.0,)
+
+
 @pytest.fixture
 def mappings(pack):
     video = importlib.import_module(pack.__name__ + ".nodes.video")
-    return {**pack.NODE_CLASS_MAPPINGS, **video.NODES, "MakeFrames": MakeFrames}
+    return {**pack.NODE_CLASS_MAPPINGS, **video.NODES, "MakeFrames": MakeFrames, "MakeRate": MakeRate}
 
 
 def _workflow():
@@ -91,6 +105,17 @@ def test_checker_catches_wrong_link_type(mappings):
     problems = _check(workflow, mappings)
     assert any("type LATENT, but node 1 output 0 is IMAGE" in p for p in problems), problems
     assert any("into node 2 input 'images' of type IMAGE" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("link_type, problem", [("FLOAT", None), ("INT", "type INT, but node 6 output 0 is FLOAT")])
+def test_converted_widget_keeps_its_slot(mappings, link_type, problem):
+    workflow = _workflow()
+    workflow["nodes"].append({"id": 6, "type": "MakeRate", "inputs": [], "widgets_values": [],
+                              "outputs": [{"name": "FLOAT", "type": "FLOAT", "links": [2]}]})
+    workflow["nodes"][1]["inputs"].append({"name": "fps", "type": "FLOAT", "link": 2, "widget": {"name": "fps"}})
+    workflow["links"].append([2, 6, 0, 2, 1, link_type])
+    problems = _check(workflow, mappings)
+    assert problems == [] if problem is None else any(problem in p for p in problems), problems
 
 
 def test_checker_catches_unknown_nodes_and_missing_links(mappings):
