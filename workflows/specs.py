@@ -26,6 +26,19 @@ PROMPTS = {
 }
 
 
+CACHE_NOTES = {
+    "WanExpertsTeaCache": (" TeaCache skips DiT passes while the time embedding changes little: threshold 0.08 is "
+                           "the authors' 1.3B setting (about 2x faster); higher is faster with more drift."),
+    "WanExpertsMagCache": (" MagCache skips DiT passes using calibrated residual magnitudes: threshold 0.05 (the "
+                           "authors use 0.04-0.06 for Wan 2.2), at most K = 2 skips in a row, the first 20% of "
+                           "steps always computed."),
+}
+
+
+def _cache_note(cache) -> str:
+    return CACHE_NOTES[cache.type] if cache is not None else ""
+
+
 def _files_note(title: str, files: list[tuple[str, str]], source: str, settings: str, extra: str = "") -> str:
     rows = "\n".join(f"- `ComfyUI/models/{kind}/{name}`" for kind, name in files)
     return (f"## {title}\n\nDownload these files from {source} and put them here:\n\n{rows}\n\n"
@@ -80,7 +93,8 @@ def t2v_13b(name="wan2.1_t2v_1.3B", cache: N | None = None, title="Wan 2.1 text 
               *_output(vid, "video/Wan2.1_t2v")]
     files = [("diffusion_models", dit), ("text_encoders", T5_FILE), ("vae", VAE21)]
     return Spec(name, title, _files_note(title, files, REPACK_21, "50 steps, shift 5, guidance 5, 832x480, 81 "
-                                         "frames at 16 fps (the README suggests shift 8-12 and guidance 6 for 1.3B)"),
+                                         "frames at 16 fps (the README suggests shift 8-12 and guidance 6 for 1.3B)",
+                                         _cache_note(cache)),
                 nodes)
 
 
@@ -97,7 +111,7 @@ def i2v_14b() -> Spec:
     files = [("diffusion_models", dit), ("text_encoders", T5_FILE), ("vae", VAE21), ("clip_vision", CLIP_FILE)]
     return Spec("wan2.1_i2v_14B_480p", title, _files_note(
         title, files, REPACK_21, "40 steps, shift 3 at 480p (5 at 720p), guidance 5, 81 frames at 16 fps; the "
-        "video keeps the start image's area, so pick width x height with the image's aspect ratio",
+        "start image is centre-cropped to width x height, so pick a size with the image's aspect ratio",
         " Put the start image into `ComfyUI/input/`. For 720p use wan2.1_i2v_720p_14B_fp16.safetensors, 1280x720 "
         "and shift 5."), nodes)
 
@@ -143,7 +157,7 @@ def a14b(task: str, cache: N | None = None, name: str | None = None, title: str 
     settings = (f"40 steps, shift {VARIANTS[vid].shift:g}, guidance {high_g:g} (high-noise expert) / {low_g:g} "
                 f"(low-noise expert), switch at t = {VARIANTS[vid].boundary * 1000:g}, 1280x720 (or 832x480), "
                 f"81 frames at 16 fps")
-    extra = " The sampler switches experts by itself (boundary 0 = the official value)."
+    extra = " The sampler switches experts by itself (boundary 0 = the official value)." + _cache_note(cache)
     if task == "i2v":
         extra += " Put the start image into `ComfyUI/input/`; Wan 2.2 needs no CLIP vision model."
     return Spec(name or f"wan2.2_{task}_A14B", title, _files_note(title, files, REPACK_22, settings, extra), nodes)
