@@ -134,5 +134,6 @@ def test_files_match_the_specs(classes):
     finally:
         sys.path.remove(str(WORKFLOWS))
     for spec in SPECS:
-        assert json.loads((WORKFLOWS / "api" / f"{spec.name}.json").read_text()) == to_api(spec, classes), spec.name
-        assert json.loads((WORKFLOWS / f"{spec.name}.json").read_text()) == to_ui(spec, classes), spec.name
+        stale = f"workflows/{spec.name}.json is out of date with the nodes or specs: run python workflows/build.py"
+        assert json.loads((WORKFLOWS / "api" / f"{spec.name}.json").read_text()) == to_api(spec, classes), stale
+        assert json.loads((WORKFLOWS / f"{spec.name}.json").read_text()) == to_ui(spec, classes), stale
