@@ -13,19 +13,14 @@ import torch
 
 from ..checkpoint import read_state_dict, wrong_kind_message
 from ..errors import CheckpointError, InputError
-from ..ops import FP8_DTYPES, Linear
 from ..variants import ROLES, detect_variant
+from ..weights import DTYPES, assign_weights, compute_dtype
 from .config import WanDiTConfig
 from .keys import normalize_keys
 from .model import WanDiT
 
 log = logging.getLogger("wan_experts")
 
-DTYPES = {
-    "fp32": torch.float32, "float32": torch.float32,
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-    "fp16": torch.float16, "float16": torch.float16,
-}
 EXPERT_FOLDERS = {"high": "high_noise_model", "low": "low_noise_model"}
 
 
@@ -52,7 +47,7 @@ def load_dit(path, dtype=None, device="cpu", role: str | None = None, num_heads:
     compute = resolve_dtype(dtype, sd)
     with torch.device("meta"):
         model = WanDiT(config, variant, role, attention)
-    _assign_weights(model, sd, scales, compute, source)
+    assign_weights(model, sd, scales, compute, source, "Wan DiT")
     model.compute_dtype = compute
     model.requires_grad_(False).eval()
     model.source, model.layout = str(path), layout
@@ -73,14 +68,9 @@ def resolve_role(role: str | None, path: Path) -> str:
 
 
 def resolve_dtype(dtype, sd: dict[str, torch.Tensor]) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in (None, "", "default", "auto"):
-        if dtype not in DTYPES:
-            raise InputError(f"dtype '{dtype}' is unknown; use one of {sorted(set(DTYPES))} or 'default'")
-        return DTYPES[dtype]
-    main = sd["blocks.0.self_attn.q.weight"].dtype if "blocks.0.self_attn.q.weight" in sd else torch.float32
-    return torch.bfloat16 if main in FP8_DTYPES or main not in DTYPES.values() else main
+    """The compute dtype: as asked, else the file's own (read off the first attention weight; bf16 for fp8)."""
+    stored = sd["blocks.0.self_attn.q.weight"].dtype if "blocks.0.self_attn.q.weight" in sd else torch.float32
+    return compute_dtype(dtype, stored)
 
 
 def _expert_source(path: Path, role: str) -> Path:
@@ -102,43 +92,6 @@ def _heads_from_folder(source: Path) -> int | None:
     except ValueError:
         return None
     return cfg.get("num_heads") or cfg.get("num_attention_heads")
-
-
-def _assign_weights(model: WanDiT, sd, scales, compute: torch.dtype, source: Path) -> None:
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(sd))
-    unexpected = sorted(set(sd) - set(expected))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:4])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:4])})")
-        raise CheckpointError(f"'{source.name}' does not match the Wan DiT layout it looks like: "
-                              f"{'; '.join(parts)} keys. The file may be incomplete or a different model.")
-    linear_weights = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, Linear)}
-    weights = {}
-    for key, want in expected.items():
-        t = sd[key]
-        if t.shape != want.shape:
-            raise CheckpointError(f"'{source.name}': '{key}' has shape {tuple(t.shape)}, expected "
-                                  f"{tuple(want.shape)} for this model. The file is inconsistent or damaged.")
-        weights[key] = _stored(key, t, compute, key in linear_weights, scales)
-    model.load_state_dict(weights, strict=True, assign=True)
-    for name, scale in scales.items():
-        module = model.get_submodule(name)
-        if isinstance(module, Linear):
-            module.scale_weight = scale.float()
-
-
-def _stored(key: str, t: torch.Tensor, compute: torch.dtype, is_linear_weight: bool, scales) -> torch.Tensor:
-    """The tensor as the model keeps it: fp8 Linear weights stay fp8, everything else in the compute dtype."""
-    if t.dtype in FP8_DTYPES:
-        if is_linear_weight:
-            return t
-        scale = scales.pop(key.rsplit(".", 1)[0], None)
-        t = t.float() * (scale.float() if scale is not None else 1.0)
-    return t if t.dtype == compute else t.to(compute)
 
 
 def _size(config: WanDiTConfig) -> str:

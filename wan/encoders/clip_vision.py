@@ -17,7 +17,7 @@ from .clip import ClipVisionConfig, ClipVisionTower, hf_config_extras
 from .clip_input import check_images, preprocess
 from .clip_keys import drop_last_block, normalize_keys
 from .placement import running_on
-from .weights import build_with_weights, compute_dtype, official_file_in, split_fp8_scales
+from ..weights import build_with_weights, compute_dtype, official_file_in, split_fp8_scales
 
 log = logging.getLogger("wan_experts")
 

@@ -20,7 +20,7 @@ from .t5 import UMT5Config, UMT5Encoder
 from .t5_keys import TOKENIZER_KEY, has_relative_bias_in_every_block, normalize_keys
 from .tokenizer import UMT5Tokenizer
 from .tokenizer_source import find_tokenizer
-from .weights import build_with_weights, compute_dtype, official_file_in, split_fp8_scales
+from ..weights import build_with_weights, compute_dtype, official_file_in, split_fp8_scales
 
 log = logging.getLogger("wan_experts")
 

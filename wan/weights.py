@@ -1,6 +1,6 @@
 """Put a checkpoint's tensors into a module built on the meta device, keeping fp8 Linear weights as they are.
 
-Shared by the text and image encoders: pick the compute dtype, split off Comfy "scaled fp8" scales, check every
+Shared by the model loaders (DiT, text and image encoders): pick the compute dtype, split off Comfy "scaled fp8" scales, check every
 key and shape against the module, then assign (no copy unless a tensor must change dtype).
 """
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..errors import CheckpointError, InputError
-from ..ops import FP8_DTYPES, Linear
+from .errors import CheckpointError, InputError
+from .ops import FP8_DTYPES, Linear
 
 DTYPES = {
     "fp32": torch.float32, "float32": torch.float32,
