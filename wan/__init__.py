@@ -4,6 +4,9 @@ Public API (imported lazily so that ``import wan`` stays cheap):
     load_dit, load_moe, WanDiT, WanDiTConfig, ExpertSet   -- diffusion transformer(s)
     load_text_encoder, load_clip_vision, encode_prompts   -- UMT5 text encoder, CLIP vision
     TeaCache, MagCache, StepCache, CacheReport            -- step caching for the sampler
+    Settings, run                                         -- the whole generation (what python -m wan.generate runs)
+    save_video, write_video                               -- mp4 / webm output
+    write_official_folder, write_comfy_files              -- tiny random-weight models in real file layouts
 """
 from importlib import import_module
 
@@ -23,6 +26,12 @@ _EXPORTS = {
     "MagCache": ".cache",
     "StepCache": ".cache",
     "CacheReport": ".cache",
+    "save_video": ".video",
+    "write_video": ".video",
+    "Settings": ".pipeline",
+    "run": ".pipeline",
+    "write_official_folder": ".demo",
+    "write_comfy_files": ".demo",
 }
 
 __all__ = sorted(_EXPORTS)
