@@ -3,4 +3,4 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ROOT"
-exec "$PY" -m wan.generate --demo "$@"
+exec "$PY" -m wan.generate --demo --save_file output/wan_demo.mp4 "$@"
