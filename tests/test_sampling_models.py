@@ -114,6 +114,7 @@ def official_loop(models, noise, pos, neg, steps, shift, solver="unipc", guide=(
     return latent
 
 
+@torch.no_grad()
 def official_i2v_y(vae_module, image, frames):
     """image2video.generate: mask over latent frames + normalised latent of [image, zeros(F - 1)]."""
     mean = torch.tensor(official_stats(16)[0])

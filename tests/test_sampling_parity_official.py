@@ -6,8 +6,8 @@ Tolerance: max|ours - ref| <= 1e-4 * max|ref| + 1e-5."""
 import pytest
 import torch
 
-from test_sampling_models import (RawVAE, assert_close, official_dit, official_loop, official_stats, official_vae21,
-                                  official_vae22, ours_from_official, prompts)
+from test_sampling_models import (RawVAE, assert_close, official_dit, official_i2v_y, official_loop, official_stats,
+                                  official_vae21, official_vae22, ours_from_official, prompts)
 from wan.experts import ExpertSet
 from wan.sampling import SamplerSettings, concat_condition, first_frame_condition, make_noise, sample
 
@@ -63,14 +63,7 @@ def test_a14b_i2v_two_experts(tmp_path):
     vae = official_vae21()
     image = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(9)) * 2 - 1
     frames = 5
-    mean, std = (torch.tensor(v) for v in official_stats(16))
-    with torch.no_grad():
-        video = torch.cat([image[:, None], torch.zeros(3, frames - 1, 32, 32)], dim=1)
-        z = vae.encode(video[None], scale=[mean, 1.0 / std])[0]
-    msk = torch.ones(1, frames, 4, 4)
-    msk[:, 1:] = 0
-    msk = torch.concat([torch.repeat_interleave(msk[:, 0:1], repeats=4, dim=1), msk[:, 1:]], dim=1)
-    y_ref = torch.concat([msk.view(1, msk.shape[1] // 4, 4, 4, 4).transpose(1, 2)[0], z])
+    y_ref = official_i2v_y(vae, image, frames)
     cond = concat_condition(RawVAE(vae, 16, (4, 8, 8)), image[None], frames)
     assert_close(cond.y[0], y_ref)
     pos, neg, text = prompts()

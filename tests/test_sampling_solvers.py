@@ -3,7 +3,7 @@ flow UniPC, driven by the same synthetic velocity field. Tolerance: max|ours - r
 import pytest
 import torch
 
-from oracles import official
+from test_sampling_models import assert_close, official_scheduler
 from wan.errors import InputError
 from wan.sampling.schedules import make_schedule, partial_schedule
 from wan.sampling.solvers import make_solver
@@ -12,23 +12,6 @@ from wan.sampling.solvers import make_solver
 def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
     """A smooth, nonlinear stand-in for a model: depends on x and t like a denoiser would."""
     return torch.tanh(x) * (0.5 + t / 1000.0) + 0.3 * torch.sin(3.0 * x) - 0.1 * t / 1000.0
-
-
-def assert_close(ours, ref, rel=1e-4, abs_=1e-5):
-    err = (ours - ref).abs().max().item()
-    assert err <= rel * ref.abs().max().item() + abs_, err
-
-
-def official_scheduler(solver: str, steps: int, shift: float):
-    if solver == "unipc":
-        sched = official.load("utils.fm_solvers_unipc").FlowUniPCMultistepScheduler(
-            num_train_timesteps=1000, shift=1, use_dynamic_shifting=False)
-        sched.set_timesteps(steps, device="cpu", shift=shift)
-        return sched
-    mod = official.load("utils.fm_solvers")
-    sched = mod.FlowDPMSolverMultistepScheduler(num_train_timesteps=1000, shift=1, use_dynamic_shifting=False)
-    mod.retrieve_timesteps(sched, device="cpu", sigmas=mod.get_sampling_sigmas(steps, shift))
-    return sched
 
 
 def run_reference(sched, x):
