@@ -201,3 +201,13 @@ def test_missing_negative_with_cfg(t2v_pair):
         sample(t2v_pair, torch.zeros(SHAPE), text, SamplerSettings(2, 5.0), noise=torch.zeros(SHAPE))
     sample(t2v_pair, torch.zeros(SHAPE), text, SamplerSettings(1, 5.0, cfg_high=1.0, cfg_low=1.0),
            noise=torch.zeros(SHAPE))
+
+
+def test_solver_state_of_another_run_is_ignored(t2v_pair, caplog):
+    """A LATENT carrying the history of another schedule (here another solver) continues without it."""
+    first = run(t2v_pair, SamplerSettings(6, 12.0, "dpm++", end_step=3, return_with_leftover_noise=True))
+    settings = SamplerSettings(6, 12.0, "unipc", start_step=3, add_noise=False)
+    with caplog.at_level("INFO", logger="wan_experts"):
+        carried = run(t2v_pair, settings, latents=first.latents, solver_state=first.solver_state)
+    assert "afresh" in caplog.text
+    assert torch.equal(carried.latents, run(t2v_pair, settings, latents=first.latents).latents)

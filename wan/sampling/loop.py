@@ -96,7 +96,7 @@ def sample(experts: ExpertSet, latents: torch.Tensor, text: TextEmbeds, settings
     inputs = ModelInputs.build(experts, text, image_cond, latents.shape, device)
     x = _initial(latents, noise, schedule, start, s.add_noise, device)
     solver = make_solver(s.solver, schedule)
-    _restore(solver, solver_state, s, schedule, start, device)
+    _restore(solver, solver_state, s, schedule, start, device, latents.shape)
     full_denoise = end < schedule.steps and not s.return_with_leftover_noise
     placement = ExpertPlacement(experts.models, device, offload_device or device, s.keep_both_resident)
     if step_cache is not None:
@@ -182,10 +182,19 @@ def _move(data, device):
     return data
 
 
-def _restore(solver, state: SolverState | None, s: SamplerSettings, schedule: Schedule, start: int, device) -> None:
+def _tensors(data) -> list[torch.Tensor]:
+    if torch.is_tensor(data):
+        return [data]
+    values = data.values() if isinstance(data, dict) else data if isinstance(data, list) else []
+    return [t for v in values for t in _tensors(v)]
+
+
+def _restore(solver, state: SolverState | None, s: SamplerSettings, schedule: Schedule, start: int, device,
+             shape) -> None:
     if state is None or s.add_noise:
         return
-    if state.solver == s.solver and state.next_step == start and torch.equal(state.sigmas, schedule.sigmas):
+    same_run = state.solver == s.solver and state.next_step == start and torch.equal(state.sigmas, schedule.sigmas)
+    if same_run and all(t.shape == shape for t in _tensors(state.data)):
         solver.load_state(_move(state.data, device))
     else:
         log.info("Wan sampler: the incoming latent was made with another schedule or solver; starting the solver "
