@@ -75,49 +75,80 @@ class SampleResult:
     solver_state: SolverState | None = None
 
 
+@torch.no_grad()
 def sample(experts: ExpertSet, latents: torch.Tensor, text: TextEmbeds, settings: SamplerSettings, *,
            noise: torch.Tensor | None = None, image_cond: ImageCond | None = None, step_cache=None,
            callback: Callable[[StepInfo], None] | None = None, device=None, offload_device=None,
            solver_state: SolverState | None = None) -> SampleResult:
     """Denoise ``latents`` [B, C, T, h, w] (normalised). With ``add_noise`` and start 0 the run starts from
-    ``noise`` alone, like the official scripts; a later start mixes noise in at that step's sigma."""
+    ``noise`` alone, like the official scripts; a later start mixes noise in at that step's sigma.
+
+    ``step_cache`` (optional) gets ``begin(timesteps=[...], experts=...)``, then ``forward(model, x, t, context,
+    clip_fea=, y=, step=, branch="cond"|"uncond", expert=)`` for every model call (``step`` indexes the timesteps
+    given to ``begin``), and ``end()``, whose report is returned in the result."""
     s = settings
+    device = torch.device(device) if device is not None else latents.device
+    run = _plan_run(experts, latents, text, s, noise, image_cond, device)
+    _restore(run.solver, solver_state, s, run.schedule, run.start, device, latents.shape)
+    x = run.inputs.impose(_initial(latents, noise, run.schedule, run.start, s.add_noise, device))
+    placement = ExpertPlacement(experts.models, device, offload_device or device, s.keep_both_resident)
+    if step_cache is not None:
+        step_cache.begin(timesteps=[run.schedule.timestep(i) for i in run.steps], experts=run.experts)
+    try:
+        for n, i in enumerate(run.steps):
+            x = _step(run, placement, n, i, x, s, step_cache, callback)
+    finally:
+        placement.release()
+    report = step_cache.end() if step_cache is not None else None
+    state = None
+    if run.end < run.schedule.steps and not run.full_denoise:
+        state = SolverState(s.solver, run.schedule.sigmas, run.end, run.solver.state())
+    return SampleResult(x, run.plan, run.schedule, report, state)
+
+
+@dataclass
+class _Run:
+    schedule: Schedule
+    start: int
+    end: int
+    experts: ExpertSet  # with the run's boundary
+    plan: list[str]
+    inputs: ModelInputs
+    solver: Any
+    full_denoise: bool  # the last step returns the clean estimate (stopping early without leftover noise)
+
+    @property
+    def steps(self) -> range:
+        return range(self.start, self.end)
+
+
+def _plan_run(experts, latents, text, s: SamplerSettings, noise, image_cond, device) -> _Run:
+    """Validate everything, then fix the schedule, the step range and the expert of each step."""
     _check_settings(s, experts)
     check_sampling_inputs(experts, latents, text, image_cond, needs_negative=_uses_cfg(s, experts))
     if s.add_noise and (noise is None or noise.shape != latents.shape):
         raise InputError(f"add_noise needs noise of the latent's shape {tuple(latents.shape)}")
     schedule, first = partial_schedule(lambda n: make_schedule(s.solver, n, s.shift, s.schedule), s.steps, s.denoise)
     start, end = _step_range(s, schedule, first)
-    run_experts = experts
     if experts.is_moe and s.boundary is not None:
-        run_experts = dataclasses.replace(experts, boundary=s.boundary)
-    plan = expert_plan(run_experts, schedule, range(start, end), s.switch_step)
-    device = torch.device(device) if device is not None else latents.device
+        experts = dataclasses.replace(experts, boundary=s.boundary)
+    plan = expert_plan(experts, schedule, range(start, end), s.switch_step)
     inputs = ModelInputs.build(experts, text, image_cond, latents.shape, device)
-    x = _initial(latents, noise, schedule, start, s.add_noise, device)
-    solver = make_solver(s.solver, schedule)
-    _restore(solver, solver_state, s, schedule, start, device, latents.shape)
     full_denoise = end < schedule.steps and not s.return_with_leftover_noise
-    placement = ExpertPlacement(experts.models, device, offload_device or device, s.keep_both_resident)
-    if step_cache is not None:
-        step_cache.begin(timesteps=[schedule.timestep(i) for i in range(start, end)], experts=run_experts)
-    try:
-        x = inputs.impose(x)
-        for n, i in enumerate(range(start, end)):
-            model = placement.activate(run_experts.low if plan[n] == "low" else run_experts.high)
-            t = schedule.timestep(i)
-            v = _guided(model, x, inputs.timesteps(t), inputs, _cfg(s, plan[n]), step_cache, n, plan[n])
-            x0 = inputs.impose(solver.x0(i, v, x))
-            x = x0 if full_denoise and i == end - 1 else inputs.impose(solver.step(i, v, x))
-            if callback is not None:
-                callback(StepInfo(n, end - start, i, t, schedule.sigma(i), plan[n], x, x0))
-    finally:
-        placement.release()
-    report = step_cache.end() if step_cache is not None else None
-    state = None
-    if end < schedule.steps and not full_denoise:
-        state = SolverState(s.solver, schedule.sigmas, end, solver.state())
-    return SampleResult(x, plan, schedule, report, state)
+    return _Run(schedule, start, end, experts, plan, inputs, make_solver(s.solver, schedule), full_denoise)
+
+
+def _step(run: _Run, placement: ExpertPlacement, n: int, i: int, x, s: SamplerSettings, step_cache, callback):
+    """One step: the expert of the step on the device, guided velocity, solver update (image frame re-imposed)."""
+    expert = run.plan[n]
+    model = placement.activate(run.experts.low if expert == "low" else run.experts.high)
+    t = run.schedule.timestep(i)
+    v = _guided(model, x, run.inputs.timesteps(t), run.inputs, _cfg(s, expert), step_cache, n, expert)
+    x0 = run.inputs.impose(run.solver.x0(i, v, x))
+    x = x0 if run.full_denoise and i == run.end - 1 else run.inputs.impose(run.solver.step(i, v, x))
+    if callback is not None:
+        callback(StepInfo(n, run.end - run.start, i, t, run.schedule.sigma(i), expert, x, x0))
+    return x
 
 
 def expert_plan(experts: ExpertSet, schedule: Schedule, steps: range, switch_step: int | None = None) -> list[str]:
