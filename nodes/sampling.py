@@ -82,7 +82,8 @@ class WanExpertsImageToVideo:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "vae": ("WAN_VAE", {"tooltip": "The VAE of the model: Wan 2.1 VAE (I2V, FLF2V, A14B) or Wan 2.2 VAE (TI2V-5B)."}),
+            "vae": ("WAN_VAE", {"tooltip": (
+                "The VAE of the model: Wan 2.1 VAE (I2V, FLF2V, A14B) or Wan 2.2 VAE (TI2V-5B).")}),
             "start_image": ("IMAGE", {"tooltip": "The first frame of the video (the first image of a batch is used)."}),
             **_size_inputs(),
         }, "optional": {
@@ -122,7 +123,8 @@ class WanExpertsSampler:
     CATEGORY = CATEGORY
     RETURN_TYPES = ("LATENT",)
     RETURN_NAMES = ("latent",)
-    OUTPUT_TOOLTIPS = ("The denoised raw latents (with leftover noise when asked), for Wan VAE Decode or a next sampler.",)
+    OUTPUT_TOOLTIPS = ("The denoised raw latents (with leftover noise when asked), for Wan VAE Decode or a next "
+                       "sampler.",)
     FUNCTION = "run"
 
     @classmethod
@@ -135,25 +137,32 @@ class WanExpertsSampler:
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
                              "tooltip": "Noise seed (the same seed as the official script gives the same noise)."}),
             "steps": ("INT", {"default": 0, "min": 0, "max": 1000, "tooltip": (
-                "Sampling steps; 0 = official default (50 for Wan 2.1 T2V and TI2V-5B, 40 for I2V and Wan 2.2 A14B).")}),
+                "Sampling steps; 0 = official default (50 for Wan 2.1 T2V and TI2V-5B, 40 for I2V and Wan 2.2 "
+                "A14B).")}),
             "cfg_high": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 30.0, "step": 0.1, "tooltip": (
                 "Guidance scale of a single model, or of the high-noise expert; 1 skips the negative pass; 0 = "
                 "official default (5.0; A14B T2V 4.0, I2V 3.5).")}),
             "cfg_low": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 30.0, "step": 0.1, "tooltip": (
-                "Guidance scale of the low-noise expert (Wan 2.2 pairs only); 0 = official default (T2V 3.0, I2V 3.5).")}),
+                "Guidance scale of the low-noise expert (Wan 2.2 pairs only); 0 = official default (T2V 3.0, "
+                "I2V 3.5).")}),
             "shift": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip": (
                 "Noise schedule shift; 0 = official default (5.0; A14B T2V 12.0; FLF2V 16.0).")}),
             "solver": (list(SOLVERS), {"default": "unipc", "tooltip": (
-                "unipc: the official default (UniPC order 2); dpm++: the official DPM++ 2M; euler: plain flow Euler.")}),
+                "unipc: the official default (UniPC order 2); dpm++: the official DPM++ 2M; euler: plain flow "
+                "Euler.")}),
         }, "optional": {
-            "image_cond": ("WAN_IMAGE_COND", {"tooltip": "Image conditioning from Wan Image To Video (I2V, FLF2V, TI2V)."}),
+            "image_cond": ("WAN_IMAGE_COND", {"tooltip": (
+                "Image conditioning from Wan Image To Video (I2V, FLF2V, TI2V).")}),
             "step_cache": ("WAN_STEP_CACHE", {"tooltip": "Optional step cache (Wan TeaCache / Wan MagCache)."}),
             "boundary": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 0.999, "step": 0.005, "tooltip": (
-                "Expert switch: the low-noise expert runs while t < boundary x 1000; 0 = the model's (0.875 T2V, 0.9 I2V).")}),
+                "Expert switch: the low-noise expert runs while t < boundary x 1000; 0 = the model's (0.875 T2V, "
+                "0.9 I2V).")}),
             "switch_step": ("INT", {"default": -1, "min": -1, "max": 1000, "tooltip": (
                 "Manual expert switch: steps before it use the high-noise expert; -1 = by boundary.")}),
-            "start_step": ("INT", {"default": 0, "min": 0, "max": 1000, "tooltip": "First step to run (chained samplers)."}),
-            "end_step": ("INT", {"default": -1, "min": -1, "max": 1000, "tooltip": "Step to stop before; -1 = the end."}),
+            "start_step": ("INT", {"default": 0, "min": 0, "max": 1000, "tooltip": (
+                "First step to run (chained samplers).")}),
+            "end_step": ("INT", {"default": -1, "min": -1, "max": 1000, "tooltip": (
+                "Step to stop before; -1 = the end.")}),
             "add_noise": ("BOOLEAN", {"default": True, "tooltip": (
                 "Add the seed's noise first. Off for a sampler that continues another one's leftover noise.")}),
             "return_with_leftover_noise": ("BOOLEAN", {"default": False, "tooltip": (

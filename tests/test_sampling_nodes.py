@@ -91,7 +91,8 @@ def test_sampler_auto_defaults_and_engine_equality(pack, moe, caplog):
     latent = pack.nodes.sampling.WanExpertsEmptyLatent().make(32, 32, 5)[0]
     with caplog.at_level(logging.INFO, logger="wan_experts"):
         out = sampler(pack, moe, latent)
-    assert "wan22_t2v_a14b" in caplog.text and "cfg high 4 / low 3" in caplog.text and "auto: cfg_high, cfg_low" in caplog.text
+    assert "wan22_t2v_a14b" in caplog.text and "cfg high 4 / low 3" in caplog.text
+    assert "auto: cfg_high, cfg_low" in caplog.text
     s = pack.wan.sampling
     ref = s.sample(moe, pack.wan.latents.normalize(latent["samples"]), pack_text(pack),
                    s.SamplerSettings(STEPS, 12.0, cfg_high=4.0, cfg_low=3.0),
@@ -132,7 +133,8 @@ def test_image_to_video_node(pack, models_dir, version, frames, kind):
 
 def test_i2v_sampler_node_runs(pack, models_dir):
     vae = pack.nodes.vae.WanExpertsLoadVAE().load(write_vae(models_dir, "2.1"))[0]
-    model = pack.nodes.dit.WanExpertsLoadDiT().load(write_dit(models_dir, "wan2.2_i2v_high_noise.safetensors", "i2v"))[0]
+    name = write_dit(models_dir, "wan2.2_i2v_high_noise.safetensors", "i2v")
+    model = pack.nodes.dit.WanExpertsLoadDiT().load(name)[0]
     cond, latent = pack.nodes.sampling.WanExpertsImageToVideo().make(vae, torch.rand(1, 32, 32, 3), 32, 32, 5)
     out = sampler(pack, model, latent, image_cond=cond, steps=2)
     assert out["samples"].shape == latent["samples"].shape and torch.isfinite(out["samples"]).all()

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from oracles.randomize import randomize_
-from test_sampling_models import DIM, FFN, HEADS, LAYERS, TEXT_DIM, assert_close, official_stats, ours_from_diffusers, prompts
+from test_sampling_models import (DIM, FFN, HEADS, LAYERS, TEXT_DIM, assert_close, official_stats, ours_from_diffusers,
+                                  prompts)
 from wan.experts import ExpertSet
 from wan.sampling import SamplerSettings, image_condition, make_noise, sample
 
@@ -36,7 +37,8 @@ def vae(z_dim=16):
     else:
         mean, std = official_stats(48)
         model = AutoencoderKLWan(base_dim=8, decoder_base_dim=8, z_dim=48, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
-                                 temperal_downsample=[False, True, True], is_residual=True, patch_size=2, in_channels=12, out_channels=12,
+                                 temperal_downsample=[False, True, True], is_residual=True, patch_size=2,
+                                 in_channels=12, out_channels=12,
                                  scale_factor_spatial=16, latents_mean=mean, latents_std=std)
     return randomize_(model.eval(), std=0.05, seed=11)
 

@@ -58,7 +58,8 @@ def test_euler_is_explicit_flow_step():
     x = torch.randn(5)
     expected = x.clone()
     for i in range(4):
-        expected = expected + (float(sched.sigmas[i + 1]) - float(sched.sigmas[i])) * velocity(expected, sched.timestep(i))
+        step = float(sched.sigmas[i + 1]) - float(sched.sigmas[i])
+        expected = expected + step * velocity(expected, sched.timestep(i))
     assert_close(run_ours(make_solver("euler", sched), sched, x), expected)
     assert float(sched.sigmas[0]) == 1.0 and float(sched.sigmas[-1]) == 0.0
 
