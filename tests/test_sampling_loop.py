@@ -211,3 +211,12 @@ def test_solver_state_of_another_run_is_ignored(t2v_pair, caplog):
         carried = run(t2v_pair, settings, latents=first.latents, solver_state=first.solver_state)
     assert "afresh" in caplog.text
     assert torch.equal(carried.latents, run(t2v_pair, settings, latents=first.latents).latents)
+
+
+def test_boundary_override_and_switch_step(t2v_pair):
+    """The run's boundary replaces the pair's (0.95 -> fewer high-noise steps); a switch step overrides both."""
+    default = run(t2v_pair, SamplerSettings(6, 12.0, end_step=6))
+    assert default.experts == ["high"] * 4 + ["low"] * 2
+    assert run(t2v_pair, SamplerSettings(6, 12.0, boundary=0.95)).experts == ["high"] * 3 + ["low"] * 3
+    assert run(t2v_pair, SamplerSettings(6, 12.0, boundary=0.95, switch_step=1)).experts == ["high"] + ["low"] * 5
+    assert t2v_pair.boundary == 0.875

@@ -171,3 +171,20 @@ def test_every_input_has_a_tooltip(pack):
             for name, (_, *opts) in group.items():
                 assert opts and opts[0].get("tooltip"), (cls.__name__, name)
         assert cls.DESCRIPTION and cls.DISPLAY_NAME and len(cls.OUTPUT_TOOLTIPS) == len(cls.RETURN_TYPES)
+
+
+def test_sampler_node_progress_and_interruption(pack, moe, monkeypatch):
+    """Each step ticks the host progress bar, which is the cancel point: an interruption stops the run."""
+    host = pack.nodes.host
+    calls = []
+
+    def interrupted():
+        calls.append(1)
+        if len(calls) == 3:  # one check before the run, then one per step
+            raise KeyboardInterrupt("cancelled")
+
+    monkeypatch.setattr(host, "check_interrupted", interrupted)
+    latent = pack.nodes.sampling.WanExpertsEmptyLatent().make(32, 32, 5)[0]
+    with pytest.raises(KeyboardInterrupt):
+        sampler(pack, moe, latent)
+    assert len(calls) == 3
