@@ -22,7 +22,7 @@ class RMSNorm(nn.Module):
         self.gamma = nn.Parameter(torch.ones(dim, *([1] * spatial_dims)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(x, dim=1).mul_(self.scale).mul_(self.gamma)
+        return F.normalize(x, dim=1).mul_(self.gamma * self.scale)
 
 
 class ResidualBlock(nn.Module):
@@ -97,13 +97,9 @@ class Resample(nn.Module):
         return x
 
     def _per_frame(self, x: torch.Tensor) -> torch.Tensor:
-        """The 2D resample applied to every frame, as a 3D conv with a one-frame kernel (no layout copies)."""
-        conv = self.resample[1]
-        weight = conv.weight.unsqueeze(2)
-        if self.mode.startswith("up"):
-            x = F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest-exact")
-            return F.conv3d(x, weight, conv.bias, padding=(0, 1, 1))
-        return F.conv3d(F.pad(x, (0, 1, 0, 1)), weight, conv.bias, stride=(1, 2, 2))
+        t = x.shape[2]
+        x = self.resample(rearrange(x, "b c t h w -> (b t) c h w"))
+        return rearrange(x, "(b t) c h w -> b c t h w", t=t)
 
     def _double_time(self, x: torch.Tensor, stream: TimeStream) -> torch.Tensor:
         if not stream.seen(self):

@@ -112,12 +112,18 @@ class WanVAEModel(nn.Module):
         """Latents [B, z, T, h, w] in the model dtype -> video [B, 3, 1 + 4(T-1), h*s, w*s] (not clamped)."""
         x = self.conv2(latents)
         stream = TimeStream()
-        outs = []
+        out, filled = None, 0
         for t in range(x.shape[2]):
-            outs.append(self.decoder(x[:, :, t:t + 1], stream))
+            frames = self.decoder(x[:, :, t:t + 1], stream)
+            if out is None:  # written in place: no second copy of the whole video at the end
+                total = 1 + self.config.stride[0] * (x.shape[2] - 1)
+                out = frames.new_empty(*frames.shape[:2], total, *frames.shape[3:])
+            out[:, :, filled:filled + frames.shape[2]] = frames
+            filled += frames.shape[2]
+            del frames
             if on_chunk is not None:
                 on_chunk()
-        return _unpatchify(torch.cat(outs, dim=2), self.config.patch)
+        return _unpatchify(out, self.config.patch)
 
 
 def _chunk_starts(frames: int, step: int) -> list[int]:
