@@ -7,6 +7,7 @@ ignores those trailing frames too) and a warning is logged. H and W must be mult
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -74,12 +75,10 @@ class WanVAE:
         """Video [B, 3, F, H, W] in [-1, 1] -> raw latents [B, z, 1 + (F-1)//4, H/s, W/s], float32."""
         video = self._check_video(video)
         s = self.stride[1]
-        grid = TileGrid.from_pixels(tile_size, overlap, s)
-        latent_hw = (video.shape[3] // s, video.shape[4] // s)
-        per_item = num_chunks(video.shape[2], self.stride[0])
-        full = lambda v, cb: self.model.encode_chunks(v, cb)  # noqa: E731
-        tiles = lambda v, cb: run_tiled(lambda t: full(t, cb), v, grid, latent_hw, s, 1)  # noqa: E731
-        return self._run(video, full, tiles, tiled, per_item, grid.count(*latent_hw), callback)
+        job = _Pass(self.model.encode_chunks, TileGrid.from_pixels(tile_size, overlap, s),
+                    (video.shape[3] // s, video.shape[4] // s), in_scale=s, out_scale=1,
+                    chunks=num_chunks(video.shape[2], self.stride[0]))
+        return self._run(video, job, tiled, callback)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, tiled: str | bool = "auto", tile_size: int = DEFAULT_TILE_SIZE,
@@ -88,36 +87,30 @@ class WanVAE:
         """Raw latents [B, z, T, h, w] -> video [B, 3, 1 + 4(T-1), h*s, w*s] in [-1, 1], float32."""
         latents = self._check_latents(latents)
         s = self.stride[1]
-        grid = TileGrid.from_pixels(tile_size, overlap, s)
-        latent_hw = tuple(latents.shape[3:])
-        full = lambda z, cb: self.model.decode_chunks(z, cb)  # noqa: E731
-        tiles = lambda z, cb: run_tiled(lambda t: full(t, cb), z, grid, latent_hw, 1, s)  # noqa: E731
-        video = self._run(latents, full, tiles, tiled, latents.shape[2], grid.count(*latent_hw), callback)
+        job = _Pass(self.model.decode_chunks, TileGrid.from_pixels(tile_size, overlap, s), tuple(latents.shape[3:]),
+                    in_scale=1, out_scale=s, chunks=latents.shape[2])
+        video = self._run(latents, job, tiled, callback)
         return video.clamp_(-1.0, 1.0) if clamp else video
 
-    def _run(self, x, full, tiles, tiled, chunks_per_item: int, tile_count: int, callback) -> torch.Tensor:
-        """One batch item at a time; full pass, tiles, or full pass falling back to tiles on out-of-memory."""
+    def _run(self, x: torch.Tensor, job: "_Pass", tiled, callback: ProgressCallback | None) -> torch.Tensor:
+        """One batch item at a time: whole frames, tiles, or whole frames falling back to tiles on out-of-memory."""
         mode = _tiled_mode(tiled)
-        outs = []
-        for i in range(x.shape[0]):
+        batch, outs = x.shape[0], []
+        for i in range(batch):
             item = x[i:i + 1].to(self.device, self.dtype)
             if mode == "on":
-                counter = _Counter(callback, x.shape[0] * chunks_per_item * tile_count, i * chunks_per_item * tile_count)
-                outs.append(tiles(item, counter))
+                outs.append(job.tiled(item, _Counter(callback, batch, i, job.chunks * job.tile_count)))
                 continue
-            counter = _Counter(callback, x.shape[0] * chunks_per_item, i * chunks_per_item)
             try:
-                outs.append(full(item, counter).float())
+                outs.append(job.whole(item, _Counter(callback, batch, i, job.chunks)))
             except OutOfMemoryError:
                 if mode == "off":
                     raise
                 log.warning("Wan VAE: out of memory for a %dx%d pass on %s; retrying in %d tiles",
-                            x.shape[-2], x.shape[-1], self.device, tile_count)
+                            x.shape[-2], x.shape[-1], self.device, job.tile_count)
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
-                per_item = chunks_per_item * tile_count
-                counter = _Counter(callback, x.shape[0] * per_item, i * per_item)
-                outs.append(tiles(item, counter))
+                outs.append(job.tiled(item, _Counter(callback, batch, i, job.chunks * job.tile_count)))
         return torch.cat(outs)
 
     # --- input checks -------------------------------------------------------------------------------------------
@@ -159,11 +152,33 @@ class WanVAE:
         return latents
 
 
-class _Counter:
-    """Turns per-chunk ticks into ``callback(done, total)`` calls."""
+@dataclass
+class _Pass:
+    """One encode or decode pass: the chunked function, how its input maps onto tiles, how many chunks per tile."""
 
-    def __init__(self, callback: ProgressCallback | None, total: int, done: int):
-        self.callback, self.total, self.done = callback, total, done
+    fn: Callable[[torch.Tensor, Callable[[], None]], torch.Tensor]
+    grid: TileGrid
+    latent_hw: tuple[int, int]
+    in_scale: int  # input pixels per latent pixel
+    out_scale: int  # output pixels per latent pixel
+    chunks: int
+
+    @property
+    def tile_count(self) -> int:
+        return self.grid.count(*self.latent_hw)
+
+    def whole(self, x: torch.Tensor, tick) -> torch.Tensor:
+        return self.fn(x, tick).float()
+
+    def tiled(self, x: torch.Tensor, tick) -> torch.Tensor:
+        return run_tiled(lambda tile: self.fn(tile, tick), x, self.grid, self.latent_hw, self.in_scale, self.out_scale)
+
+
+class _Counter:
+    """Turns per-chunk ticks of batch item ``index`` into ``callback(done, total)`` calls."""
+
+    def __init__(self, callback: ProgressCallback | None, batch: int, index: int, per_item: int):
+        self.callback, self.total, self.done = callback, batch * per_item, index * per_item
 
     def __call__(self) -> None:
         self.done += 1
