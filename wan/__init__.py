@@ -4,6 +4,8 @@ Public API (imported lazily so that ``import wan`` stays cheap):
     load_dit, load_moe, WanDiT, WanDiTConfig, ExpertSet   -- diffusion transformer(s)
     load_text_encoder, load_clip_vision, encode_prompts   -- UMT5 text encoder, CLIP vision
     TeaCache, MagCache, StepCache, CacheReport            -- step caching for the sampler
+    sample, SamplerSettings, make_noise, image_condition, latent_shape
+                                                          -- the denoise loop (expert switching), noise, image conditioning
     Settings, run                                         -- the whole generation (what python -m wan.generate runs)
     save_video, write_video                               -- mp4 / webm output
     write_official_folder, write_comfy_files              -- tiny random-weight models in real file layouts
@@ -26,6 +28,11 @@ _EXPORTS = {
     "MagCache": ".cache",
     "StepCache": ".cache",
     "CacheReport": ".cache",
+    "sample": ".sampling",
+    "SamplerSettings": ".sampling",
+    "make_noise": ".sampling",
+    "image_condition": ".sampling",
+    "latent_shape": ".sampling",
     "save_video": ".video",
     "write_video": ".video",
     "Settings": ".pipeline",
