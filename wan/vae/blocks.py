@@ -42,8 +42,8 @@ class ResidualBlock(nn.Module):
     def forward(self, x: torch.Tensor, stream: TimeStream) -> torch.Tensor:
         r = self.residual
         h = r[2](F.silu(r[0](x), inplace=True), stream)
-        h = r[6](F.silu(r[3](h), inplace=True), stream)
-        return h.add_(self.shortcut(x))
+        h = F.silu(r[3](h), inplace=True)  # rebinding frees the first conv's output before the second conv runs
+        return r[6](h, stream).add_(self.shortcut(x))
 
 
 class AttentionBlock(nn.Module):

@@ -34,7 +34,8 @@ def _run(x: torch.Tensor, conv1: CausalConv3d, stages, middle, head, stream: Tim
     x = conv1(x, stream)
     for layer in (*stages, *middle):
         x = layer(x, stream)
-    return head[2](F.silu(head[0](x), inplace=True), stream)
+    x = F.silu(head[0](x), inplace=True)
+    return head[2](x, stream)
 
 
 class Encoder(nn.Module):
