@@ -98,20 +98,26 @@ class WanVAE:
         batch, outs = x.shape[0], []
         for i in range(batch):
             item = x[i:i + 1].to(self.device, self.dtype)
-            if mode == "on":
-                outs.append(job.tiled(item, _Counter(callback, batch, i, job.chunks * job.tile_count)))
-                continue
-            try:
-                outs.append(job.whole(item, _Counter(callback, batch, i, job.chunks)))
-            except OutOfMemoryError:
-                if mode == "off":
-                    raise
-                log.warning("Wan VAE: out of memory for a %dx%d pass on %s; retrying in %d tiles",
-                            x.shape[-2], x.shape[-1], self.device, job.tile_count)
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                outs.append(job.tiled(item, _Counter(callback, batch, i, job.chunks * job.tile_count)))
+            out = None if mode == "on" else self._whole(job, item, _Counter(callback, batch, i, job.chunks), mode)
+            if out is None:
+                out = job.tiled(item, _Counter(callback, batch, i, job.chunks * job.tile_count))
+            outs.append(out)
         return torch.cat(outs)
+
+    def _whole(self, job: "_Pass", item: torch.Tensor, counter: "_Counter", mode: str) -> torch.Tensor | None:
+        """The whole-frame pass, or None when it ran out of memory and tiles may be used instead.
+
+        Returning (rather than retrying inside the ``except`` block) drops the failed pass's tensors first."""
+        try:
+            return job.whole(item, counter)
+        except OutOfMemoryError:
+            if mode == "off":
+                raise
+        log.warning("Wan VAE: out of memory for a %dx%d pass on %s; retrying in %d tiles",
+                    item.shape[-2], item.shape[-1], self.device, job.tile_count)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return None
 
     # --- input checks -------------------------------------------------------------------------------------------
     def _check_video(self, video: torch.Tensor) -> torch.Tensor:
