@@ -15,7 +15,7 @@ import torch
 
 from test_vae_tiny import official_vae, random_video, save_pth
 
-from wan.vae import load_vae
+from wan.vae import WanVAE, load_vae
 from wan.vae.tiling import TileGrid
 from wan.vae.vae import OutOfMemoryError
 
@@ -23,7 +23,7 @@ LATENT_HW = (8, 12)
 TILE, OVERLAP = 6, 2  # latent pixels: columns (0,6) (4,10) (6,12), rows (0,6) (2,8)
 
 
-def _local_vae(version: str, folder) -> "WanVAE":  # noqa: F821
+def _local_vae(version: str, folder) -> WanVAE:
     """A tiny VAE whose middle attention contributes a constant (proj.weight = 0)."""
     ref = official_vae(version, seed=3)
     with torch.no_grad():

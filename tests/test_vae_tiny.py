@@ -18,7 +18,6 @@ TINY = {  # version -> (z, encoder base, decoder base, pixel size of a 2x3-laten
     "2.1": dict(z_dim=16, dim=8, dec_dim=8, hw=(16, 24)),
     "2.2": dict(z_dim=48, dim=8, dec_dim=12, hw=(32, 48)),
 }
-LATENTS_MEAN_STD = {"2.1": (wv.WAN21_VAE, 16), "2.2": (wv.WAN22_VAE, 48)}
 
 
 def official_vae(version: str, seed: int = 0) -> torch.nn.Module:
