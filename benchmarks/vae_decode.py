@@ -3,9 +3,9 @@
     python benchmarks/vae_decode.py [--tiny] [--device cpu|cuda] [--base-dim N]
 
 Weights: a random Wan 2.1-layout VAE written once as a diffusers folder; ours loads that folder with ``load_vae``,
-diffusers with ``AutoencoderKLWan.from_pretrained``. Time: best of ``--repeats`` alternating runs after a warm-up. Peak memory: on
-CUDA ``torch.cuda.max_memory_allocated``; on CPU the peak of live tensor bytes allocated during the call, from the
-PyTorch profiler's allocation events (model weights excluded, outputs included). Printed as ratios.
+diffusers with ``AutoencoderKLWan.from_pretrained``. Time: best of ``--repeats`` alternating runs after a warm-up.
+Peak memory: on CUDA ``torch.cuda.max_memory_allocated``; on CPU the peak of live tensor bytes allocated during the
+call, from the PyTorch profiler's allocation events (model weights excluded, outputs included). Printed as ratios.
 Targets: time ours/diffusers <= 1.0; tiled peak <= 0.35 x whole-frame peak on a frame 4x the tile area.
 """
 from __future__ import annotations
@@ -92,7 +92,8 @@ def compare_with_diffusers(folder: Path, args, device: torch.device) -> None:
     frames = 1 + 4 * (args.latent_frames - 1)
     print(f"decode {frames} frames at {w}x{h} (base dim {args.base_dim}, {device.type}), max |ours - diffusers| = "
           f"{err:.2e}")
-    print(f"  time  ours {t_ours:8.3f} s   diffusers {t_theirs:8.3f} s   ratio {t_ours / t_theirs:.2f}  (target <= 1.0)")
+    print(f"  time  ours {t_ours:8.3f} s   diffusers {t_theirs:8.3f} s   ratio {t_ours / t_theirs:.2f}  "
+          f"(target <= 1.0)")
     print(f"  peak  ours {m_ours / 2**20:8.1f} MB  diffusers {m_theirs / 2**20:8.1f} MB  ratio "
           f"{m_ours / m_theirs:.2f}")
 

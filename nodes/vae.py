@@ -50,7 +50,8 @@ class WanExpertsLoadVAE:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "vae_name": (host.list_models("vae"), {"tooltip": "VAE file in models/vae (e.g. wan_2.1_vae.safetensors)."}),
+            "vae_name": (host.list_models("vae"), {"tooltip": (
+                "VAE file in models/vae (e.g. wan_2.1_vae.safetensors).")}),
             "dtype": (["default", "bf16", "fp16", "fp32"], {"default": "default", "tooltip": (
                 "Compute precision. 'default' keeps the file's precision; fp32 is the most exact, bf16 uses half "
                 "the memory.")}),
@@ -80,8 +81,8 @@ class WanExpertsVAEEncode:
 
     def encode(self, vae: WanVAE, image: torch.Tensor):
         video = image[..., :3].permute(3, 0, 1, 2).unsqueeze(0).float() * 2.0 - 1.0
-        latents = _on_compute_device(vae, lambda: vae.encode(video, callback=ChunkProgress()))
-        return ({"samples": latents.cpu()},)
+        latents = _on_compute_device(vae, lambda: vae.encode(video, callback=ChunkProgress(), output_device="cpu"))
+        return ({"samples": latents},)
 
 
 class WanExpertsVAEDecode:
@@ -110,9 +111,9 @@ class WanExpertsVAEDecode:
 
     def decode(self, vae: WanVAE, samples: dict, tiled="auto", tile_size=DEFAULT_TILE_SIZE, overlap=DEFAULT_OVERLAP):
         latents = samples["samples"]
-        video = _on_compute_device(vae, lambda: vae.decode(latents, tiled=tiled, tile_size=tile_size,
-                                                           overlap=overlap, callback=ChunkProgress()))
-        frames = video.cpu().add_(1.0).mul_(0.5).permute(0, 2, 3, 4, 1)  # [B, F, H, W, 3]
+        video = _on_compute_device(vae, lambda: vae.decode(latents, tiled=tiled, tile_size=tile_size, overlap=overlap,
+                                                           callback=ChunkProgress(), output_device="cpu"))
+        frames = video.add_(1.0).mul_(0.5).permute(0, 2, 3, 4, 1)  # [B, F, H, W, 3]
         return (frames.reshape(-1, *frames.shape[2:]).contiguous(),)
 
 

@@ -115,10 +115,10 @@ def test_out_of_memory_falls_back_to_tiles(version, tmp_path, monkeypatch, caplo
     expected = vae.decode(z, tiled="on", tile_size=2 * s, overlap=0)
     real = vae.model.decode_chunks
 
-    def fails_on_whole_frames(latents, on_chunk=None):
+    def fails_on_whole_frames(latents, on_chunk=None, **kwargs):
         if tuple(latents.shape[3:]) == hw:
             raise OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(latents, on_chunk)
+        return real(latents, on_chunk, **kwargs)
 
     monkeypatch.setattr(vae.model, "decode_chunks", fails_on_whole_frames)
     calls = []

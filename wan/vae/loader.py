@@ -18,7 +18,9 @@ from .vae import WanVAE
 log = logging.getLogger("wan_experts")
 
 OFFICIAL_FILES = ("Wan2.1_VAE.pth", "Wan2.2_VAE.pth")
-REQUIRED_KEYS = ("encoder.conv1.weight", "decoder.conv1.weight", "decoder.head.2.weight", "conv1.weight", "conv2.weight")
+REQUIRED_KEYS = (
+    "encoder.conv1.weight", "decoder.conv1.weight", "decoder.head.2.weight", "conv1.weight", "conv2.weight",
+)
 
 
 def load_vae(path, dtype=None, device="cpu") -> WanVAE:

@@ -109,8 +109,11 @@ class WanVAEModel(nn.Module):
         z = self.config.z_dim
         return F.conv3d(torch.cat(outs, dim=2), self.conv1.weight[:z], self.conv1.bias[:z])
 
-    def decode_chunks(self, latents: torch.Tensor, on_chunk: ChunkCallback | None = None) -> torch.Tensor:
-        """Latents [B, z, T, h, w] in the model dtype -> video [B, 3, 1 + 4(T-1), h*s, w*s] (not clamped)."""
+    def decode_chunks(self, latents: torch.Tensor, on_chunk: ChunkCallback | None = None,
+                      out_device: torch.device | None = None) -> torch.Tensor:
+        """Latents [B, z, T, h, w] in the model dtype -> video [B, 3, 1 + 4(T-1), h*s, w*s] (not clamped).
+
+        ``out_device``: where the video is assembled (e.g. the CPU, so a long video never sits on the GPU)."""
         x = self.conv2(latents)
         stream = TimeStream()
         out, filled = None, 0
@@ -118,7 +121,8 @@ class WanVAEModel(nn.Module):
             frames = self.decoder(x[:, :, t:t + 1], stream)
             if out is None:  # written in place: no second copy of the whole video at the end
                 total = 1 + self.config.stride[0] * (x.shape[2] - 1)
-                out = frames.new_empty(*frames.shape[:2], total, *frames.shape[3:])
+                out = frames.new_empty(*frames.shape[:2], total, *frames.shape[3:],
+                                       device=out_device or frames.device)
             out[:, :, filled:filled + frames.shape[2]] = frames
             filled += frames.shape[2]
             del frames

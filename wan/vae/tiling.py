@@ -51,8 +51,10 @@ def blend_ramp(start: int, end: int, length: int, ramp: int) -> torch.Tensor:
 
 
 def run_tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, grid: TileGrid,
-              latent_hw: tuple[int, int], in_scale: int, out_scale: int) -> torch.Tensor:
-    """Apply ``fn`` to overlapping tiles of ``x`` [B, C, T, H, W] and blend the float32 results.
+              latent_hw: tuple[int, int], in_scale: int, out_scale: int,
+              out_device: torch.device | None = None) -> torch.Tensor:
+    """Apply ``fn`` to overlapping tiles of ``x`` [B, C, T, H, W] and blend the float32 results on ``out_device``
+    (default: where ``fn`` returns them).
 
     ``in_scale`` / ``out_scale``: pixels per latent pixel in the input / output (decode: 1 / s, encode: s / 1).
     """
@@ -60,7 +62,7 @@ def run_tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, grid:
     out = weight = None
     for h0, h1 in grid.spans(height):
         for w0, w1 in grid.spans(width):
-            y = fn(x[..., h0 * in_scale:h1 * in_scale, w0 * in_scale:w1 * in_scale]).float()
+            y = fn(x[..., h0 * in_scale:h1 * in_scale, w0 * in_scale:w1 * in_scale]).to(out_device, torch.float32)
             if out is None:
                 out = y.new_zeros(*y.shape[:3], height * out_scale, width * out_scale)
                 weight = y.new_zeros(height * out_scale, width * out_scale)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import torch
@@ -71,26 +72,34 @@ class WanVAE:
     # --- encode / decode ----------------------------------------------------------------------------------------
     @torch.no_grad()
     def encode(self, video: torch.Tensor, tiled: str | bool = "auto", tile_size: int = DEFAULT_TILE_SIZE,
-               overlap: int = DEFAULT_OVERLAP, callback: ProgressCallback | None = None) -> torch.Tensor:
-        """Video [B, 3, F, H, W] in [-1, 1] -> raw latents [B, z, 1 + (F-1)//4, H/s, W/s], float32."""
+               overlap: int = DEFAULT_OVERLAP, callback: ProgressCallback | None = None,
+               output_device: torch.device | str | None = None) -> torch.Tensor:
+        """Video [B, 3, F, H, W] in [-1, 1] -> raw latents [B, z, 1 + (F-1)//4, H/s, W/s], float32, on
+        ``output_device`` (default: the VAE's device)."""
         video = self._check_video(video)
         s = self.stride[1]
         job = _Pass(self.model.encode_chunks, TileGrid.from_pixels(tile_size, overlap, s),
                     (video.shape[3] // s, video.shape[4] // s), in_scale=s, out_scale=1,
-                    chunks=num_chunks(video.shape[2], self.stride[0]))
+                    chunks=num_chunks(video.shape[2], self.stride[0]), out_device=self._out(output_device))
         return self._run(video, job, tiled, callback)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, tiled: str | bool = "auto", tile_size: int = DEFAULT_TILE_SIZE,
                overlap: int = DEFAULT_OVERLAP, callback: ProgressCallback | None = None,
-               clamp: bool = True) -> torch.Tensor:
-        """Raw latents [B, z, T, h, w] -> video [B, 3, 1 + 4(T-1), h*s, w*s] in [-1, 1], float32."""
+               clamp: bool = True, output_device: torch.device | str | None = None) -> torch.Tensor:
+        """Raw latents [B, z, T, h, w] -> video [B, 3, 1 + 4(T-1), h*s, w*s] in [-1, 1], float32, on
+        ``output_device`` (default: the VAE's device; "cpu" keeps a long video off the GPU while it is decoded)."""
         latents = self._check_latents(latents)
         s = self.stride[1]
-        job = _Pass(self.model.decode_chunks, TileGrid.from_pixels(tile_size, overlap, s), tuple(latents.shape[3:]),
-                    in_scale=1, out_scale=s, chunks=latents.shape[2])
+        out_device = self._out(output_device)
+        job = _Pass(partial(self.model.decode_chunks, out_device=out_device),
+                    TileGrid.from_pixels(tile_size, overlap, s), tuple(latents.shape[3:]), in_scale=1, out_scale=s,
+                    chunks=latents.shape[2], out_device=out_device)
         video = self._run(latents, job, tiled, callback)
         return video.clamp_(-1.0, 1.0) if clamp else video
+
+    def _out(self, output_device) -> torch.device:
+        return self.device if output_device is None else torch.device(output_device)
 
     def _run(self, x: torch.Tensor, job: "_Pass", tiled, callback: ProgressCallback | None) -> torch.Tensor:
         """One batch item at a time: whole frames, tiles, or whole frames falling back to tiles on out-of-memory."""
@@ -168,16 +177,18 @@ class _Pass:
     in_scale: int  # input pixels per latent pixel
     out_scale: int  # output pixels per latent pixel
     chunks: int
+    out_device: torch.device
 
     @property
     def tile_count(self) -> int:
         return self.grid.count(*self.latent_hw)
 
     def whole(self, x: torch.Tensor, tick) -> torch.Tensor:
-        return self.fn(x, tick).float()
+        return self.fn(x, tick).to(self.out_device, torch.float32)
 
     def tiled(self, x: torch.Tensor, tick) -> torch.Tensor:
-        return run_tiled(lambda tile: self.fn(tile, tick), x, self.grid, self.latent_hw, self.in_scale, self.out_scale)
+        return run_tiled(lambda tile: self.fn(tile, tick), x, self.grid, self.latent_hw, self.in_scale,
+                         self.out_scale, self.out_device)
 
 
 class _Counter:
