@@ -141,3 +141,15 @@ def test_tile_spans_cover_every_pixel():
             covered[a:b] = True
         assert covered.all()
     assert TileGrid.from_pixels(64, 1000, 8).overlap == 4  # at most half a tile
+
+
+def test_progress_counts_every_chunk_of_every_item_and_tile(vae21):
+    """callback(done, total): encode 2 videos of 9 frames = 2 x 3 chunks; tiled decode = items x tiles x frames."""
+    calls = []
+    vae21.encode(random_video("2.1", 9, batch=2), callback=lambda done, total: calls.append((done, total)))
+    assert calls == [(i, 6) for i in range(1, 7)]
+    calls.clear()
+    s = vae21.stride[1]
+    vae21.decode(torch.zeros(1, 16, 2, 2, 4), tiled="on", tile_size=2 * s, overlap=0,
+                 callback=lambda done, total: calls.append((done, total)))
+    assert calls == [(i, 4) for i in range(1, 5)]
