@@ -24,7 +24,7 @@ class ChunkProgress:
 
 
 def _on_compute_device(vae: WanVAE, run):
-    """Run ``run()`` with the VAE on the compute device, then move it back to the offload device."""
+    """Run ``run()`` with the VAE on the compute device, then move it back to where it was (and free memory)."""
     host.check_interrupted()
     home = vae.device
     vae.to(host.compute_device())

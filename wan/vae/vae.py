@@ -111,7 +111,7 @@ class WanVAE:
             if out is None:
                 out = job.tiled(item, _Counter(callback, batch, i, job.chunks * job.tile_count))
             outs.append(out)
-        return torch.cat(outs)
+        return outs[0] if batch == 1 else torch.cat(outs)
 
     def _whole(self, job: "_Pass", item: torch.Tensor, counter: "_Counter", mode: str) -> torch.Tensor | None:
         """The whole-frame pass, or None when it ran out of memory and tiles may be used instead.
