@@ -12,7 +12,7 @@ from ..wan.sampling import SOLVERS, SamplerSettings, image_condition, latent_sha
 from ..wan.sampling.defaults import resolve_auto
 from ..wan.sampling.schedules import SCHEDULES
 from . import host
-from .vae import _on_compute_device
+from .vae import on_compute_device
 
 log = logging.getLogger("wan_experts")
 
@@ -96,7 +96,7 @@ class WanExpertsImageToVideo:
         shape = latent_shape(width, height, frames, vae.z_dim, batch_size, tuple(vae.stride))
         start = _pixels(start_image, "start_image")
         end = None if end_image is None else _pixels(end_image, "end_image")
-        cond = _on_compute_device(vae, lambda: image_condition(vae, start.to(vae.device), width, height, frames,
+        cond = on_compute_device(vae, lambda: image_condition(vae, start.to(vae.device), width, height, frames,
                                                                None if end is None else end.to(vae.device),
                                                                clip_embeds))
         for name in ("y", "clip", "first_latent"):

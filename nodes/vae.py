@@ -23,7 +23,7 @@ class ChunkProgress:
         self.bar.update(1)
 
 
-def _on_compute_device(vae: WanVAE, run):
+def on_compute_device(vae: WanVAE, run):
     """Run ``run()`` with the VAE on the compute device, then move it back to where it was (and free memory)."""
     host.check_interrupted()
     home = vae.device
@@ -81,7 +81,7 @@ class WanExpertsVAEEncode:
 
     def encode(self, vae: WanVAE, image: torch.Tensor):
         video = image[..., :3].permute(3, 0, 1, 2).unsqueeze(0).float() * 2.0 - 1.0
-        latents = _on_compute_device(vae, lambda: vae.encode(video, callback=ChunkProgress(), output_device="cpu"))
+        latents = on_compute_device(vae, lambda: vae.encode(video, callback=ChunkProgress(), output_device="cpu"))
         return ({"samples": latents},)
 
 
@@ -111,7 +111,7 @@ class WanExpertsVAEDecode:
 
     def decode(self, vae: WanVAE, samples: dict, tiled="auto", tile_size=DEFAULT_TILE_SIZE, overlap=DEFAULT_OVERLAP):
         latents = samples["samples"]
-        video = _on_compute_device(vae, lambda: vae.decode(latents, tiled=tiled, tile_size=tile_size, overlap=overlap,
+        video = on_compute_device(vae, lambda: vae.decode(latents, tiled=tiled, tile_size=tile_size, overlap=overlap,
                                                            callback=ChunkProgress(), output_device="cpu"))
         frames = video.add_(1.0).mul_(0.5).permute(0, 2, 3, 4, 1)  # [B, F, H, W, 3]
         return (frames.reshape(-1, *frames.shape[2:]).contiguous(),)

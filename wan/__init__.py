@@ -2,6 +2,7 @@
 
 Public API (imported lazily so that ``import wan`` stays cheap):
     load_dit, load_moe, WanDiT, WanDiTConfig, ExpertSet   -- diffusion transformer(s)
+    load_vae, WanVAE, WanVAEConfig                        -- Wan 2.1 / 2.2 VAEs (encode, decode, tiling)
     load_text_encoder, load_clip_vision, encode_prompts   -- UMT5 text encoder, CLIP vision
     TeaCache, MagCache, StepCache, CacheReport            -- step caching for the sampler
     sample, SamplerSettings, make_noise, image_condition, latent_shape
@@ -19,6 +20,9 @@ _EXPORTS = {
     "load_moe": ".experts",
     "ExpertSet": ".experts",
     "VARIANTS": ".variants",
+    "load_vae": ".vae.loader",
+    "WanVAE": ".vae.vae",
+    "WanVAEConfig": ".vae.config",
     "load_text_encoder": ".encoders",
     "load_clip_vision": ".encoders",
     "TextEncoder": ".encoders",
