@@ -107,18 +107,42 @@ def check_interrupted() -> None:
 
 
 class Progress:
-    """Progress bar of ``total`` steps; inside ComfyUI every update is also a cancel point."""
+    """Progress bar of ``total`` steps; inside ComfyUI every update is also a cancel point.
 
-    def __init__(self, total: int):
+    With ``preview_channels`` (16 or 48: Wan 2.1 / 2.2 latents), updates may carry the sampler's current estimate
+    of the clean latents, which ComfyUI turns into the live preview image its preview setting asks for.
+    """
+
+    def __init__(self, total: int, preview_channels: int | None = None):
         self.total = int(total)
         self.done = 0
         self._bar = comfy_utils.ProgressBar(self.total) if IN_COMFY else None
+        self._previewer = latent_previewer(preview_channels) if preview_channels else None
 
-    def update(self, n: int = 1) -> None:
+    def update(self, n: int = 1, preview_latents: torch.Tensor | None = None) -> None:
         self.done += n
         if self._bar is not None:
-            self._bar.update(n)
+            preview = None
+            if self._previewer is not None and preview_latents is not None:
+                preview = self._previewer.decode_latent_to_preview_image("JPEG", preview_latents)
+            self._bar.update_absolute(self.done, self.total, preview)
         check_interrupted()
+
+
+def latent_previewer(channels: int):
+    """ComfyUI's own previewer for Wan latents (normalised, [B, C, T, h, w]); None outside ComfyUI or when
+    previews are off."""
+    if not IN_COMFY:
+        return None
+    try:  # pragma: no cover - exercised only inside a ComfyUI process
+        import comfy.latent_formats as latent_formats  # type: ignore
+        import latent_preview  # type: ignore
+
+        fmt = latent_formats.Wan22() if channels == 48 else latent_formats.Wan21()
+        return latent_preview.get_previewer(compute_device(), fmt)
+    except Exception as exc:  # an older ComfyUI without Wan latent formats: no previews, sampling goes on
+        log.warning("Wan Experts: live previews unavailable (%s)", exc)
+        return None
 
 
 def _check_kind(kind: str) -> None:

@@ -207,7 +207,8 @@ class WanExpertsSampler:
 
 
 class StepProgress:
-    """Per-step callback: one host progress tick per step (each tick is also a cancel point)."""
+    """Per-step callback: one host progress tick per step (each tick is also a cancel point), with the x0 estimate
+    for ComfyUI's live preview."""
 
     def __init__(self):
         self.bar: host.Progress | None = None
@@ -215,9 +216,9 @@ class StepProgress:
 
     def __call__(self, info) -> None:
         if self.bar is None:
-            self.bar = host.Progress(info.total)
+            self.bar = host.Progress(info.total, preview_channels=info.x0.shape[1])
         self.experts.append(info.expert)
-        self.bar.update(1)
+        self.bar.update(1, preview_latents=info.x0)
 
 
 def _latent_samples(latent) -> torch.Tensor:
