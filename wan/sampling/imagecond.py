@@ -29,6 +29,27 @@ def fit_image(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
     return F.interpolate(image.float(), size=(height, width), mode="bicubic")
 
 
+def fit_image_ti2v(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """[B, 3, H, W] in [-1, 1] -> [B, 3, height, width] as the official TI2V-5B code: scale to cover the target with
+    PIL's Lanczos filter on 8-bit pixels, then centre-crop. An image already at the target size is kept as it is."""
+    if tuple(image.shape[-2:]) == (height, width):
+        return image.float()
+    from PIL import Image
+
+    ih, iw = image.shape[-2:]
+    scale = max(width / iw, height / ih)
+    size = (round(iw * scale), round(ih * scale))
+    left, top = (size[0] - width) // 2, (size[1] - height) // 2
+    out = []
+    for img in image:
+        pixels = ((img.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).contiguous().cpu()
+        pil = Image.frombytes("RGB", (iw, ih), pixels.numpy().tobytes())
+        pil = pil.resize(size, Image.LANCZOS).crop((left, top, left + width, top + height))
+        rgb = torch.frombuffer(bytearray(pil.tobytes()), dtype=torch.uint8).view(height, width, 3)
+        out.append(rgb.permute(2, 0, 1).float() / 127.5 - 1.0)
+    return torch.stack(out).to(image.device)
+
+
 def frame_mask(frames: int, lat_h: int, lat_w: int, last: bool, t_stride: int = 4) -> torch.Tensor:
     """[1, t_stride, T_lat, h, w]: 1 where a pixel frame is given (frame 0, and the last one when ``last``)."""
     given = torch.zeros(frames)
@@ -66,13 +87,13 @@ def first_frame_condition(vae, start: torch.Tensor) -> ImageCond:
 def image_condition(vae, start: torch.Tensor, width: int, height: int, frames: int, end: torch.Tensor | None = None,
                     clip: ClipEmbeds | None = None) -> ImageCond:
     """The conditioning the VAE's model family uses: 48 channels -> TI2V-5B, 16 -> I2V (FLF2V with ``end``)."""
-    start = fit_image(start, width, height)
     if vae.z_dim == 48:
         if end is not None:
             raise InputError("TI2V-5B (Wan 2.2 VAE) takes a start image only; disconnect the end image, or use a "
                              "Wan 2.1 FLF2V model with the Wan 2.1 VAE for first-last-frame video")
         check_frames(frames, vae.stride[0])
-        return first_frame_condition(vae, start)
+        return first_frame_condition(vae, fit_image_ti2v(start, width, height))
+    start = fit_image(start, width, height)
     return concat_condition(vae, start, frames, None if end is None else fit_image(end, width, height), clip)
 
 
