@@ -7,11 +7,11 @@ from ..wan.dit.attention import BACKENDS
 from ..wan.dit.loader import load_dit
 from ..wan.experts import ExpertSet, load_moe
 from . import host
+from .choices import DTYPE_CHOICES
 
 log = logging.getLogger("wan_experts")
 
 CATEGORY = "Wan Experts/loaders"
-DTYPE_CHOICES = ["default", "bf16", "fp16", "fp32"]
 DTYPE_TOOLTIP = ("Compute precision. 'default' keeps the file's precision (bf16 for fp8 files, whose weights stay "
                  "fp8 in memory and are upcast layer by layer).")
 ATTENTION_TOOLTIP = ("Attention kernel. 'sdpa' (PyTorch) always works; 'sage' and 'flash' need the sageattention / "

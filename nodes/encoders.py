@@ -11,10 +11,10 @@ from ..wan.conditioning import ClipEmbeds
 from ..wan.encoders import encode_prompts, load_clip_vision, load_text_encoder
 from ..wan.errors import InputError
 from . import host
+from .choices import DTYPE_CHOICES
 
 CATEGORY = "Wan Experts/conditioning"
 LOADER_CATEGORY = "Wan Experts/loaders"
-DTYPE_CHOICES = ["default", "bf16", "fp16", "fp32"]
 DTYPE_TOOLTIP = ("Compute precision. 'default' keeps the file's precision (bf16 for fp8 files, whose weights stay fp8 "
                  "in memory and are upcast layer by layer).")
 TEXT_DTYPE_TOOLTIP = ("Compute precision. 'default' is bf16 like the official code (fp32 for an fp32 file); fp16 can "

@@ -6,6 +6,7 @@ import torch
 from ..wan.vae.loader import load_vae
 from ..wan.vae.vae import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, TILED_MODES, WanVAE
 from . import host
+from .choices import DTYPE_CHOICES
 
 CATEGORY = "Wan Experts/vae"
 
@@ -52,7 +53,7 @@ class WanExpertsLoadVAE:
         return {"required": {
             "vae_name": (host.list_models("vae"), {"tooltip": (
                 "VAE file in models/vae (e.g. wan_2.1_vae.safetensors).")}),
-            "dtype": (["default", "bf16", "fp16", "fp32"], {"default": "default", "tooltip": (
+            "dtype": (DTYPE_CHOICES, {"default": "default", "tooltip": (
                 "Compute precision. 'default' keeps the file's precision; fp32 is the most exact, bf16 uses half "
                 "the memory.")}),
         }}
