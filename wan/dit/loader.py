@@ -14,7 +14,7 @@ import torch
 from ..checkpoint import read_state_dict, wrong_kind_message
 from ..errors import CheckpointError, InputError
 from ..variants import ROLES, detect_variant
-from ..weights import DTYPES, assign_weights, compute_dtype
+from ..weights import assign_weights, compute_dtype
 from .config import WanDiTConfig
 from .keys import normalize_keys
 from .model import WanDiT

@@ -7,9 +7,9 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import read_state_dict, wrong_kind_message
-from ..dit.loader import DTYPES
 from ..errors import CheckpointError, InputError
 from ..latents import STATS
+from ..weights import DTYPES, assign_weights
 from .config import WanVAEConfig
 from .keys import normalize_keys
 from .model import WanVAEModel
@@ -42,7 +42,7 @@ def load_vae(path, dtype=None, device="cpu") -> WanVAE:
     compute = resolve_dtype(dtype, sd["decoder.conv1.weight"].dtype)
     with torch.device("meta"):
         model = WanVAEModel(config)
-    _assign_weights(model, sd, compute, source)
+    assign_weights(model, sd, {}, compute, source, f"Wan {config.version} VAE")
     model.requires_grad_(False).eval()
     vae = WanVAE(model, compute, "cpu", source=str(path))
     if torch.device(device) != torch.device("cpu"):
@@ -72,20 +72,3 @@ def _weights_source(path: Path) -> Path:
         if (path / name).is_file():
             return path / name
     return path
-
-
-def _assign_weights(model: WanVAEModel, sd: dict[str, torch.Tensor], compute: torch.dtype, source: Path) -> None:
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(sd))
-    unexpected = sorted(set(sd) - set(expected))
-    if missing or unexpected:
-        parts = [f"{len(missing)} missing (e.g. {', '.join(missing[:4])})"] if missing else []
-        parts += [f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:4])})"] if unexpected else []
-        raise CheckpointError(f"'{source.name}' does not match the Wan {model.config.version} VAE layout it looks "
-                              f"like: {'; '.join(parts)} keys. The file may be incomplete or a different model.")
-    for key, want in expected.items():
-        if sd[key].shape != want.shape:
-            raise CheckpointError(f"'{source.name}': '{key}' has shape {tuple(sd[key].shape)}, expected "
-                                  f"{tuple(want.shape)}. The file is inconsistent or damaged.")
-    weights = {k: (sd[k] if sd[k].dtype == compute else sd[k].to(compute)) for k in expected}
-    model.load_state_dict(weights, strict=True, assign=True)
