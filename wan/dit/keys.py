@@ -10,6 +10,8 @@ import re
 import torch
 
 from ..checkpoint import strip_prefix
+from ..ops import FP8_DTYPES
+from ..weights import split_fp8_scales
 
 # diffusers name -> official name, for keys outside the blocks (prefix match, first match wins)
 _DIFFUSERS_TOP = (
@@ -58,12 +60,9 @@ def diffusers_key_to_official(key: str) -> str | None:
 
 def normalize_keys(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], str]:
     """Return (weights in official names, per-layer fp8 ``scale_weight`` by layer name, layout name)."""
-    sd = dict(sd)
-    scaled = sd.pop("scaled_fp8", None) is not None
-    sd = strip_prefix(sd)
-    scales = {k[: -len(".scale_weight")]: sd.pop(k) for k in [k for k in sd if k.endswith(".scale_weight")]}
-    for k in [k for k in sd if k.endswith(".scale_input")]:
-        del sd[k]  # only used by fp8 matmul kernels; the weight scale alone defines the layer
+    scaled = "scaled_fp8" in sd
+    sd, scales = split_fp8_scales(sd)
+    sd, scales = strip_prefix(sd), strip_prefix(scales)
     layout = "official"
     if is_diffusers(sd):
         renamed = ((diffusers_key_to_official(k), v) for k, v in sd.items())
@@ -71,6 +70,6 @@ def normalize_keys(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor]
         layout = "diffusers"
     if scaled or scales:
         layout += " (scaled fp8)"
-    elif any(v.dtype in (getattr(torch, "float8_e4m3fn", None), getattr(torch, "float8_e5m2", None)) for v in sd.values()):
+    elif any(v.dtype in FP8_DTYPES for v in sd.values()):
         layout += " (fp8)"
     return sd, scales, layout
