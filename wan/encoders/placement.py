@@ -6,11 +6,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn as nn
 
-
-def module_device(module: nn.Module) -> torch.device:
-    for p in module.parameters():
-        return p.device
-    return torch.device("cpu")
+from ..devices import module_device, same_device
 
 
 @contextmanager
@@ -18,7 +14,7 @@ def running_on(module: nn.Module, device: torch.device | str | None, stay: bool)
     """Run the body with ``module`` on ``device`` (None: where it is); unless ``stay``, move it back afterwards."""
     home = module_device(module)
     target = home if device is None else torch.device(device)
-    moved = not _same_device(target, home)
+    moved = not same_device(target, home)
     if moved:
         module.to(target)
     try:
@@ -28,7 +24,3 @@ def running_on(module: nn.Module, device: torch.device | str | None, stay: bool)
             module.to(home)
             if target.type == "cuda":
                 torch.cuda.empty_cache()
-
-
-def _same_device(a: torch.device, b: torch.device) -> bool:
-    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)

@@ -6,13 +6,9 @@ import logging
 
 import torch
 
+from ..devices import module_device, same_device
+
 log = logging.getLogger("wan_experts")
-
-
-def module_device(model: torch.nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
 
 
 class ExpertPlacement:
@@ -24,21 +20,21 @@ class ExpertPlacement:
 
     def activate(self, model: torch.nn.Module) -> torch.nn.Module:
         """Put ``model`` on the compute device, first moving the others off it (unless keeping both)."""
-        if self.device == self.offload:
+        if same_device(self.device, self.offload):
             return model
         if not self.keep_both:
             for other in self.models:
-                if other is not model and module_device(other) != self.offload:
+                if other is not model and not same_device(module_device(other), self.offload):
                     other.to(self.offload)
-        if module_device(model) != self.device:
+        if not same_device(module_device(model), self.device):
             log.info("Moving %s expert to %s", getattr(model, "role", "the"), self.device)
             model.to(self.device)
         return model
 
     def release(self) -> None:
         """After sampling: everything back to the offload device (unless both are kept resident)."""
-        if self.keep_both or self.device == self.offload:
+        if self.keep_both or same_device(self.device, self.offload):
             return
         for model in self.models:
-            if module_device(model) != self.offload:
+            if not same_device(module_device(model), self.offload):
                 model.to(self.offload)
