@@ -30,15 +30,15 @@ def split_fp8_scales(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tenso
     return rest, scales
 
 
-def compute_dtype(dtype, stored: torch.dtype) -> torch.dtype:
-    """The dtype to compute in: the one asked for, else the file's own (bf16 for fp8 files)."""
+def compute_dtype(dtype, stored: torch.dtype, fallback: torch.dtype = torch.bfloat16) -> torch.dtype:
+    """The dtype to compute in: the one asked for, else the file's own (``fallback`` for fp8 files)."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in (None, "", "default", "auto"):
         if dtype not in DTYPES:
             raise InputError(f"dtype '{dtype}' is unknown; use one of {sorted(set(DTYPES))} or 'default'")
         return DTYPES[dtype]
-    return stored if stored in DTYPES.values() else torch.bfloat16
+    return stored if stored in DTYPES.values() else fallback
 
 
 def build_with_weights(factory, sd: dict[str, torch.Tensor], scales: dict[str, torch.Tensor], dtype: torch.dtype,

@@ -7,9 +7,9 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import read_state_dict, wrong_kind_message
-from ..errors import CheckpointError, InputError
+from ..errors import CheckpointError
 from ..latents import STATS
-from ..weights import DTYPES, assign_weights
+from ..weights import assign_weights, compute_dtype
 from .config import WanVAEConfig
 from .keys import normalize_keys
 from .model import WanVAEModel
@@ -39,7 +39,7 @@ def load_vae(path, dtype=None, device="cpu") -> WanVAE:
     if config.z_dim not in STATS:
         raise CheckpointError(f"'{source.name}' has {config.z_dim} latent channels; Wan VAEs have 16 (2.1) or 48 (2.2)."
                               f" It is another model's VAE.")
-    compute = resolve_dtype(dtype, sd["decoder.conv1.weight"].dtype)
+    compute = compute_dtype(dtype, sd["decoder.conv1.weight"].dtype, fallback=torch.float32)
     with torch.device("meta"):
         model = WanVAEModel(config)
     assign_weights(model, sd, {}, compute, source, f"Wan {config.version} VAE")
@@ -50,16 +50,6 @@ def load_vae(path, dtype=None, device="cpu") -> WanVAE:
     log.info("Loaded Wan %s VAE (z %d, base %d/%d) from %s [%s], compute %s", config.version, config.z_dim,
              config.dim, config.dec_dim, source.name, layout, str(compute).replace("torch.", ""))
     return vae
-
-
-def resolve_dtype(dtype, file_dtype: torch.dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype in (None, "", "default", "auto"):
-        return file_dtype if file_dtype in DTYPES.values() else torch.float32
-    if dtype not in DTYPES:
-        raise InputError(f"dtype '{dtype}' is unknown; use one of {sorted(set(DTYPES))} or 'default'")
-    return DTYPES[dtype]
 
 
 def _weights_source(path: Path) -> Path:
