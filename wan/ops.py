@@ -1,8 +1,13 @@
-"""Layers shared by the Wan models: weights may be stored in a lower precision than the compute dtype.
+"""Layers shared by the Wan models.
 
-``Linear`` computes in the dtype of its input. Its weight may be stored in another dtype (fp8 checkpoints stay
-fp8 in memory) and, for Comfy-Org "scaled fp8" files, carries a ``scale_weight`` so that the real weight is
-``weight * scale_weight``; the weight is cast (and scaled) on the fly, one layer at a time.
+``Linear`` computes in the dtype of its input with ``weight = dequantise(stored) + patches``:
+- the stored weight may be in another dtype or a compact format: fp8 checkpoints stay fp8 in memory; Comfy-Org
+  "scaled fp8", GGUF and comfy_quant layers carry a ``weight_format`` (``wan.quant``) that turns the stored tensor
+  (plus the layer's scale buffers) into the real weight, one layer at a time, per forward;
+- ``weight_patches`` (``wan.patches``: LoRA low-rank factors, full differences, DoRA) are applied on top, in float32,
+  without ever changing the stored weight. A layer whose patches are all low rank computes them as a side path
+  ``x @ down.T @ up.T`` when that costs less than rebuilding the weight (few input rows), else it rebuilds the
+  weight: both are exact up to float rounding.
 """
 from __future__ import annotations
 
@@ -11,19 +16,76 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 FP8_DTYPES = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 class Linear(nn.Linear):
-    scale_weight: torch.Tensor | None = None
+    side_path = "auto"  # "auto" (cheaper path), "never" (always rebuild the weight) or "always" (when possible)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register_buffer("scale_weight", None, persistent=False)
+        self.weight_format = None  # a wan.quant.WeightFormat, or None for a plain (cast-only) weight
+        self.weight_patches: tuple = ()  # wan.patches.Patch objects, applied in order
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.compute_weight(x.dtype, x.device), _cast(self.bias, x.dtype, x.device))
+        bias = _cast(self.bias, x.dtype, x.device)
+        if self.weight_patches and self._side_path_is_cheaper(x):
+            y = F.linear(x, self.dequantize(x.dtype, x.device), bias)
+            for patch in self.weight_patches:
+                y = y + patch.side(x)
+            return y
+        return F.linear(x, self.compute_weight(x.dtype, x.device), bias)
+
+    def dequantize(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """The real weight without patches, in ``dtype`` on ``device``."""
+        if self.weight_format is not None:
+            return self.weight_format.dequantize(self, dtype, device)
+        return _cast(self.weight, dtype, device)
 
     def compute_weight(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        w = _cast(self.weight, dtype, device)
-        if self.scale_weight is not None:
-            w = w * self.scale_weight.to(device=device, dtype=dtype)
-        return w
+        """The weight the layer computes with: dequantised, then patched (in float32), in ``dtype``."""
+        if not self.weight_patches:
+            return self.dequantize(dtype, device)
+        from .patches import apply_all
+
+        patched = apply_all(self.dequantize(torch.float32, device), self.weight_patches)
+        return patched.to(self.merge_dtype(dtype)).to(dtype)
+
+    def merge_dtype(self, compute: torch.dtype) -> torch.dtype:
+        """The dtype a patched weight is rounded to: the stored dtype for float weights (so patching on the fly
+        equals merging into the stored weight, bit for bit), the compute dtype for fp8 and quantised ones."""
+        stored = self.weight.dtype
+        return stored if self.weight_format is None and stored in FLOAT_DTYPES else compute
+
+    @property
+    def weight_shape(self) -> tuple[int, int]:
+        """The real weight shape [out, in] (the stored tensor of a quantised format may be shaped otherwise)."""
+        return (self.out_features, self.in_features)
+
+    def _side_path_is_cheaper(self, x: torch.Tensor) -> bool:
+        """Side path when ``rows · Σ r·(in + out)`` multiply-adds undercut rebuilding the weight,
+        ``in · out · Σ (r + 1)`` plus about three passes over it (dequantise, add, cast)."""
+        if self.side_path != "auto":
+            return self.side_path == "always" and all(p.side_cost() is not None for p in self.weight_patches)
+        costs = [p.side_cost() for p in self.weight_patches]
+        if any(c is None for c in costs):
+            return False
+        rows = x.numel() // self.in_features
+        rebuild = self.in_features * self.out_features * (sum(p.rank + 1 for p in self.weight_patches) + 3)
+        return rows * sum(costs) < rebuild
+
+    def _apply(self, fn, recurse=True):
+        """Move patches with the layer (``.to(device)``, block streaming); a patch is never changed in place."""
+        out = super()._apply(fn, recurse)
+        if self.weight_patches:
+            self.weight_patches = tuple(p.moved(fn) for p in self.weight_patches)
+        return out
+
+    def extra_repr(self) -> str:
+        extra = f", format={self.weight_format}" if self.weight_format is not None else ""
+        patches = f", patches={len(self.weight_patches)}" if self.weight_patches else ""
+        return super().extra_repr() + extra + patches
 
 
 def _cast(t: torch.Tensor | None, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:

@@ -12,6 +12,7 @@ import torch.nn as nn
 
 from .errors import CheckpointError, InputError
 from .ops import FP8_DTYPES, Linear
+from .quant import SCALED_FP8
 
 DTYPES = {
     "fp32": torch.float32, "float32": torch.float32,
@@ -42,11 +43,11 @@ def compute_dtype(dtype, stored: torch.dtype, fallback: torch.dtype = torch.bflo
 
 
 def build_with_weights(factory, sd: dict[str, torch.Tensor], scales: dict[str, torch.Tensor], dtype: torch.dtype,
-                       source: Path, what: str) -> nn.Module:
+                       source: Path, what: str, quantized: dict | None = None) -> nn.Module:
     """``factory()`` built on the meta device, given the checkpoint's tensors, frozen and in eval mode."""
     with torch.device("meta"):
         module = factory()
-    assign_weights(module, sd, scales, dtype, source, what)
+    assign_weights(module, sd, scales, dtype, source, what, quantized)
     return module.requires_grad_(False).eval()
 
 
@@ -60,23 +61,43 @@ def official_file_in(path: Path, pattern: str) -> Path:
 
 
 def assign_weights(module: nn.Module, sd: dict[str, torch.Tensor], scales: dict[str, torch.Tensor],
-                   dtype: torch.dtype, source: Path, what: str) -> None:
-    """Load ``sd`` (already in the module's names) into ``module``; every key must match in name and shape."""
+                   dtype: torch.dtype, source: Path, what: str, quantized: dict | None = None) -> None:
+    """Load ``sd`` (already in the module's names) into ``module``; every key must match in name and shape.
+
+    ``quantized``: Linear layers by name whose weight is stored in a compact format (``wan.quant.QuantizedLayer``);
+    their stored tensor is kept as it is and the layer gets the format and its buffers.
+    """
+    quantized = quantized or {}
     expected = module.state_dict()
-    _check_keys(set(expected), set(sd), source, what)
+    _check_keys(set(expected), set(sd) | {f"{name}.weight" for name in quantized}, source, what)
     linear_weights = {f"{n}.weight" for n, m in module.named_modules() if isinstance(m, Linear)}
     weights = {}
     for key, want in expected.items():
-        t = sd[key]
-        if t.shape != want.shape:
-            raise CheckpointError(f"'{source.name}': '{key}' has shape {tuple(t.shape)}, expected "
+        layer = quantized.get(key[: -len(".weight")]) if key.endswith(".weight") else None
+        found = tuple(layer.shape) if layer is not None else tuple(sd[key].shape)
+        if found != tuple(want.shape):
+            raise CheckpointError(f"'{source.name}': '{key}' has shape {found}, expected "
                                   f"{tuple(want.shape)} for this {what}. The file is inconsistent or damaged.")
-        weights[key] = _as_stored(key, t, dtype, key in linear_weights, scales)
-    module.load_state_dict(weights, strict=True, assign=True)
+        if layer is not None and key not in linear_weights:
+            raise CheckpointError(f"'{source.name}': '{key}' is stored quantised ({layer.format}), which only "
+                                  f"Linear weights may be in this {what}.")
+        if layer is None:
+            weights[key] = _as_stored(key, sd[key], dtype, key in linear_weights, scales)
+    module.load_state_dict(weights, strict=False, assign=True)  # every key was checked above
+    for name, layer in quantized.items():
+        _set_quantized(module.get_submodule(name), layer)
     for name, scale in scales.items():
         layer = module.get_submodule(name) if _has_module(module, name) else None
-        if isinstance(layer, Linear) and layer.weight.dtype in FP8_DTYPES:
+        if isinstance(layer, Linear) and layer.weight.dtype in FP8_DTYPES and layer.weight_format is None:
             layer.scale_weight = scale.float()
+            layer.weight_format = SCALED_FP8
+
+
+def _set_quantized(layer: nn.Module, q) -> None:
+    layer.weight = nn.Parameter(q.stored, requires_grad=False)
+    for name, tensor in q.buffers.items():
+        layer.register_buffer(name, tensor, persistent=False)
+    layer.weight_format = q.format
 
 
 def _check_keys(expected: set[str], found: set[str], source: Path, what: str) -> None:

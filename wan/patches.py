@@ -1,0 +1,118 @@
+"""Weight patches: what an adapter (a LoRA, a full weight difference) does to one parameter.
+
+The one rule every patch follows: it maps the real weight, in float32, to the patched weight in float32. The
+additive kinds (low rank, full difference) add ``ΔW``, already multiplied by the user's strength; the LoRA scale
+rule itself (``strength · alpha / rank``) lives in ``wan.lora``. A weight-decomposed patch (DoRA) rescales
+the columns of the result. Patches are immutable: moving one to another device gives a new patch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import torch
+
+
+@dataclass(frozen=True)
+class Patch:
+    """Base class. ``apply`` maps the float32 weight to the patched float32 weight."""
+
+    def apply(self, w: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def side(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The patch's contribution to a Linear's output for input ``x`` (x-space), or None when the patch has
+        no such form (it must then be applied to the weight)."""
+        return None
+
+    def side_cost(self) -> int | None:
+        """Multiply-adds per input row of ``side``; None when there is no side form."""
+        return None
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [getattr(self, f.name) for f in fields(self) if torch.is_tensor(getattr(self, f.name))]
+
+    def moved(self, fn) -> "Patch":
+        """The same patch with ``fn`` applied to its tensors (``Module._apply`` semantics: device moves)."""
+        changes = {f.name: fn(getattr(self, f.name)) for f in fields(self) if torch.is_tensor(getattr(self, f.name))}
+        return replace(self, **changes)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors())
+
+
+@dataclass(frozen=True)
+class LowRank(Patch):
+    """``ΔW = scale · up @ down``; ``up`` [out, r, (1, 1, 1)], ``down`` [r, in, (kernel)] (Linear or Conv)."""
+
+    up: torch.Tensor
+    down: torch.Tensor
+    scale: float
+
+    def delta(self, shape, device) -> torch.Tensor:
+        up = self.up.to(device=device, dtype=torch.float32).reshape(self.up.shape[0], -1)
+        down = self.down.to(device=device, dtype=torch.float32).reshape(self.down.shape[0], -1)
+        return (up @ down).mul_(self.scale).reshape(shape)
+
+    def apply(self, w: torch.Tensor) -> torch.Tensor:
+        return w + self.delta(w.shape, w.device)
+
+    def side(self, x: torch.Tensor) -> torch.Tensor:
+        down = self.down.to(device=x.device, dtype=x.dtype).reshape(self.down.shape[0], -1)
+        up = self.up.to(device=x.device, dtype=x.dtype).reshape(self.up.shape[0], -1)
+        return torch.nn.functional.linear(torch.nn.functional.linear(x, down), up) * self.scale
+
+    def side_cost(self) -> int:
+        return self.down[0].numel() * self.down.shape[0] + self.up.shape[0] * self.up.shape[1]
+
+    @property
+    def rank(self) -> int:
+        return self.down.shape[0]
+
+
+@dataclass(frozen=True)
+class Full(Patch):
+    """``ΔW = scale · diff`` (a full weight or bias difference, e.g. ``.diff`` / ``.diff_b`` / ``.diff_m`` keys)."""
+
+    diff: torch.Tensor
+    scale: float
+
+    def apply(self, w: torch.Tensor) -> torch.Tensor:
+        return w + self.diff.to(device=w.device, dtype=torch.float32).reshape(w.shape) * self.scale
+
+
+@dataclass(frozen=True)
+class Decomposed(Patch):
+    """DoRA (weight-decomposed LoRA): ``V = W + ΔW`` (``inner`` built at strength 1), rescaled to the learned
+    magnitude ``m`` (``dora_scale``): ``W' = m · V / ‖V‖``, the norm taken per output row when ``m`` has one value
+    per row, else per input column; the strength ``s`` blends: ``W + s · (W' − W)``."""
+
+    inner: Patch
+    magnitude: torch.Tensor
+    strength: float
+
+    def apply(self, w: torch.Tensor) -> torch.Tensor:
+        v = self.inner.apply(w)
+        m = self.magnitude.to(device=w.device, dtype=torch.float32)
+        if m.numel() == v.shape[0]:  # one magnitude per output row: norm over everything else
+            norm = v.reshape(v.shape[0], -1).norm(dim=1).reshape(-1, *([1] * (v.dim() - 1)))
+            m = m.reshape(norm.shape)
+        else:  # one per input column (kohya / LyCORIS): norm over the output rows
+            norm = v.transpose(0, 1).reshape(v.shape[1], -1).norm(dim=1).reshape(1, -1, *([1] * (v.dim() - 2)))
+            m = m.reshape(norm.shape)
+        rescaled = v * (m / (norm + torch.finfo(torch.float32).eps))
+        return rescaled if self.strength == 1.0 else w + self.strength * (rescaled - w)
+
+    def tensors(self) -> list[torch.Tensor]:
+        return self.inner.tensors() + [self.magnitude]
+
+    def moved(self, fn) -> "Decomposed":
+        return Decomposed(self.inner.moved(fn), fn(self.magnitude), self.strength)
+
+
+def apply_all(w: torch.Tensor, patches) -> torch.Tensor:
+    """The patched weight: ``patches`` applied in order to the float32 weight ``w`` (a new tensor)."""
+    out = w.float()
+    for patch in patches:
+        out = patch.apply(out)
+    return out

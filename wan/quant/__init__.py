@@ -1,0 +1,10 @@
+"""Stored-weight formats: how a ``Linear`` weight kept in a compact form becomes the real weight.
+
+Every Linear computes with ``weight = dequantise(stored) + patches`` (see ``wan.ops.Linear``): the format turns the
+stored tensor (fp8, scaled fp8, GGUF blocks, comfy_quant, ...) into a real weight of the compute dtype, one layer
+at a time, and LoRA patches (``wan.patches``) are added on top. A plain float weight has no format: it is cast.
+"""
+from .base import QuantizedLayer, WeightFormat
+from .fp8 import SCALED_FP8, ScaledFP8
+
+__all__ = ["SCALED_FP8", "QuantizedLayer", "ScaledFP8", "WeightFormat"]
