@@ -1,12 +1,27 @@
-"""Initial noise exactly as the official scripts draw it: float32 ``randn`` of (C, T, h, w) per sample from a CPU
-generator seeded with the seed (samples of a batch follow each other in the generator's stream)."""
+"""Initial noise exactly as the official scripts draw it: float32 ``randn`` of (C, T, h, w) from a CPU generator
+seeded with the seed.
+
+A batch follows one rule: sample ``k`` is drawn from its own generator seeded with ``seed + k`` (modulo 2**64, the
+range of a torch seed). So sample 0 is the official noise for ``seed``, and any sample of a batch can be made
+again alone, with batch size 1 and seed ``seed + k``.
+"""
 from __future__ import annotations
 
 import torch
 
+SEED_RANGE = 2 ** 64
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """The seed of batch sample ``index`` when the batch was made with ``seed``."""
+    return (int(seed) + int(index)) % SEED_RANGE
+
 
 def make_noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
-    """Noise [B, C, T, h, w]; sample 0 equals the official script's noise for ``seed``."""
-    generator = torch.Generator(device="cpu").manual_seed(int(seed))
-    return torch.stack([torch.randn(tuple(shape[1:]), generator=generator, dtype=torch.float32)
-                        for _ in range(shape[0])])
+    """Noise [B, C, T, h, w]; sample k equals a single sample made with seed ``seed + k``."""
+    return torch.stack([_official_noise(tuple(shape[1:]), sample_seed(seed, k)) for k in range(shape[0])])
+
+
+def _official_noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.randn(shape, generator=generator, dtype=torch.float32)
