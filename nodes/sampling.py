@@ -1,5 +1,6 @@
-"""Sampling nodes: an empty video latent, image conditioning (I2V / FLF2V / TI2V-5B) and the Wan sampler with
-automatic high/low expert switching. LATENT values are raw VAE latents; the sampler normalises them for the DiT."""
+"""Sampling nodes: an empty video latent, image conditioning (I2V / FLF2V / TI2V-5B) and the Wan samplers with
+automatic high/low expert switching: Wan Sampler (the usual settings) and Wan Sampler (Advanced) (every setting;
+the only place that calls the engine). LATENT values are raw VAE latents; the sampler normalises them for the DiT."""
 from __future__ import annotations
 
 import logging
@@ -89,7 +90,8 @@ class WanExpertsImageToVideo:
         }, "optional": {
             "end_image": ("IMAGE", {"tooltip": "Optional last frame (Wan 2.1 FLF2V models)."}),
             "clip_embeds": ("WAN_CLIP_EMBEDS", {"tooltip": (
-                "CLIP vision features of the image(s), needed by Wan 2.1 I2V / FLF2V (not by Wan 2.2 models).")}),
+                "CLIP vision features of the image(s), needed by Wan 2.1 I2V / FLF2V (not by Wan 2.2 models): from "
+                "Wan CLIP Vision Encode, or core CLIP Vision Encode through Wan CLIP Vision From Core.")}),
         }}
 
     def make(self, vae, start_image, width, height, frames, batch_size=1, end_image=None, clip_embeds=None):
@@ -114,12 +116,77 @@ def _pixels(image: torch.Tensor, name: str) -> torch.Tensor:
     return image[:1, ..., :3].permute(0, 3, 1, 2).float() * 2.0 - 1.0
 
 
-class WanExpertsSampler:
+def _sampler_inputs() -> dict:
+    """The inputs both samplers start with, in widget order."""
+    return {
+        "model": ("WAN_MODEL", {"tooltip": "One Wan DiT, or a Wan 2.2 high/low expert pair."}),
+        "text": ("WAN_TEXT", {"tooltip": (
+            "Positive and negative prompt embeddings from Wan Text Encode (or Wan Text From Core Conditioning).")}),
+        "latent": ("LATENT", {"tooltip": "Raw latents: an empty latent, Wan Image To Video's latent, or a previous "
+                                         "sampler's output."}),
+        "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
+                         "tooltip": ("Noise seed (the same seed as the official script gives the same noise). In a "
+                                     "batch, video k uses seed + k, so each can be made again alone.")}),
+        "steps": ("INT", {"default": 0, "min": 0, "max": 1000, "tooltip": (
+            "Sampling steps; 0 = official default (50 for Wan 2.1 T2V and TI2V-5B, 40 for I2V and Wan 2.2 "
+            "A14B).")}),
+    }
+
+
+def _schedule_inputs() -> dict:
+    return {
+        "shift": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip": (
+            "Noise schedule shift; 0 = official default (5.0; A14B T2V 12.0; FLF2V 16.0).")}),
+        "solver": (list(SOLVERS), {"default": "unipc", "tooltip": (
+            "unipc: the official default (UniPC order 2); dpm++: the official DPM++ 2M; euler: plain flow "
+            "Euler.")}),
+    }
+
+
+def _conditioning_inputs() -> dict:
+    return {
+        "image_cond": ("WAN_IMAGE_COND", {"tooltip": "Image conditioning from Wan Image To Video (I2V, FLF2V, TI2V)."}),
+        "step_cache": ("WAN_STEP_CACHE", {"tooltip": "Optional step cache (Wan TeaCache / Wan MagCache)."}),
+    }
+
+
+class WanExpertsSamplerBasic:
     DISPLAY_NAME = "Wan Sampler"
-    DESCRIPTION = ("Denoises a Wan latent video like the official scripts: flow UniPC / DPM++ / Euler, classifier-free "
-                   "guidance, and with a Wan 2.2 A14B pair the high-noise expert while t >= boundary x 1000, then the "
-                   "low-noise one (only the active expert stays on the GPU). 0 for steps, cfg or shift = the official "
-                   "default of the detected model. Start/end step and leftover noise let samplers be chained.")
+    DESCRIPTION = ("Denoises a Wan latent video like the official scripts: flow UniPC / DPM++ / Euler with classifier-"
+                   "free guidance. With a Wan 2.2 A14B pair it switches from the high-noise to the low-noise expert by "
+                   "itself at the official boundary. 0 for steps, cfg or shift = the official default of the detected "
+                   "model. Wan Sampler (Advanced) has per-expert guidance, chaining and the rest.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("The denoised raw latents, for Wan VAE Decode.",)
+    FUNCTION = "run"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            **_sampler_inputs(),
+            "cfg": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 30.0, "step": 0.1, "tooltip": (
+                "Guidance scale (of both experts of a Wan 2.2 pair); 1 skips the negative pass; 0 = official "
+                "default (5.0; A14B T2V 4.0 high / 3.0 low, I2V 3.5).")}),
+            **_schedule_inputs(),
+        }, "optional": _conditioning_inputs()}
+
+    def run(self, model, text, latent, seed, steps=0, cfg=0.0, shift=0.0, solver="unipc", image_cond=None,
+            step_cache=None):
+        return WanExpertsSampler().run(model, text, latent, seed, steps=steps, cfg_high=cfg, cfg_low=cfg, shift=shift,
+                                       solver=solver, image_cond=image_cond, step_cache=step_cache)
+
+
+class WanExpertsSampler:
+    """Wan Sampler (Advanced). Its id and inputs are those of the single sampler of earlier versions, so saved
+    workflows (whose widget values are positional) keep loading; new inputs go at the end."""
+
+    DISPLAY_NAME = "Wan Sampler (Advanced)"
+    DESCRIPTION = ("Wan Sampler with every setting: per-expert guidance of a Wan 2.2 A14B pair, the expert switch "
+                   "(boundary or step), start/end step and leftover noise to chain samplers, denoise below 1 for "
+                   "video-to-video, the sigma schedule, and whether both experts stay on the GPU. 0 for steps, cfg or "
+                   "shift = the official default of the detected model.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("LATENT",)
     RETURN_NAMES = ("latent",)
@@ -130,30 +197,16 @@ class WanExpertsSampler:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("WAN_MODEL", {"tooltip": "One Wan DiT, or a Wan 2.2 high/low expert pair."}),
-            "text": ("WAN_TEXT", {"tooltip": "Positive and negative prompt embeddings from Wan Text Encode."}),
-            "latent": ("LATENT", {"tooltip": "Raw latents: an empty latent, Wan Image To Video's latent, or a previous "
-                                             "sampler's output."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
-                             "tooltip": "Noise seed (the same seed as the official script gives the same noise)."}),
-            "steps": ("INT", {"default": 0, "min": 0, "max": 1000, "tooltip": (
-                "Sampling steps; 0 = official default (50 for Wan 2.1 T2V and TI2V-5B, 40 for I2V and Wan 2.2 "
-                "A14B).")}),
+            **_sampler_inputs(),
             "cfg_high": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 30.0, "step": 0.1, "tooltip": (
                 "Guidance scale of a single model, or of the high-noise expert; 1 skips the negative pass; 0 = "
                 "official default (5.0; A14B T2V 4.0, I2V 3.5).")}),
             "cfg_low": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 30.0, "step": 0.1, "tooltip": (
                 "Guidance scale of the low-noise expert (Wan 2.2 pairs only); 0 = official default (T2V 3.0, "
                 "I2V 3.5).")}),
-            "shift": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip": (
-                "Noise schedule shift; 0 = official default (5.0; A14B T2V 12.0; FLF2V 16.0).")}),
-            "solver": (list(SOLVERS), {"default": "unipc", "tooltip": (
-                "unipc: the official default (UniPC order 2); dpm++: the official DPM++ 2M; euler: plain flow "
-                "Euler.")}),
+            **_schedule_inputs(),
         }, "optional": {
-            "image_cond": ("WAN_IMAGE_COND", {"tooltip": (
-                "Image conditioning from Wan Image To Video (I2V, FLF2V, TI2V).")}),
-            "step_cache": ("WAN_STEP_CACHE", {"tooltip": "Optional step cache (Wan TeaCache / Wan MagCache)."}),
+            **_conditioning_inputs(),
             "boundary": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 0.999, "step": 0.005, "tooltip": (
                 "Expert switch: the low-noise expert runs while t < boundary x 1000; 0 = the model's (0.875 T2V, "
                 "0.9 I2V).")}),
@@ -233,4 +286,4 @@ def _latent_samples(latent) -> torch.Tensor:
 
 
 NODES = {"WanExpertsEmptyLatent": WanExpertsEmptyLatent, "WanExpertsImageToVideo": WanExpertsImageToVideo,
-         "WanExpertsSampler": WanExpertsSampler}
+         "WanExpertsSamplerBasic": WanExpertsSamplerBasic, "WanExpertsSampler": WanExpertsSampler}

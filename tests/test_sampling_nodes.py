@@ -188,3 +188,40 @@ def test_sampler_node_progress_and_interruption(pack, moe, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         sampler(pack, moe, latent)
     assert len(calls) == 3
+
+
+def test_basic_sampler_equals_advanced_with_one_cfg(pack, moe):
+    """Wan Sampler (basic) is Wan Sampler (Advanced) with cfg for both experts and every other setting at its
+    default: same output, bit for bit (0 = the official pair, 4.0 high / 3.0 low, in both)."""
+    latent = pack.nodes.sampling.WanExpertsEmptyLatent().make(32, 32, 5)[0]
+    basic = pack.nodes.sampling.WanExpertsSamplerBasic()
+    for cfg in (0.0, 2.5):
+        out = basic.run(moe, pack_text(pack), latent, seed=5, steps=STEPS, cfg=cfg, shift=12.0)[0]
+        ref = sampler(pack, moe, latent, cfg_high=cfg, cfg_low=cfg)
+        assert torch.equal(out["samples"], ref["samples"])
+
+
+def test_advanced_sampler_keeps_its_saved_widget_layout(pack):
+    """Saved UI workflows store widget values by position: the Advanced sampler (id WanExpertsSampler) must keep the
+    layout of the single sampler it replaces (new widgets may only be appended)."""
+    from workflow_check import widget_slots
+
+    layout = [(s.input, s.kind) for s in widget_slots(pack.nodes.sampling.WanExpertsSampler.INPUT_TYPES())]
+    before = ["seed", "seed:control", "steps", "cfg_high", "cfg_low", "shift", "solver", "boundary", "switch_step",
+              "start_step", "end_step", "add_noise", "return_with_leftover_noise", "denoise", "schedule",
+              "keep_both_experts_on_device"]
+    assert [f"{n}:{k}" if k != "value" else n for n, k in layout][:len(before)] == before
+
+
+def test_batch_item_k_equals_a_single_run_with_seed_plus_k(pack, moe):
+    """A batch of 2 made with seed 5: video k equals a batch-of-1 run with seed 5 + k (noise exactly; the sampled
+    latents up to float32 batching differences, max error <= 1e-5 x max|ref| + 1e-6)."""
+    node = pack.nodes.sampling.WanExpertsSamplerBasic()
+    empty = pack.nodes.sampling.WanExpertsEmptyLatent()
+    both = node.run(moe, pack_text(pack), empty.make(32, 32, 5, 2)[0], seed=5, steps=2, shift=12.0)[0]["samples"]
+    for k in range(2):
+        alone = node.run(moe, pack_text(pack), empty.make(32, 32, 5, 1)[0], seed=5 + k, steps=2, shift=12.0)
+        ref = alone[0]["samples"][0]
+        err = (both[k] - ref).abs().max().item()
+        assert err <= 1e-5 * ref.abs().max().item() + 1e-6, (k, err)
+    assert not torch.allclose(both[0], both[1])
