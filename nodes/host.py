@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import torch
@@ -143,6 +145,78 @@ def latent_previewer(channels: int):
     except Exception as exc:  # an older ComfyUI without Wan latent formats: no previews, sampling goes on
         log.warning("Wan Experts: live previews unavailable (%s)", exc)
         return None
+
+
+def metadata_disabled() -> bool:
+    """True when ComfyUI runs with ``--disable-metadata`` (standalone: ``$WAN_EXPERTS_DISABLE_METADATA`` is 1)."""
+    if IN_COMFY:
+        from comfy.cli_args import args  # type: ignore
+
+        return bool(getattr(args, "disable_metadata", False))
+    return os.environ.get("WAN_EXPERTS_DISABLE_METADATA", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def make_video(images: torch.Tensor, fps: float):
+    """ComfyUI's ``VIDEO`` value for frames [N, H, W, 3] in 0..1 at ``fps``: core's ``VideoFromComponents`` (as
+    core Create Video builds it) inside ComfyUI, a ``StandaloneVideo`` with the same methods otherwise."""
+    video_types = _core_video_types() if IN_COMFY else None
+    if video_types is None:
+        return StandaloneVideo(VideoComponents(images=images, frame_rate=Fraction(fps)))
+    from_components, components = video_types
+    return from_components(components(images=images, audio=None, frame_rate=Fraction(fps)))
+
+
+def _core_video_types():
+    """(VideoFromComponents, VideoComponents) from core's video API; None in a ComfyUI older than that API."""
+    try:
+        from comfy_api.latest import InputImpl, Types  # type: ignore
+
+        return InputImpl.VideoFromComponents, Types.VideoComponents
+    except ImportError:
+        pass
+    try:  # ComfyUI before comfy_api.latest
+        from comfy_api.input_impl import VideoFromComponents  # type: ignore
+        from comfy_api.util import VideoComponents as CoreComponents  # type: ignore
+
+        return VideoFromComponents, CoreComponents
+    except ImportError:
+        log.warning("Wan Experts: this ComfyUI has no VIDEO API; the VIDEO output is a plain stand-in object")
+        return None
+
+
+@dataclass
+class VideoComponents:
+    """The fields of core's ``VideoComponents``: frames [N, H, W, 3] in 0..1 and the frame rate."""
+
+    images: torch.Tensor
+    frame_rate: Fraction
+    audio: dict | None = None
+    metadata: dict | None = None
+
+
+class StandaloneVideo:
+    """Outside ComfyUI: a ``VIDEO`` value with the methods of core's ``VideoFromComponents``."""
+
+    def __init__(self, components: VideoComponents):
+        self._components = components
+
+    def get_components(self) -> VideoComponents:
+        return self._components
+
+    def get_dimensions(self) -> tuple[int, int]:
+        return self._components.images.shape[2], self._components.images.shape[1]
+
+    def get_duration(self) -> float:
+        return float(self._components.images.shape[0] / self._components.frame_rate)
+
+    def save_to(self, path, format="auto", codec="auto", metadata: dict | None = None) -> None:
+        """An mp4 (H.264) at ``path``; ``metadata`` values are stored as JSON tags, as core does."""
+        import json
+
+        from ..wan.video import write_video
+
+        tags = {str(k): json.dumps(v) for k, v in (metadata or {}).items()}
+        write_video(self._components.images, path, fps=float(self._components.frame_rate), metadata=tags)
 
 
 def _check_kind(kind: str) -> None:

@@ -1,6 +1,11 @@
-"""Node that writes the decoded frames to an mp4 / webm file with the workflow embedded, like core ComfyUI."""
+"""Video output nodes: Save Wan Video writes the decoded frames to an mp4 / webm file with the workflow embedded (unless
+ComfyUI runs with --disable-metadata), like core ComfyUI; Wan Create Video hands frames and frame rate to core's
+VIDEO nodes."""
 from __future__ import annotations
 
+import torch
+
+from ..wan.errors import InputError
 from ..wan.video import FORMATS, save_video, workflow_metadata
 from . import host
 
@@ -8,8 +13,8 @@ from . import host
 class WanExpertsSaveVideo:
     DISPLAY_NAME = "Save Wan Video"
     DESCRIPTION = ("Encodes the frames to an mp4 (H.264) or webm (VP9) file in the output folder, with the workflow "
-                   "stored in the file so dragging it into ComfyUI restores the graph. Never overwrites: each run "
-                   "gets the next number.")
+                   "stored in the file so dragging it into ComfyUI restores the graph (nothing is stored when ComfyUI "
+                   "runs with --disable-metadata). Never overwrites: each run gets the next number.")
     CATEGORY = "Wan Experts/output"
     RETURN_TYPES = ()
     RETURN_NAMES = ()
@@ -38,10 +43,39 @@ class WanExpertsSaveVideo:
 
     def save(self, images, fps=16.0, filename_prefix="video/Wan", format="mp4", crf=19, prompt=None,
              extra_pnginfo=None):
+        metadata = {} if host.metadata_disabled() else workflow_metadata(prompt, extra_pnginfo)
         saved = save_video(images, host.output_dir(), filename_prefix, fps=fps, format=format, crf=crf,
-                           metadata=workflow_metadata(prompt, extra_pnginfo))
+                           metadata=metadata)
         preview = {"filename": saved.filename, "subfolder": saved.subfolder, "type": "output"}
         return {"ui": {"images": [preview], "animated": (True,)}, "result": ()}
 
 
-NODES = {"WanExpertsSaveVideo": WanExpertsSaveVideo}
+class WanExpertsCreateVideo:
+    DISPLAY_NAME = "Wan Create Video"
+    DESCRIPTION = ("Packs the decoded frames and their frame rate into ComfyUI's VIDEO type (the object core Create "
+                   "Video makes), for core Save Video, Preview Video and other nodes that take a VIDEO. Nothing is "
+                   "encoded here.")
+    CATEGORY = "Wan Experts/output"
+    RETURN_TYPES = ("VIDEO",)
+    RETURN_NAMES = ("video",)
+    OUTPUT_TOOLTIPS = ("The frames and frame rate as a VIDEO, for core Save Video / Preview Video.",)
+    FUNCTION = "create"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "images": ("IMAGE", {"tooltip": "The video frames (from Wan VAE Decode)."}),
+            "fps": ("FLOAT", {"default": 16.0, "min": 1.0, "max": 120.0, "step": 1.0, "tooltip": (
+                "Frames per second: 16 for Wan 2.1 and the 2.2 A14B models, 24 for Wan 2.2 TI2V-5B.")}),
+        }}
+
+    def create(self, images, fps=16.0):
+        if not torch.is_tensor(images) or images.dim() != 4 or images.shape[-1] not in (3, 4) or not images.shape[0]:
+            found = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
+            raise InputError(f"images must be frames [N, H, W, 3] with at least one frame; got {found}")
+        if not 0 < float(fps) <= 1000:
+            raise InputError(f"fps {fps} must be above 0 and at most 1000 (Wan 2.1: 16, Wan 2.2 TI2V-5B: 24)")
+        return (host.make_video(images[..., :3], fps),)  # core's VIDEO holds RGB frames
+
+
+NODES = {"WanExpertsSaveVideo": WanExpertsSaveVideo, "WanExpertsCreateVideo": WanExpertsCreateVideo}
