@@ -1,6 +1,7 @@
 """The example workflows: every ``workflows/api/*.json`` runs end to end through the pack's nodes with tiny random
 models (written by ``wan.demo`` under the file names the workflow uses) and yields a decodable video; every UI
-workflow passes ``workflow_check``; both formats are what ``workflows/build.py`` writes from the specs.
+workflow passes ``workflow_check`` (widgets, links, known nodes, and a layout without overlaps); both formats are
+what ``workflows/build.py`` writes from the specs; a workflow saved before the sampler split still loads.
 
 Only what the tiny models cannot take is changed before a run: size, frame count and steps (tiny and few), and
 step caches may fall back to other models' data (the tiny DiTs are no published variant)."""
@@ -15,7 +16,7 @@ import pytest
 
 from conftest import ROOT
 from graph_runner import all_node_classes, run_graph
-from workflow_check import check_workflow, file_widgets
+from workflow_check import check_layout, check_workflow, file_widgets, widget_slots
 from wan import demo
 
 WORKFLOWS = ROOT / "workflows"
@@ -122,8 +123,23 @@ def test_api_workflow_runs_with_tiny_models(path, classes, models_dir, tmp_path,
 def test_ui_workflow_is_consistent(path, classes):
     workflow = json.loads(path.read_text())
     assert check_workflow(workflow, classes, file_widgets(classes)) == []
+    assert check_layout(workflow, classes) == []
     notes = [n for n in workflow["nodes"] if n["type"] == "MarkdownNote"]
     assert notes and "ComfyUI/models/" in notes[0]["widgets_values"][0]
+    assert len(workflow["groups"]) >= 4  # models, prompt, (image and) latent, sampling, output
+
+
+def test_workflow_saved_before_the_sampler_split_still_loads(classes):
+    """A UI file written by the previous version (one sampler node, id WanExpertsSampler, 16 positional widget
+    values): every value still lands in the widget of the same name, read against that version's API twin."""
+    legacy = json.loads((ROOT / "tests" / "data" / "legacy_wan2.2_t2v_A14B.json").read_text())
+    api = json.loads((ROOT / "tests" / "data" / "legacy_wan2.2_t2v_A14B.api.json").read_text())
+    assert check_workflow(legacy, classes, file_widgets(classes)) == []
+    node = next(n for n in legacy["nodes"] if n["type"] == "WanExpertsSampler")
+    slots = widget_slots(classes["WanExpertsSampler"].INPUT_TYPES())
+    loaded = {s.input: v for s, v in zip(slots, node["widgets_values"]) if s.kind == "value"}
+    saved = {k: v for k, v in api[str(node["id"])]["inputs"].items() if not isinstance(v, list)}
+    assert loaded == saved and len(loaded) == 15
 
 
 def test_files_match_the_specs(classes):

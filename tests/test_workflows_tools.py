@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from graph_runner import GraphError, run_graph
-from workflow_check import check_workflow, file_widgets, widget_slots
+from workflow_check import check_layout, check_workflow, file_widgets, min_node_size, widget_slots
 
 
 class MakeFrames:
@@ -126,6 +126,45 @@ def test_checker_catches_unknown_nodes_and_missing_links(mappings):
     problems = _check(workflow, mappings)
     assert any("unknown node type 'KSampler'" in p for p in problems)
     assert any("required input 'images' is not connected" in p for p in problems)
+
+
+def _laid_out():
+    """A note on top, then Load DiT and Save Wan Video side by side in one group, each at its smallest size."""
+    return {
+        "nodes": [
+            {"id": 1, "type": "MarkdownNote", "pos": [0, 30], "size": [400, 100], "widgets_values": ["Files."]},
+            {"id": 2, "type": "WanExpertsLoadDiT", "pos": [20, 250], "size": [340, 130]},
+            {"id": 3, "type": "WanExpertsSaveVideo", "pos": [400, 250], "size": [340, 200]},
+        ],
+        "groups": [{"title": "All", "bounding": [0, 180, 760, 290]}],
+    }
+
+
+def test_min_node_size_follows_the_frontend_rule(mappings):
+    """Save Wan Video: 1 socket row (images) + 4 widgets (fps, prefix, format, crf): 20 + 4 x 24 + 8 + 6 = 130;
+    a seed adds its control widget (MakeFrames: 1 output row + 3 widgets = 20 + 72 + 14 = 106)."""
+    assert min_node_size("WanExpertsSaveVideo", mappings)[1] == 130
+    assert min_node_size("MakeFrames", mappings)[1] == 106
+    assert min_node_size("WanExpertsSaveVideo", mappings)[0] >= 210
+
+
+def test_layout_checker_accepts_a_clean_layout(mappings):
+    assert check_layout(_laid_out(), mappings) == []
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda w: w["nodes"][2].update(pos=[300, 250]), "nodes 2 and 3 overlap"),
+    (lambda w: w["nodes"][2].update(pos=[20, 390]), "nodes 2 and 3 overlap"),  # node 3's title bar over node 2
+    (lambda w: w["nodes"][1].update(size=[340, 60]), "smaller than its content"),
+    (lambda w: w["nodes"][2].update(pos=[800, 250]), "node 3 (WanExpertsSaveVideo) lies in 0 groups"),
+    (lambda w: w["groups"].append({"title": "Two", "bounding": [700, 180, 100, 290]}), "groups 'All' and 'Two'"),
+    (lambda w: w["nodes"][0].update(pos=[0, 200]), "notes are not above"),
+])
+def test_layout_checker_catches_each_problem(mappings, change, expected):
+    workflow = _laid_out()
+    change(workflow)
+    problems = check_layout(workflow, mappings)
+    assert any(expected in p for p in problems), problems
 
 
 def test_graph_runner_runs_an_api_graph(mappings, models_dir):

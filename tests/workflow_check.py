@@ -23,6 +23,14 @@ The rules, taken from ComfyUI core (``execution.py``) and the frontend (``useInt
   otherwise).
 - Core node types are allowed only from ``CORE_NODES`` (used on purpose: notes, image loading).
 
+Layout (``check_layout``), with the frontend's geometry (litegraph ``LGraphNode.computeSize`` / ``measure``,
+``LGraphGroup``): a node's ``pos`` is the top-left of its body; its title bar (30 px) sits above it. The smallest
+body the frontend gives a node is one 20 px row per socket or output (the larger count), 20 + 4 px per widget
+(a control value or upload button is a widget too; a multiline text box takes more), plus 8 + 6 px; a stored
+``size`` below that would be enlarged on load, so it counts as too small. No two nodes (title bar included) may
+overlap; every node but the notes lies inside a group (below the group's title bar) and groups do not overlap;
+the notes sit above every other node.
+
 Combo widgets listing model files (filled from the user's model folders) cannot list the workflow's file
 names on this machine; ``file_widgets`` finds them by probing ``INPUT_TYPES`` with a placeholder file in every
 model folder, and their values need only be weight file names.
@@ -49,6 +57,19 @@ CORE_NODES = {
     "LoadImage": ({"required": {"image": ([], {"image_upload": True})}}, ("IMAGE", "MASK")),
 }
 OPEN_CORE_COMBOS = {("LoadImage", "image")}  # files in the user's input folder
+
+
+# Frontend geometry (litegraph): title bar, socket row and widget heights; min width of a node with widgets
+# (NODE_WIDTH 140 x 1.5); font sizes of titles and labels and the 0.6 em width per character it assumes when it
+# cannot measure text.
+TITLE_HEIGHT, SLOT_HEIGHT, WIDGET_HEIGHT, WIDGET_GAP = 30, 20, 20, 4
+WIDGETS_PAD, NODE_MARGIN, MIN_WIDGET_NODE_WIDTH = 8, 6, 210
+TITLE_FONT, LABEL_FONT, CHAR_EM = 14, 12, 0.6
+MULTILINE_HEIGHT = 100  # a DOM text box: at least this tall (the frontend's minimum is smaller)
+WIDGET_VALUE_ROOM = 110  # arrows, margins and the value beside a widget's label
+IMAGE_PREVIEW_HEIGHT = 220  # LoadImage shows the picked image below its widgets
+GROUP_TITLE_HEIGHT = 34  # group font 24 px x 1.4
+NOTE_TYPES = ("Note", "MarkdownNote")
 
 
 @dataclass(frozen=True)
@@ -243,3 +264,103 @@ def _probe_models(kinds):
                 os.environ.pop("WAN_EXPERTS_MODELS", None)
             else:
                 os.environ["WAN_EXPERTS_MODELS"] = old
+
+
+def min_node_size(node_type: str, mappings: dict, title: str | None = None) -> tuple[int, int]:
+    """The smallest (width, height) of the node's body the frontend would keep, from its inputs and outputs."""
+    input_types, outputs = node_spec(node_type, mappings)
+    slots = widget_slots(input_types)
+    widget_names = {s.input for s in slots}
+    sockets = [n for sec in ("required", "optional") for n in input_types.get(sec, {}) if n not in widget_names]
+    height = max(len(sockets), len(outputs), 1) * SLOT_HEIGHT
+    height += sum(_widget_height(s) + WIDGET_GAP for s in slots) + (WIDGETS_PAD if slots else 0) + NODE_MARGIN
+    if any(s.kind == "upload" for s in slots):
+        height += IMAGE_PREVIEW_HEIGHT
+    title = title or getattr(mappings.get(node_type), "DISPLAY_NAME", node_type)
+    label = max([len(n) for n in sockets] + [0]) + max([len(n) for n in _output_names(node_type, mappings)] + [0])
+    width = max(
+        TITLE_HEIGHT * 1.33 + _text_width(title, TITLE_FONT),
+        _text_width("x" * label, LABEL_FONT) + 2 * SLOT_HEIGHT + 5,
+        max([_text_width(s.input, LABEL_FONT) + WIDGET_VALUE_ROOM for s in slots], default=0),
+        MIN_WIDGET_NODE_WIDTH if slots else 0,
+    )
+    return int(round(width + 0.5)), int(height)
+
+
+def check_layout(workflow: dict, mappings: dict) -> list[str]:
+    """Layout problems: nodes smaller than their content, overlapping nodes or groups, nodes outside groups, notes
+    not on top."""
+    nodes = workflow.get("nodes", [])
+    problems = [p for node in nodes if (p := _size_problem(node, mappings))]
+    boxes = {node["id"]: node_box(node) for node in nodes}
+    ids = sorted(boxes)
+    problems += [f"nodes {a} and {b} overlap" for i, a in enumerate(ids) for b in ids[i + 1:]
+                 if _overlap(boxes[a], boxes[b])]
+    problems += _group_problems(workflow.get("groups", []), nodes, boxes)
+    notes = [n["id"] for n in nodes if n["type"] in NOTE_TYPES]
+    others = [n["id"] for n in nodes if n["type"] not in NOTE_TYPES]
+    if not notes:
+        problems.append("the workflow has no note")
+    elif others and max(_bottom(boxes[i]) for i in notes) > min(boxes[i][1] for i in others):
+        problems.append("the notes are not above every other node")
+    return problems
+
+
+def node_box(node: dict) -> tuple[float, float, float, float]:
+    """(x, y, width, height) the node covers, title bar included."""
+    (x, y), (w, h) = node["pos"], node["size"]
+    return x, y - TITLE_HEIGHT, w, h + TITLE_HEIGHT
+
+
+def _size_problem(node: dict, mappings: dict) -> str | None:
+    if node["type"] in NOTE_TYPES or node_spec(node["type"], mappings) is None:
+        return None
+    need = min_node_size(node["type"], mappings, node.get("title"))
+    if node["size"][0] < need[0] or node["size"][1] < need[1]:
+        return f"node {node['id']} ({node['type']}) is {node['size']}, smaller than its content {list(need)}"
+    return None
+
+
+def _group_problems(groups: list, nodes: list, boxes: dict) -> list[str]:
+    problems = []
+    bounds = [tuple(g["bounding"]) for g in groups]
+    for i, a in enumerate(bounds):
+        problems += [f"groups '{groups[i]['title']}' and '{groups[j]['title']}' overlap"
+                     for j in range(i + 1, len(bounds)) if _overlap(a, bounds[j])]
+    for node in nodes:
+        if node["type"] in NOTE_TYPES:
+            continue
+        inside = [g["title"] for g, b in zip(groups, bounds) if _contains(b, boxes[node["id"]])]
+        if len(inside) != 1:
+            problems.append(f"node {node['id']} ({node['type']}) lies in {len(inside)} groups {inside}, not in one")
+    return problems
+
+
+def _contains(group: tuple, box: tuple) -> bool:
+    gx, gy, gw, gh = group
+    x, y, w, h = box
+    return gx <= x and x + w <= gx + gw and gy + GROUP_TITLE_HEIGHT <= y and y + h <= gy + gh
+
+
+def _overlap(a: tuple, b: tuple) -> bool:
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
+def _bottom(box: tuple) -> float:
+    return box[1] + box[3]
+
+
+def _widget_height(slot: Slot) -> int:
+    multiline = slot.kind == "value" and slot.type == "STRING" and (slot.options or {}).get("multiline")
+    return MULTILINE_HEIGHT if multiline else WIDGET_HEIGHT
+
+
+def _text_width(text: str, font: int) -> float:
+    return font * CHAR_EM * len(text)
+
+
+def _output_names(node_type: str, mappings: dict) -> tuple:
+    cls = mappings.get(node_type)
+    if cls is None:
+        return node_spec(node_type, mappings)[1]
+    return tuple(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES))

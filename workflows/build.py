@@ -5,6 +5,10 @@
 Both formats come from one spec per workflow, so they cannot drift apart. Widget order, control values after
 seeds and the image-upload value follow the rules documented in ``tests/workflow_check.py`` (which the tests use
 to check the written files). Values not given in a spec take the node's declared default.
+
+Layout (UI format): the notes node on top; below it one group per stage (models, prompt, image and latent,
+sampling, output), left to right, each a column of its nodes in spec order. Node sizes come from their widgets
+and sockets (``workflow_check.min_node_size``, the frontend's own rule), so nothing overlaps.
 """
 from __future__ import annotations
 
@@ -17,10 +21,22 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from workflow_check import CORE_NODES, socket_type, widget_slots  # noqa: E402
+from workflow_check import (  # noqa: E402
+    CORE_NODES, GROUP_TITLE_HEIGHT, TITLE_HEIGHT, min_node_size, socket_type, widget_slots)
 
 SEED_CONTROL = "fixed"  # the stored seed reproduces the example; switch to "randomize" in the UI for variety
-COLUMN_WIDTH, NODE_WIDTH, ROW_GAP = 380, 340, 40
+NODE_WIDTH, NODE_GAP, GROUP_PAD, GROUP_GAP = 340, 30, 20, 40
+NOTE_POS, NOTE_SIZE = (40, 40), (760, 240)
+EXTRA_HEIGHT = {"WanExpertsTextEncode": 160}  # room to read the prompts
+STAGES = (  # (group title, colour, node types); nodes of other types go with the image and latent stage
+    ("Models", "#3f789e", ("WanExpertsLoadDiT", "WanExpertsLoadMoE", "WanExpertsLoadTextEncoder",
+                           "WanExpertsLoadCLIPVision", "WanExpertsLoadVAE")),
+    ("Prompt", "#8a8a3f", ("WanExpertsTextEncode", "WanExpertsConditioningFromCore")),
+    ("Image and latent", "#3f8a6b", ()),
+    ("Sampling", "#8a5a3f", ("WanExpertsTeaCache", "WanExpertsMagCache", "WanExpertsSamplerBasic",
+                             "WanExpertsSampler")),
+    ("Output", "#6b3f8a", ("WanExpertsVAEDecode", "WanExpertsSaveVideo", "WanExpertsCreateVideo")),
+)
 
 
 @dataclass
@@ -90,18 +106,20 @@ def to_ui(spec: Spec, mappings: dict) -> dict:
             src_type = node_types(_by_key(spec, src).type, mappings)[1][slot]
             links.append([len(links) + 1, ids[src], slot, ids[n.key], None, src_type, name])
             outputs_links.setdefault((src, slot), []).append(len(links))
-    positions = _layout(spec)
-    nodes = [_ui_node(n, ids[n.key], positions[n.key], links, outputs_links, mappings) for n in spec.nodes]
+    sizes = {n.key: node_size(n, mappings) for n in spec.nodes}
+    positions, groups = layout(spec, sizes)
+    nodes = [_ui_node(n, ids[n.key], positions[n.key], sizes[n.key], links, outputs_links, mappings)
+             for n in spec.nodes]
     note_id = len(spec.nodes) + 1
-    nodes.append({"id": note_id, "type": "MarkdownNote", "pos": [40, -260], "size": [700, 220], "flags": {},
+    nodes.append({"id": note_id, "type": "MarkdownNote", "pos": list(NOTE_POS), "size": list(NOTE_SIZE), "flags": {},
                   "order": note_id - 1, "mode": 0, "inputs": [], "outputs": [], "properties": {},
                   "widgets_values": [spec.note], "title": "Model files", "color": "#432", "bgcolor": "#653"})
     return {"last_node_id": note_id, "last_link_id": len(links), "nodes": nodes,
-            "links": [link[:6] for link in links], "groups": [], "config": {},
-            "extra": {"ds": {"scale": 0.8, "offset": [0, 300]}, "title": spec.title}, "version": 0.4}
+            "links": [link[:6] for link in links], "groups": groups, "config": {},
+            "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}, "title": spec.title}, "version": 0.4}
 
 
-def _ui_node(n: N, node_id: int, pos, links: list, outputs_links: dict, mappings: dict) -> dict:
+def _ui_node(n: N, node_id: int, pos, size, links: list, outputs_links: dict, mappings: dict) -> dict:
     input_types, return_types, return_names = node_types(n.type, mappings)
     widgets = {s.input for s in widget_slots(input_types)}
     inputs = []
@@ -119,7 +137,7 @@ def _ui_node(n: N, node_id: int, pos, links: list, outputs_links: dict, mappings
             inputs.append(entry)
     outputs = [{"name": name, "type": kind, "links": outputs_links.get((n.key, i), []), "slot_index": i}
                for i, (name, kind) in enumerate(zip(return_names, return_types))]
-    return {"id": node_id, "type": n.type, "pos": list(pos), "size": [NODE_WIDTH, _height(input_types, inputs)],
+    return {"id": node_id, "type": n.type, "pos": list(pos), "size": list(size),
             "flags": {}, "order": node_id - 1, "mode": 0, "inputs": inputs, "outputs": outputs,
             "properties": {"Node name for S&R": n.type}, "widgets_values": _ui_values(n, input_types),
             **({"title": n.title} if n.title else {})}
@@ -133,22 +151,46 @@ def _ui_values(n: N, input_types: dict) -> list:
     return out
 
 
-def _layout(spec: Spec) -> dict:
-    """Columns by depth in the graph (sources left), nodes stacked in each column."""
-    depth = {}
-    for n in spec.nodes:  # specs list sources before the nodes that use them
-        depth[n.key] = 1 + max((depth[src] for src, _ in n.links.values()), default=-1)
-    y_next, pos = {}, {}
-    for n in spec.nodes:
-        col = depth[n.key]
-        y = y_next.get(col, 0)
-        pos[n.key] = (40 + col * COLUMN_WIDTH, y)
-        y_next[col] = y + 60 + 26 * (len(n.widgets) + len(n.links) + 2) + ROW_GAP
-    return pos
+def node_size(n: N, mappings: dict) -> tuple[int, int]:
+    """The node's body size: what its widgets and sockets need (at least NODE_WIDTH wide), rounded up to 10 px."""
+    width, height = min_node_size(n.type, mappings, n.title)
+    return _round_up(max(width, NODE_WIDTH)), _round_up(height + EXTRA_HEIGHT.get(n.type, 0))
 
 
-def _height(input_types: dict, inputs: list) -> int:
-    return 46 + 26 * (len(widget_slots(input_types)) + len(inputs))
+def layout(spec: Spec, sizes: dict) -> tuple[dict, list]:
+    """Node positions and groups: one group per stage, side by side below the note, nodes stacked inside."""
+    x, top = NOTE_POS[0], NOTE_POS[1] + NOTE_SIZE[1] + GROUP_GAP
+    positions, groups = {}, []
+    for title, colour, members in _stages(spec):
+        width = max(sizes[n.key][0] for n in members) + 2 * GROUP_PAD
+        y = top + GROUP_TITLE_HEIGHT + GROUP_PAD
+        for n in members:
+            positions[n.key] = (x + GROUP_PAD, y + TITLE_HEIGHT)
+            y += TITLE_HEIGHT + sizes[n.key][1] + NODE_GAP
+        bounding = [x, top, width, y - NODE_GAP + GROUP_PAD - top]
+        groups.append({"id": len(groups) + 1, "title": title, "bounding": bounding, "color": colour,
+                       "font_size": 24, "flags": {}})
+        x += width + GROUP_GAP
+    return positions, groups
+
+
+def _stages(spec: Spec) -> list[tuple[str, str, list[N]]]:
+    """(title, colour, nodes) of every stage that has nodes, in stage order."""
+    known = {t for _, _, types in STAGES for t in types}
+    out = []
+    for title, colour, types in STAGES:
+        members = [n for n in spec.nodes if n.type in types or (not types and n.type not in known)]
+        if members:
+            out.append((title if types or _has_image(members) else "Latent", colour, members))
+    return out
+
+
+def _has_image(nodes: list[N]) -> bool:
+    return any(n.type == "LoadImage" for n in nodes)
+
+
+def _round_up(value: float, step: int = 10) -> int:
+    return int(-(-value // step) * step)
 
 
 def _by_key(spec: Spec, key: str) -> N:

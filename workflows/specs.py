@@ -57,6 +57,8 @@ def _text_nodes(variant_id: str, task: str) -> list[N]:
 
 def _sampler(variant_id: str, latent: tuple, cond: tuple | None = None, cache: tuple | None = None,
              shift: float | None = None) -> N:
+    """Wan Sampler (basic) with the official settings; Wan Sampler (Advanced) for an A14B pair, to show each
+    expert's guidance."""
     v = VARIANTS[variant_id]
     low, high = v.guidance
     links = {"model": ("dit", 0), "text": ("text", 0), "latent": latent}
@@ -64,9 +66,11 @@ def _sampler(variant_id: str, latent: tuple, cond: tuple | None = None, cache: t
         links["image_cond"] = cond
     if cache is not None:
         links["step_cache"] = cache
-    return N("sampler", "WanExpertsSampler", {"seed": SEED, "steps": v.steps, "cfg_high": high, "cfg_low": low,
-                                              "shift": v.shift if shift is None else shift, "solver": "unipc"},
-             links)
+    widgets = {"seed": SEED, "steps": v.steps, "shift": v.shift if shift is None else shift, "solver": "unipc"}
+    if v.size == "a14b":
+        return N("sampler", "WanExpertsSampler", widgets | {"cfg_high": high, "cfg_low": low}, links)
+    assert low == high, variant_id
+    return N("sampler", "WanExpertsSamplerBasic", widgets | {"cfg": high}, links)
 
 
 def _output(variant_id: str, prefix: str) -> list[N]:
