@@ -60,7 +60,8 @@ class WanExpertsCLIPVisionFromCore:
     DISPLAY_NAME = "Wan CLIP Vision From Core"
     DESCRIPTION = ("Turns core CLIP Vision Encode output (clip_vision_h loaded by core Load CLIP Vision) into Wan CLIP "
                    "embeddings for Wan Image To Video (Wan 2.1 I2V / FLF2V). Set CLIP Vision Encode's crop to 'none' "
-                   "to see the whole image as the official code does.")
+                   "to see the whole image as the official code does (its resize still differs a little from the "
+                   "official one, which Wan CLIP Vision Encode follows).")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("WAN_CLIP_EMBEDS",)
     RETURN_NAMES = ("clip_embeds",)
