@@ -133,6 +133,10 @@ def _sampler_inputs() -> dict:
     }
 
 
+def _cfg_input(tooltip: str) -> tuple:
+    return ("FLOAT", {"default": 0.0, "min": 0.0, "max": 30.0, "step": 0.1, "tooltip": tooltip})
+
+
 def _schedule_inputs() -> dict:
     return {
         "shift": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip": (
@@ -166,9 +170,8 @@ class WanExpertsSamplerBasic:
     def INPUT_TYPES(cls):
         return {"required": {
             **_sampler_inputs(),
-            "cfg": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 30.0, "step": 0.1, "tooltip": (
-                "Guidance scale (of both experts of a Wan 2.2 pair); 1 skips the negative pass; 0 = official "
-                "default (5.0; A14B T2V 4.0 high / 3.0 low, I2V 3.5).")}),
+            "cfg": _cfg_input("Guidance scale (of both experts of a Wan 2.2 pair); 1 skips the negative pass; 0 = "
+                              "official default (5.0; A14B T2V 4.0 high / 3.0 low, I2V 3.5)."),
             **_schedule_inputs(),
         }, "optional": _conditioning_inputs()}
 
@@ -198,12 +201,10 @@ class WanExpertsSampler:
     def INPUT_TYPES(cls):
         return {"required": {
             **_sampler_inputs(),
-            "cfg_high": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 30.0, "step": 0.1, "tooltip": (
-                "Guidance scale of a single model, or of the high-noise expert; 1 skips the negative pass; 0 = "
-                "official default (5.0; A14B T2V 4.0, I2V 3.5).")}),
-            "cfg_low": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 30.0, "step": 0.1, "tooltip": (
-                "Guidance scale of the low-noise expert (Wan 2.2 pairs only); 0 = official default (T2V 3.0, "
-                "I2V 3.5).")}),
+            "cfg_high": _cfg_input("Guidance scale of a single model, or of the high-noise expert; 1 skips the "
+                                   "negative pass; 0 = official default (5.0; A14B T2V 4.0, I2V 3.5)."),
+            "cfg_low": _cfg_input("Guidance scale of the low-noise expert (Wan 2.2 pairs only); 0 = official default "
+                                  "(T2V 3.0, I2V 3.5)."),
             **_schedule_inputs(),
         }, "optional": {
             **_conditioning_inputs(),
