@@ -26,8 +26,15 @@ except ImportError:
     folder_paths = model_management = comfy_utils = None
     IN_COMFY = False
 
-MODEL_KINDS = ("diffusion_models", "text_encoders", "vae", "clip_vision", "loras")
+MODEL_KINDS = ("diffusion_models", "text_encoders", "vae", "clip_vision", "loras", "LLM")
+EXTRA_KINDS = ("LLM",)  # not in ComfyUI core: registered as models/<kind> (LLM: one folder per model)
 WEIGHT_SUFFIXES = (".safetensors", ".sft", ".pth", ".pt", ".bin", ".ckpt", ".safetensors.index.json")
+
+
+if IN_COMFY:  # pragma: no cover - exercised only inside a ComfyUI process
+    for _kind in EXTRA_KINDS:
+        if _kind not in folder_paths.folder_names_and_paths:
+            folder_paths.add_model_folder_path(_kind, os.path.join(folder_paths.models_dir, _kind))
 
 
 class MissingModelError(FileNotFoundError):
@@ -44,6 +51,14 @@ def model_folder(kind: str) -> Path:
     if IN_COMFY:
         return Path(folder_paths.get_folder_paths(kind)[0])
     return models_root() / kind
+
+
+def model_folders(kind: str) -> list[Path]:
+    """Every folder the host searches for models of ``kind`` (the first is where new ones should go)."""
+    _check_kind(kind)
+    if IN_COMFY:
+        return [Path(p) for p in folder_paths.get_folder_paths(kind)]
+    return [models_root() / kind]
 
 
 def list_models(kind: str) -> list[str]:
