@@ -8,6 +8,7 @@ Public API (imported lazily so that ``import wan`` stays cheap):
     sample, SamplerSettings, make_noise, image_condition, latent_shape
                                                           -- the denoise loop (expert switching), noise, image conditioning
     Settings, run                                         -- the whole generation (what python -m wan.generate runs)
+    extend_prompt, ExtendedPrompt                         -- official prompt extension (Dashscope, local Qwen)
     save_video, write_video                               -- mp4 / webm output
     write_official_folder, write_comfy_files              -- tiny random-weight models in real file layouts
 """
@@ -42,6 +43,8 @@ _EXPORTS = {
     "Settings": ".pipeline",
     "run": ".pipeline",
     "write_official_folder": ".demo",
+    "extend_prompt": ".prompts",
+    "ExtendedPrompt": ".prompts",
     "write_comfy_files": ".demo",
 }
 

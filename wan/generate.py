@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .errors import InputError, WanError
 from .pipeline import Settings, run
+from .prompts.cli import add_prompt_extend_flags, prompt_extend_from_args
 from .variants import VARIANTS, Variant
 
 TASKS = {
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--magcache", type=float, default=None, metavar="THRESH",
                        help="MagCache step skipping with this threshold (e.g. 0.12 for Wan 2.1, 0.05 for 2.2)")
     p.add_argument("--device", default="auto", help="cuda, cuda:1, cpu, or auto")
+    add_prompt_extend_flags(p)
     p.add_argument("--demo", action="store_true",
                    help="build tiny random-weight models for --task and run the whole pipeline in seconds; "
                         "the video is noise, the run proves the installation works")
@@ -76,7 +78,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise InputError(f"--sample_steps {steps} must be at least 1")
     image, last_image = _images(args, variant)
     ckpt_dir = None if args.demo else _ckpt_dir(args.ckpt_dir, args.task)
-    prompt = args.prompt or EXAMPLE_PROMPT
+    prompt = _prompt(args, variant, image)
     cache = ("teacache", args.teacache) if args.teacache is not None else (
         ("magcache", args.magcache) if args.magcache is not None else None)
     if cache is not None and cache[1] <= 0:
@@ -88,7 +90,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         negative=args.neg_prompt or variant.default_negative_prompt, image=image, last_image=last_image,
         ckpt_dir=ckpt_dir, save_file=_save_file(args.save_file, args.task, size, prompt),
         offload=True if args.offload_model is None else args.offload_model, t5_cpu=args.t5_cpu, cache=cache,
-        device=_device(args.device), demo=args.demo)
+        device=_device(args.device), demo=args.demo, prompt_extend=prompt_extend_from_args(args))
 
 
 def parse_size(size: str, task: str, variant: Variant, demo: bool = False) -> tuple[int, int]:
@@ -122,6 +124,14 @@ def parse_guidance(value: str | None, variant: Variant) -> tuple[float, float]:
         return parts[0], parts[1]
     raise InputError(f"--sample_guide_scale '{value}': two values (low,high) are only for the Wan 2.2 A14B "
                      f"two-expert models; give one number for {variant.id}")
+
+
+def _prompt(args, variant: Variant, image: Path | None) -> str:
+    """--prompt, else the example; an explicitly empty prompt stays empty when prompt extension will describe the
+    image (official: i2v with --prompt '' --use_prompt_extend)."""
+    if args.prompt == "" and args.use_prompt_extend and (image is not None or variant.needs_image):
+        return ""
+    return args.prompt or EXAMPLE_PROMPT
 
 
 def _shift(value: float | None, variant: Variant, size: str) -> float:

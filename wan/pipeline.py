@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import InputError
 from .variants import Variant
+
+if TYPE_CHECKING:
+    from .prompts.cli import PromptExtendFlags
 
 log = logging.getLogger("wan_experts")
 
@@ -40,6 +44,7 @@ class Settings:
     cache: tuple[str, float] | None  # ("teacache" | "magcache", threshold)
     device: str
     demo: bool = False
+    prompt_extend: PromptExtendFlags | None = None  # --use_prompt_extend: rewrite the prompt before encoding
 
 
 # -- the official folder ------------------------------------------------------------------------------------------
@@ -92,6 +97,8 @@ def run(s: Settings) -> Path:
     z_dim, stride = (48, (4, 16, 16)) if s.variant.vae == "2.2" else (16, (4, 8, 8))
     shape = latent_shape(width, height, s.frames, z_dim, stride=stride)
     files = official_files(s.ckpt_dir, s.task, s.variant)
+    if s.prompt_extend is not None:
+        s = replace(s, prompt=extended_prompt(s, images))
     device = torch.device(s.device)
     log.info("%s: %dx%d, %d frames, %d steps (%s, shift %g, guidance %s), seed %d", s.task, width, height,
              s.frames, s.steps, s.solver, s.shift, _guidance_text(s), s.seed)
@@ -107,6 +114,14 @@ def run(s: Settings) -> Path:
     video = vae.decode(denormalize(result.latents))
     frames = ((video[0].permute(1, 2, 3, 0) + 1) / 2).clamp(0, 1)
     return write_video(frames, s.save_file, fps=s.variant.fps, metadata={"comment": run_description(s)})
+
+
+def extended_prompt(s: Settings, images) -> str:
+    """The official prompt extension (the original prompt when it fails), shown the start (and end) image."""
+    from .prompts.cli import extend_for_run
+
+    paths = [p for p in (s.image, s.last_image) if p is not None]
+    return extend_for_run(s.prompt_extend, s.prompt, s.seed, s.variant.version, s.device, paths, images).prompt
 
 
 def encode_text(files: ModelFiles, s: Settings, device):
