@@ -20,6 +20,8 @@ from .messages import dashscope_vision_messages, text_messages
 DEFAULT_URL = "https://dashscope.aliyuncs.com/api/v1"
 INTERNATIONAL_URL = "https://dashscope-intl.aliyuncs.com/api/v1"
 KEY_ENV, URL_ENV = "DASH_API_KEY", "DASH_API_URL"
+# A rewrite answers in seconds; a dead service must not hold a graph for 4 x the SDK's 300 s: 4 x 30 s at most.
+REQUEST_TIMEOUT = 30.0
 
 
 class ServiceError(RuntimeError):
@@ -31,7 +33,7 @@ class DashscopeOptions:
     api_key: str | None = None  # None or "": $DASH_API_KEY
     base_url: str | None = None  # None or "": $DASH_API_URL, else DEFAULT_URL
     retries: int = 4  # attempts, as the official expander
-    timeout: float | None = None  # seconds per request; None: the SDK's default
+    timeout: float | None = REQUEST_TIMEOUT  # seconds per request; None: the SDK's default (300 s)
 
     def key(self) -> str:
         key = self.api_key or os.environ.get(KEY_ENV)
