@@ -60,14 +60,18 @@ def check_pair(high: WanDiT, low: WanDiT) -> None:
             f"{'; '.join(diffs[:4])}. Load the two experts of one Wan 2.2 A14B model (both T2V or both I2V).")
 
 
-def load_moe(high_path, low_path, dtype=None, device="cpu", boundary="auto", attention: str = "sdpa") -> ExpertSet:
-    """Load the two Wan 2.2 A14B experts (files, or the same official folder twice) as one ExpertSet."""
+def load_moe(high_path, low_path, dtype=None, device="cpu", boundary="auto", attention: str = "sdpa",
+             offload_blocks=0) -> ExpertSet:
+    """Load the two Wan 2.2 A14B experts (files, or the same official folder twice) as one ExpertSet;
+    ``offload_blocks`` (block streaming) applies to each expert (see ``load_dit``)."""
     from .dit.loader import load_dit, resolve_role
     from pathlib import Path
 
     if resolve_role(None, Path(high_path)) == "low" or resolve_role(None, Path(low_path)) == "high":
         raise InputError(f"the experts look swapped: '{Path(high_path).name}' was given as the high-noise expert "
                          f"and '{Path(low_path).name}' as the low-noise one, but their names say the opposite.")
-    high = load_dit(high_path, dtype=dtype, device=device, role="high", attention=attention)
-    low = load_dit(low_path, dtype=dtype, device=device, role="low", attention=attention)
+    high = load_dit(high_path, dtype=dtype, device=device, role="high", attention=attention,
+                    offload_blocks=offload_blocks)
+    low = load_dit(low_path, dtype=dtype, device=device, role="low", attention=attention,
+                   offload_blocks=offload_blocks)
     return ExpertSet(high, low, None if boundary in (None, "auto") else float(boundary))

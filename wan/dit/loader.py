@@ -13,6 +13,7 @@ import torch
 
 from ..checkpoint import read_state_dict, wrong_kind_message
 from ..errors import CheckpointError, InputError
+from ..offload import parse_offload_blocks, set_block_streaming
 from ..variants import ROLES, detect_variant
 from ..weights import assign_weights, compute_dtype
 from .config import WanDiTConfig
@@ -25,14 +26,17 @@ EXPERT_FOLDERS = {"high": "high_noise_model", "low": "low_noise_model"}
 
 
 def load_dit(path, dtype=None, device="cpu", role: str | None = None, num_heads: int | None = None,
-             attention: str = "sdpa") -> WanDiT:
+             attention: str = "sdpa", offload_blocks=0) -> WanDiT:
     """Load a DiT from a ``.safetensors``/``.pth`` file, a sharded index, or an official/diffusers folder.
 
     ``dtype``: compute dtype (None/"default": the file's own, bf16 for fp8 files). ``role``: "high", "low" or
-    "single"; None guesses it from a ``high_noise``/``low_noise`` name hint.
+    "single"; None guesses it from a ``high_noise``/``low_noise`` name hint. ``offload_blocks``: block streaming
+    (``wan.offload``): 0 = off, N = the last N blocks stay on the offload device and are streamed to the GPU as they
+    run, "auto" (or -1) = N chosen from the free GPU memory when the model first runs.
     """
     path = Path(path)
     role = resolve_role(role, path)
+    parse_offload_blocks(offload_blocks)  # a bad value fails before the file is read
     source = _expert_source(path, role)
     sd = read_state_dict(source, what="DiT file")
     sd, scales, layout = normalize_keys(sd)
@@ -51,10 +55,11 @@ def load_dit(path, dtype=None, device="cpu", role: str | None = None, num_heads:
     model.compute_dtype = compute
     model.requires_grad_(False).eval()
     model.source, model.layout = str(path), layout
+    set_block_streaming(model, offload_blocks)
     if torch.device(device) != torch.device("cpu"):
         model.to(device)
-    log.info("Loaded %s (%s, role %s) from %s [%s], compute %s", variant.id, _size(config), role, path.name,
-             layout, str(compute).replace("torch.", ""))
+    log.info("Loaded %s (%s, role %s) from %s [%s], compute %s%s", variant.id, _size(config), role, path.name,
+             layout, str(compute).replace("torch.", ""), _streaming(model))
     return model
 
 
@@ -92,6 +97,11 @@ def _heads_from_folder(source: Path) -> int | None:
     except ValueError:
         return None
     return cfg.get("num_heads") or cfg.get("num_attention_heads")
+
+
+def _streaming(model: WanDiT) -> str:
+    setting = getattr(model, "block_streaming", None)
+    return "" if setting is None else f", offload_blocks {setting}"
 
 
 def _size(config: WanDiTConfig) -> str:

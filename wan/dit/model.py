@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import InputError
+from ..offload import streamed
 from ..ops import LayerNorm, Linear, RMSNorm, layer_norm
 from ..variants import Variant
 from .attention import AttentionFn, get_attention
@@ -206,7 +207,7 @@ class WanDiT(nn.Module):
 
     def run_blocks(self, s: DiTState) -> torch.Tensor:
         x = s.x
-        for block in self.blocks:
+        for block in streamed(self, x):  # self.blocks; with block streaming (wan.offload) each arrives just in time
             x = block(x, s.e0, s.context, s.n_img, s.freqs, self._attn)
         return x
 

@@ -1,4 +1,5 @@
-"""Where an encoder runs and where it waits: move it to the compute device for one call, then give the memory back."""
+"""Where an encoder runs and where it waits: placed on the compute device for one call (``wan.memory``: device copies
+swapped in, its memory-mapped weights untouched), then given back."""
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -6,21 +7,18 @@ from contextlib import contextmanager
 import torch
 import torch.nn as nn
 
-from ..devices import module_device, same_device
+from ..devices import module_device
+from ..memory import leave, place
 
 
 @contextmanager
 def running_on(module: nn.Module, device: torch.device | str | None, stay: bool):
-    """Run the body with ``module`` on ``device`` (None: where it is); unless ``stay``, move it back afterwards."""
-    home = module_device(module)
-    target = home if device is None else torch.device(device)
-    moved = not same_device(target, home)
-    if moved:
-        module.to(target)
+    """Run the body with ``module`` on ``device`` (None: where it is); unless ``stay``, it goes back afterwards (with
+    ``stay`` it remains there while idle, where the host may take it off when it needs the memory)."""
+    target = module_device(module) if device is None else torch.device(device)
+    place(module, target, what=type(module).__name__)
     try:
         yield target
     finally:
-        if moved and not stay:
-            module.to(home)
-            if target.type == "cuda":
-                torch.cuda.empty_cache()
+        if leave(module, stay) and target.type == "cuda":
+            torch.cuda.empty_cache()

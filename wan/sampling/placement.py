@@ -1,5 +1,11 @@
 """Where the experts live during sampling: only the active one on the compute device; the idle one waits on the
-offload device and the two trade places at the switch. ``keep_both`` keeps both on the compute device."""
+offload device and the two trade places at the switch. ``keep_both`` keeps both on the compute device.
+
+Placing swaps device copies in and leaving swaps the model's own tensors back (``wan.memory``): the offload copy is
+never written, so memory-mapped weights stay memory-mapped and an A14B pair costs its file size in RAM however often
+the experts trade places. A model with block streaming (``wan.offload``) is placed without its blocks; its first
+forward places the resident ones and streams the others.
+"""
 from __future__ import annotations
 
 import logging
@@ -7,6 +13,8 @@ import logging
 import torch
 
 from ..devices import module_device, same_device
+from ..memory import leave, place, placed
+from ..offload import held_back
 
 log = logging.getLogger("wan_experts")
 
@@ -24,17 +32,22 @@ class ExpertPlacement:
             return model
         if not self.keep_both:
             for other in self.models:
-                if other is not model and not same_device(module_device(other), self.offload):
-                    other.to(self.offload)
-        if not same_device(module_device(model), self.device):
-            log.info("Moving %s expert to %s", getattr(model, "role", "the"), self.device)
-            model.to(self.device)
+                if other is not model:
+                    self._put_away(other)
+        if not same_device(module_device(model), self.device) or placed(model):
+            place(model, self.device, exclude=held_back(model), what=f"{getattr(model, 'role', 'the')} expert")
         return model
 
     def release(self) -> None:
-        """After sampling: everything back to the offload device (unless both are kept resident)."""
-        if self.keep_both or same_device(self.device, self.offload):
+        """After sampling: everything back to the offload device; with ``keep_both`` the experts stay, idle (the host
+        may still take them off when it needs the memory)."""
+        if same_device(self.device, self.offload):
             return
         for model in self.models:
-            if not same_device(module_device(model), self.offload):
-                model.to(self.offload)
+            self._put_away(model, stay=self.keep_both)
+
+    def _put_away(self, model: torch.nn.Module, stay: bool = False) -> None:
+        if placed(model):
+            leave(model, stay)
+        elif not stay and not same_device(module_device(model), self.offload):
+            model.to(self.offload)  # put on the device by something else (e.g. loaded there): move it the old way
