@@ -1,8 +1,9 @@
 """The only module that imports ComfyUI.
 
-Inside ComfyUI it forwards to ``folder_paths``, ``comfy.utils`` and ``comfy.model_management``. Without ComfyUI
-(tests, scripts) it falls back to plain folders: models under ``$WAN_EXPERTS_MODELS/<kind>/`` (default
-``./models``) and outputs under ``$WAN_EXPERTS_OUTPUT`` (default ``./output``).
+Inside ComfyUI it forwards to ``folder_paths``, ``comfy.utils`` and ``comfy.model_management``, and installs the
+engine's memory host (``ComfyMemory``: our models share the GPU with ComfyUI's). Without ComfyUI (tests, scripts) it
+falls back to plain folders: models under ``$WAN_EXPERTS_MODELS/<kind>/`` (default ``./models``) and outputs under
+``$WAN_EXPERTS_OUTPUT`` (default ``./output``), and the engine manages its memory alone.
 """
 from __future__ import annotations
 
@@ -14,16 +15,20 @@ from pathlib import Path
 
 import torch
 
+from ..wan.devices import same_device
+from ..wan.memory import MemoryHost, Residency, residency, set_memory_host
+
 log = logging.getLogger("wan_experts")
 
 try:  # pragma: no cover - exercised only inside a ComfyUI process
     import folder_paths  # type: ignore
     import comfy.model_management as model_management  # type: ignore
+    import comfy.model_patcher as model_patcher  # type: ignore
     import comfy.utils as comfy_utils  # type: ignore
 
     IN_COMFY = True
 except ImportError:
-    folder_paths = model_management = comfy_utils = None
+    folder_paths = model_management = model_patcher = comfy_utils = None
     IN_COMFY = False
 
 MODEL_KINDS = ("diffusion_models", "text_encoders", "vae", "clip_vision", "loras", "LLM")
@@ -241,3 +246,81 @@ def _check_kind(kind: str) -> None:
 
 def _is_weight_file(p: Path) -> bool:
     return p.name.lower().endswith(WEIGHT_SUFFIXES) and not p.name.startswith(".")
+
+
+# -- sharing the GPU with ComfyUI ----------------------------------------------------------------------------------
+# Two directions, through the least of ComfyUI's model management we could rely on:
+# - Before the engine puts a model (an expert, a block-streaming plan, an encoder, the VAE) on the GPU it asks for
+#   the bytes: ``model_management.free_memory(bytes, device)`` unloads ComfyUI's idle models, least recently used
+#   first, until that much is free. Its signature has not changed since 2023; we add ComfyUI's own inference margin
+#   (``minimum_inference_memory``) as ComfyUI does for its loads.
+# - ComfyUI can only evict what is in ``current_loaded_models``, whose entries ``load_models_gpu`` makes from
+#   ``ModelPatcher`` objects. A model of ours is registered only while it idles on the GPU (an encoder with
+#   keep_loaded, A14B experts with keep_both after sampling), as a small ``ModelPatcher`` subclass: its load is a
+#   no-op (the model is already there) and its detach gives the model back its memory-mapped weights
+#   (``Residency.evict``: no copy). A subclass, rather than a look-alike object, keeps every method ComfyUI calls
+#   on loaded models (now and in later versions) defined; overriding only the size / load / unload methods keeps
+#   ComfyUI's weight patching and partial "lowvram" loading away from our modules.
+# Not chosen: a plain ModelPatcher that moves our models itself (its unload calls module.to(offload), which turns
+# memory-mapped weights into RAM copies, and partial loading assumes comfy.ops layers); patching ComfyUI functions.
+class ComfyMemory(MemoryHost):
+    def __init__(self, mm, patcher_base):
+        self.mm = mm
+        self.handle_type = _idle_model_type(patcher_base)
+
+    def make_room(self, nbytes: int, device: torch.device) -> None:
+        if device.type == "cpu":
+            return
+        margin = getattr(self.mm, "minimum_inference_memory", lambda: 0)()
+        self.mm.free_memory(int(nbytes + margin), self._device(device))
+
+    def keep_idle(self, resident: Residency) -> None:
+        handle = resident.host_handle
+        if handle is None:
+            handle = self.handle_type(resident.owner, self._device(resident.device), self.mm.unet_offload_device())
+            resident.host_handle = handle
+        if not handle.registered:
+            handle.registered = True
+            self.mm.load_models_gpu([handle])
+
+    def _device(self, device: torch.device) -> torch.device:
+        """ComfyUI compares devices with ``==``: use its own spelling of the compute device (``cuda:0``)."""
+        own = self.mm.get_torch_device()
+        return own if same_device(own, device) else device
+
+
+def _idle_model_type(base):
+    class WanIdleModel(base):
+        """One of our models idling on the GPU, as ComfyUI's memory manager sees it."""
+
+        def __init__(self, model, load_device, offload_device, size=0, weight_inplace_update=False):
+            self.resident = residency(model)
+            self.registered = False
+            super().__init__(model, load_device, offload_device, size, weight_inplace_update)
+
+        def model_size(self):
+            return self.resident.device_bytes
+
+        def loaded_size(self):
+            return self.resident.device_bytes
+
+        def current_loaded_device(self):
+            return self.load_device if self.resident.loaded else self.offload_device
+
+        def partially_load(self, device_to, extra_memory=0, force_patch_weights=False):
+            return 0  # already on the device: the engine placed it
+
+        def partially_unload(self, device_to, memory_to_free=0):
+            return 0  # all or nothing: ComfyUI then detaches the whole model
+
+        def detach(self, unpatch_all=True):
+            if unpatch_all:
+                self.registered = False
+                self.resident.evict()
+            return self.model
+
+    return WanIdleModel
+
+
+if IN_COMFY:  # pragma: no cover - exercised only inside a ComfyUI process
+    set_memory_host(ComfyMemory(model_management, model_patcher.ModelPatcher))

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from ..wan.devices import module_device
+from ..wan.memory import leave, place
 from ..wan.vae.loader import load_vae
 from ..wan.vae.vae import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, TILED_MODES, WanVAE
 from . import host
@@ -25,15 +27,17 @@ class ChunkProgress:
 
 
 def on_compute_device(vae: WanVAE, run):
-    """Run ``run()`` with the VAE on the compute device, then move it back to where it was (and free memory)."""
+    """Run ``run()`` with the VAE placed on the compute device (``wan.memory``: after asking the host for room), then
+    give it back (its own weights were never moved) and free the cached memory."""
     host.check_interrupted()
     home = vae.device
-    vae.to(host.compute_device())
+    place(vae.model, host.compute_device(), what="VAE")
+    vae.device = module_device(vae.model)
     try:
         return run()
     finally:
-        if vae.device != home:
-            vae.to(home)
+        if leave(vae.model):
+            vae.device = home
             host.free_memory()
 
 
