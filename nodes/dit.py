@@ -14,6 +14,13 @@ log = logging.getLogger("wan_experts")
 CATEGORY = "Wan Experts/loaders"
 DTYPE_TOOLTIP = ("Compute precision. 'default' keeps the file's precision (bf16 for fp8 files, whose weights stay "
                  "fp8 in memory and are upcast layer by layer).")
+OFFLOAD_TOOLTIP = ("Block streaming for GPUs too small for the whole model: this many of the last transformer blocks "
+                   "wait in system memory and are copied to the GPU one at a time just before they run (overlapped "
+                   "with the previous block). 0 = off (the whole model on the GPU); -1 = auto: chosen from the free "
+                   "GPU memory and the video size when sampling starts (the log says what it picked). The 14B models "
+                   "have 40 blocks, 1.3B and 5B 30. Slower as N grows; the model is not copied in system memory (two "
+                   "block-sized buffers are).")
+OFFLOAD_INPUT = ("INT", {"default": 0, "min": -1, "max": 64, "tooltip": OFFLOAD_TOOLTIP})
 ATTENTION_TOOLTIP = ("Attention kernel. 'sdpa' (PyTorch) always works; 'sage' and 'flash' need the sageattention / "
                      "flash-attn package and a CUDA GPU.")
 
@@ -41,11 +48,13 @@ class WanExpertsLoadDiT:
                 "For a Wan 2.2 A14B expert loaded alone: which noise range it serves. 'auto' reads a high_noise / "
                 "low_noise hint in the file name, else 'single'.")}),
             "attention": (list(BACKENDS), {"default": "sdpa", "tooltip": ATTENTION_TOOLTIP}),
+            "offload_blocks": OFFLOAD_INPUT,
         }}
 
-    def load(self, model_name, dtype="default", role="auto", attention="sdpa"):
+    def load(self, model_name, dtype="default", role="auto", attention="sdpa", offload_blocks=0):
         path = host.model_path("diffusion_models", model_name)
-        model = load_dit(path, dtype=dtype, device=host.offload_device(), role=role, attention=attention)
+        model = load_dit(path, dtype=dtype, device=host.offload_device(), role=role, attention=attention,
+                         offload_blocks=offload_blocks)
         return (ExpertSet(model),)
 
 
@@ -69,13 +78,16 @@ class WanExpertsLoadMoE:
                 "Switch to the low-noise expert when timestep < boundary x 1000. 0 = auto: 0.875 for T2V, "
                 "0.900 for I2V (the official values).")}),
             "attention": (list(BACKENDS), {"default": "sdpa", "tooltip": ATTENTION_TOOLTIP}),
+            "offload_blocks": OFFLOAD_INPUT,
         }}
 
-    def load(self, high_noise_model, low_noise_model, dtype="default", boundary=0.0, attention="sdpa"):
+    def load(self, high_noise_model, low_noise_model, dtype="default", boundary=0.0, attention="sdpa",
+             offload_blocks=0):
         high = host.model_path("diffusion_models", high_noise_model)
         low = host.model_path("diffusion_models", low_noise_model)
         experts = load_moe(high, low, dtype=dtype, device=host.offload_device(),
-                           boundary="auto" if boundary == 0 else boundary, attention=attention)
+                           boundary="auto" if boundary == 0 else boundary, attention=attention,
+                           offload_blocks=offload_blocks)
         log.info("Wan MoE %s: boundary %.3f (%s)", experts.variant.id if experts.variant else "?", experts.boundary,
                  "auto" if boundary == 0 else "set")
         return (experts,)

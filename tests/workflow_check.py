@@ -12,7 +12,8 @@ The rules, taken from ComfyUI core (``execution.py``) and the frontend (``useInt
   never appear; an input with ``forceInput`` is a socket only. Every other type (``IMAGE``, ``WAN_MODEL``, ...)
   is a socket and has no entry in ``widgets_values``.
 - ``widgets_values`` is positional, in widget order. A widget keeps its slot when it is converted to an input
-  and linked (the stored value is then unused).
+  and linked (the stored value is then unused). A list shorter than the widgets is read as far as it goes and the
+  rest keep their defaults (a workflow saved before a widget was appended); it must fit the slots it covers.
 - Extra serialized values: an ``INT`` with option ``control_after_generate`` (or, when the option is absent, an
   ``INT`` named ``seed`` or ``noise_seed``) and a ``FLOAT`` with a true ``control_after_generate`` are followed
   by their control value (``fixed``/``increment``/``decrement``/``randomize``). A combo with ``image_upload``
@@ -161,14 +162,15 @@ def _check_widgets(node: dict, input_types: dict, file_widgets: set) -> list[str
     values = node.get("widgets_values", [])
     if not isinstance(values, list):
         return [f"{where}: widgets_values must be a list, got {type(values).__name__}"]
-    if len(values) != len(slots):
-        layout = ", ".join(s.input if s.kind == "value" else f"<{s.kind}>" for s in slots)
-        return [f"{where}: {len(values)} widgets_values for {len(slots)} widget slots ({layout})"]
     problems = []
     for slot, value in zip(slots, values):
         problem = _check_value(slot, value, (node["type"], slot.input) in file_widgets)
         if problem:
             problems.append(f"{where}.{slot.input}: {problem}")
+    if len(values) > len(slots) or (len(values) < len(slots) and problems):
+        layout = ", ".join(s.input if s.kind == "value" else f"<{s.kind}>" for s in slots)
+        read_as = f"; read as far as they go: {'; '.join(problems)}" if problems else ""
+        return [f"{where}: {len(values)} widgets_values for {len(slots)} widget slots ({layout}){read_as}"]
     return problems
 
 
