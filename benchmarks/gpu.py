@@ -2,7 +2,7 @@
 
     python benchmarks/gpu.py                  # real 14B shapes (dim 5120, ffn 13824, 40 heads), 6 blocks,
                                               # 480p x 81 frames (32760 tokens); about 2-3 minutes on one H100/H200
-    python benchmarks/gpu.py --quick          # 2 blocks, 17 frames (7800 tokens), fewer repeats: under a minute
+    python benchmarks/gpu.py --quick          # 4 blocks, 17 frames (7800 tokens), fewer repeats: about a minute
     python benchmarks/gpu.py --json out.json  # also write the numbers as JSON
     python benchmarks/gpu.py --tiny           # tiny shapes on any device: a smoke run of this script (on a CPU
                                               # nothing is placed, so nothing is streamed)
@@ -87,7 +87,7 @@ def shapes_for(args) -> Shapes:
     if args.tiny:
         cfg = WanDiTConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2, text_dim=256, freq_dim=64)
         return Shapes(cfg, 2, 8, 12, 1)
-    blocks = 2 if args.quick else 6
+    blocks = 4 if args.quick else 6
     cfg = WanDiTConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=blocks)  # Wan 14B, a few blocks
     return Shapes(cfg, 5 if args.quick else 21, 60, 104, 2 if args.quick else 3)
 
@@ -293,7 +293,7 @@ def _fmt(value, spec: str) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="2 blocks, 17 frames, 2 repeats")
+    parser.add_argument("--quick", action="store_true", help="4 blocks, 17 frames, 2 repeats")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes on any device (smoke run of the script)")
     parser.add_argument("--json", metavar="OUT", help="write the results as JSON to OUT")
     args = parser.parse_args(argv)
