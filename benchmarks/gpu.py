@@ -37,7 +37,8 @@ sys.path.insert(0, str(ROOT))
 from wan.dit.attention import available_backends  # noqa: E402
 from wan.dit.config import WanDiTConfig  # noqa: E402
 from wan.dit.model import WanDiT  # noqa: E402
-from wan.offload import set_block_streaming  # noqa: E402
+from wan.memory import residency  # noqa: E402
+from wan.offload import activation_bytes, set_block_streaming  # noqa: E402
 from wan.ops import FP8_DTYPES  # noqa: E402
 from wan.sampling.placement import ExpertPlacement  # noqa: E402
 from wan.weights import assign_weights  # noqa: E402
@@ -212,10 +213,15 @@ def run_ours(shapes: Shapes, sd, config: Config, device) -> tuple[Result, torch.
 
     try:
         seconds, peak, out = measure(step, shapes.repeats, device)
+        weights = residency(model).device_bytes
     finally:
         placement.release()
+    result = Result(config.name, seconds, peak)
+    if peak is not None and not config.stream_half:  # how good is the estimate block streaming's auto mode uses?
+        estimate = activation_bytes(shapes.config, shapes.tokens, model.compute_dtype)
+        result.note = f"activations {peak - weights / GiB:.2f} GiB (auto's estimate {estimate / GiB:.2f})"
     del model
-    return Result(config.name, seconds, peak), out.float()
+    return result, out.float()
 
 
 @torch.no_grad()
@@ -257,20 +263,25 @@ def run_all(shapes: Shapes, device) -> list[Result]:
         except Exception as exc:  # one broken configuration must not hide the others
             results.append(Result(config.name, note=f"FAILED: {type(exc).__name__}: {exc}"))
             continue
-        notes = []
-        if anchor is not None:
-            result.time_ratio = result.step_s / anchor.step_s
-            result.memory_ratio = result.peak_gib / anchor.peak_gib if result.peak_gib and anchor.peak_gib else None
-            notes.append(f"vs diffusers {relative_error(out, reference):.1e} (max, relative)")
-        key = (config.weights, config.attention)
-        if not config.stream_half:
-            resident[key] = out
-        elif key in resident:  # streaming moves bytes only: the output must not change at all
-            same = torch.equal(out, resident[key])
-            notes.append("bit-equal to resident" if same else "FAILED: differs from the resident run")
-        result.note = "; ".join(notes)
-        results.append(result)
+        results.append(_compared(result, out, config, anchor, reference, resident))
     return results
+
+
+def _compared(result: Result, out, config: Config, anchor: Result | None, reference, resident: dict) -> Result:
+    """Ratios to diffusers, its output's deviation, and (streaming) bit equality with the resident run."""
+    notes = [result.note] if result.note else []
+    if anchor is not None:
+        result.time_ratio = result.step_s / anchor.step_s
+        result.memory_ratio = result.peak_gib / anchor.peak_gib if result.peak_gib and anchor.peak_gib else None
+        notes.insert(0, f"vs diffusers {relative_error(out, reference):.1e} (max, relative)")
+    key = (config.weights, config.attention)
+    if not config.stream_half:
+        resident[key] = out
+    elif key in resident:  # streaming moves bytes only: the output must not change at all
+        notes.append("bit-equal to resident" if torch.equal(out, resident[key]) else
+                     "FAILED: differs from the resident run")
+    result.note = "; ".join(notes)
+    return result
 
 
 def report(results: list[Result], shapes: Shapes, device) -> dict:

@@ -114,3 +114,16 @@ def test_encoders_run_on_the_device_and_come_back_or_stay():
     assert placed(encoder) and not residency(encoder).in_use
     with running_on(encoder, "cpu", stay=False):  # asked to run at home: the device copy is dropped
         assert pointers(encoder) == home
+
+
+def test_patching_a_model_kept_on_the_device_builds_on_its_own_tensors(expert_files):
+    root = wan.load_dit(expert_files[0])
+    home = pointers(root)
+    placement = ExpertPlacement([root], "meta", "cpu", keep_both=True)
+    placement.activate(root)
+    placement.release()  # kept on the device, idle
+    g = torch.Generator().manual_seed(0)
+    lora = LowRank(torch.randn(256, 2, generator=g), torch.randn(2, 256, generator=g), 0.5)
+    clone = patched(root, PatchSet("l", {"blocks.0.self_attn.q.weight": (lora,)}))  # merged
+    assert not placed(root) and pointers(root) == home
+    assert devices(clone) == {"cpu"} and clone.blocks[1].ffn[0].weight.data_ptr() == home["blocks.1.ffn.0.weight"]

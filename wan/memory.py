@@ -163,6 +163,12 @@ def leave(module: nn.Module, stay: bool = False) -> bool:
     return True
 
 
+def send_home(module: nn.Module) -> None:
+    """Give a placed ``module`` its own tensors back now (before building on them, e.g. a patched copy)."""
+    if placed(module):
+        residency(module).unload()
+
+
 def free_bytes(device) -> int | None:
     """Memory the next allocations on ``device`` can use: the driver's free memory plus what PyTorch's caching
     allocator holds unused. None where it cannot be measured (CPU, other backends)."""

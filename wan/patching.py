@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from .errors import InputError
+from .memory import send_home
 from .ops import FLOAT_DTYPES, Linear
 from .patches import Patch, apply_all
 
@@ -68,6 +69,7 @@ def build(root: nn.Module, sets: list[PatchSet], merge: bool = True) -> nn.Modul
     for s in sets:
         for name, patches in s.patches.items():
             by_param.setdefault(name, []).extend(patches)
+    send_home(root)  # a model kept on the GPU first gets its own tensors back: the copy shares those
     clone = shallow_clone(root)
     for name, patches in by_param.items():
         _patch_parameter(clone, name, tuple(patches), merge)
