@@ -92,9 +92,9 @@ def streamed(model: nn.Module, x: torch.Tensor) -> Iterable[nn.Module]:
 # -- how many blocks -------------------------------------------------------------------------------------------
 def activation_bytes(config, tokens: int, dtype: torch.dtype) -> int:
     """A generous estimate of the memory one forward needs besides the weights, for ``tokens`` (batch x sequence):
-    the float32 residual stream and its norms, q/k/v with their float32 rotary copies, the feed-forward hidden state
-    (which the self-attention part exceeds at Wan's widths), a per-token time embedding (TI2V-5B), and one layer's
-    weight rebuilt in float32 (fp8, quantised or patched layers)."""
+    the float32 residual stream and its norms, then the larger of the attention part (q/k/v with their float32
+    rotary copies) and the feed-forward part (its two hidden states), a per-token time embedding (TI2V-5B), and one
+    layer's weight rebuilt in float32 (fp8, quantised or patched layers)."""
     c, f, b = config.dim, config.ffn_dim, torch.finfo(dtype).bits // 8
     attention = (16 + 4 * b) * c
     feed_forward = (8 + 2 * b) * c + 2 * b * f
