@@ -29,6 +29,8 @@ class ImageCond:
 
     kind "i2v"/"flf2v": ``y`` = [B, 4 + 16, T, h, w] (mask then latent of start[/end] frame and grey frames),
     optional ``clip`` (2.1 models). kind "ti2v": ``first_latent`` = [B, 48, 1, h, w], imposed on latent frame 0.
+    Extending a clip, ``first_latent`` holds the latents of its last frames ([B, C, n, h, w]), which the new segment
+    starts with (imposed for TI2V-5B, held through the velocity for the 36-channel models; see sampling/inputs.py).
     """
 
     kind: str

@@ -19,6 +19,7 @@ from .placement import ExpertPlacement
 from .schedules import Schedule, make_schedule, partial_schedule
 from .solvers import SOLVERS, make_solver
 from .validate import check_sampling_inputs
+from .windowed import plan_windows
 
 log = logging.getLogger("wan_experts")
 
@@ -39,6 +40,7 @@ class SamplerSettings:
     denoise: float = 1.0
     schedule: str = "official"  # or "diffusers" (diffusers' flow-UniPC sigma grid)
     keep_both_resident: bool = False
+    context: Any = None  # ContextWindows (sampling/windows.py): denoise a long video in overlapping windows
 
 
 @dataclass
@@ -89,6 +91,8 @@ def sample(experts: ExpertSet, latents: torch.Tensor, text: TextEmbeds, settings
     s = settings
     device = torch.device(device) if device is not None else latents.device
     run = _plan_run(experts, latents, text, s, noise, image_cond, device)
+    if run.windows is not None:
+        noise, step_cache = run.windows.prepare(noise, step_cache)
     _restore(run.solver, solver_state, s, run.schedule, run.start, device, latents.shape)
     x = run.inputs.impose(_initial(latents, noise, run.schedule, run.start, s.add_noise, device))
     placement = ExpertPlacement(experts.models, device, offload_device or device, s.keep_both_resident)
@@ -116,6 +120,7 @@ class _Run:
     inputs: ModelInputs
     solver: Any
     full_denoise: bool  # the last step returns the clean estimate (stopping early without leftover noise)
+    windows: Any = None  # WindowedSampling, with context windows
 
     @property
     def steps(self) -> range:
@@ -135,7 +140,8 @@ def _plan_run(experts, latents, text, s: SamplerSettings, noise, image_cond, dev
     plan = expert_plan(experts, schedule, range(start, end), s.switch_step)
     inputs = ModelInputs.build(experts, text, image_cond, latents.shape, device)
     full_denoise = end < schedule.steps and not s.return_with_leftover_noise
-    return _Run(schedule, start, end, experts, plan, inputs, make_solver(s.solver, schedule), full_denoise)
+    windows = plan_windows(s.context, experts, latents.shape, inputs, device)
+    return _Run(schedule, start, end, experts, plan, inputs, make_solver(s.solver, schedule), full_denoise, windows)
 
 
 def _step(run: _Run, placement: ExpertPlacement, n: int, i: int, x, s: SamplerSettings, step_cache, callback):
@@ -143,7 +149,12 @@ def _step(run: _Run, placement: ExpertPlacement, n: int, i: int, x, s: SamplerSe
     expert = run.plan[n]
     model = placement.activate(run.experts.low if expert == "low" else run.experts.high)
     t = run.schedule.timestep(i)
-    v = _guided(model, x, run.inputs.timesteps(t), run.inputs, _cfg(s, expert), step_cache, n, expert)
+
+    def guide(x_, inputs: ModelInputs, cache):
+        return _guided(model, x_, inputs.timesteps(t), inputs, _cfg(s, expert), cache, n, expert)
+
+    v = guide(x, run.inputs, step_cache) if run.windows is None else run.windows.velocity(guide, x, i, step_cache)
+    v = run.inputs.hold(v, x, run.schedule.sigma(i))
     x0 = run.inputs.impose(run.solver.x0(i, v, x))
     x = x0 if run.full_denoise and i == run.end - 1 else run.inputs.impose(run.solver.step(i, v, x))
     if callback is not None:

@@ -75,8 +75,17 @@ def check_image_cond(experts: ExpertSet, cond: ImageCond | None, latents: torch.
                          f"connected '{kind}' conditioning belongs to a 36-channel I2V model")
     if kind in ("i2v", "flf2v"):
         _check_y(experts, cond, latents, name)
-    if kind == "ti2v":
-        _check_batched(cond.first_latent, latents, (latents.shape[1], 1) + tuple(latents.shape[-2:]), "start latent")
+    if kind == "ti2v" or (kind is not None and cond.first_latent is not None):
+        _check_leading(cond.first_latent, latents)
+
+
+def _check_leading(first: torch.Tensor | None, latents: torch.Tensor) -> None:
+    """The known leading latent frames (start image, or the frames an extension continues from)."""
+    n = first.shape[2] if torch.is_tensor(first) and first.dim() == 5 else 1
+    if not 1 <= n <= latents.shape[2]:
+        raise InputError(f"the image conditioning holds {n} known latent frames, more than the latent's "
+                         f"{latents.shape[2]}; make the video longer")
+    _check_batched(first, latents, (latents.shape[1], n) + tuple(latents.shape[-2:]), "start latent")
 
 
 def _check_y(experts: ExpertSet, cond: ImageCond, latents: torch.Tensor, name: str) -> None:
