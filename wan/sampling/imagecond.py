@@ -56,6 +56,11 @@ def frame_mask(frames: int, lat_h: int, lat_w: int, last: bool, t_stride: int = 
     given[0] = 1
     if last:
         given[-1] = 1
+    return mask_from_given(given, lat_h, lat_w, t_stride)
+
+
+def mask_from_given(given: torch.Tensor, lat_h: int, lat_w: int, t_stride: int = 4) -> torch.Tensor:
+    """[1, t_stride, T_lat, h, w] from a per-pixel-frame 0/1 vector (e.g. several leading frames when extending)."""
     per_frame = torch.cat([given[:1].repeat(t_stride), given[1:]])  # first frame counts t_stride times
     mask = per_frame.view(-1, t_stride).transpose(0, 1)  # [t_stride, T_lat]
     return mask[None, :, :, None, None].expand(1, t_stride, mask.shape[1], lat_h, lat_w).contiguous()
