@@ -154,6 +154,12 @@ def _conditioning_inputs() -> dict:
     }
 
 
+def _context_input() -> dict:
+    return {"context": ("WAN_CONTEXT", {"tooltip": (
+        "Optional context windows from Wan Context Windows: sample a video longer than the model's 81 (TI2V-5B: 121) "
+        "frames in overlapping windows.")})}
+
+
 class WanExpertsSamplerBasic:
     DISPLAY_NAME = "Wan Sampler"
     DESCRIPTION = ("Denoises a Wan latent video like the official scripts: flow UniPC / DPM++ / Euler with classifier-"
@@ -173,12 +179,12 @@ class WanExpertsSamplerBasic:
             "cfg": _cfg_input("Guidance scale (of both experts of a Wan 2.2 pair); 1 skips the negative pass; 0 = "
                               "official default (5.0; A14B T2V 4.0 high / 3.0 low, I2V 3.5)."),
             **_schedule_inputs(),
-        }, "optional": _conditioning_inputs()}
+        }, "optional": {**_conditioning_inputs(), **_context_input()}}
 
     def run(self, model, text, latent, seed, steps=0, cfg=0.0, shift=0.0, solver="unipc", image_cond=None,
-            step_cache=None):
+            step_cache=None, context=None):
         return WanExpertsSampler().run(model, text, latent, seed, steps=steps, cfg_high=cfg, cfg_low=cfg, shift=shift,
-                                       solver=solver, image_cond=image_cond, step_cache=step_cache)
+                                       solver=solver, image_cond=image_cond, step_cache=step_cache, context=context)
 
 
 class WanExpertsSampler:
@@ -229,12 +235,13 @@ class WanExpertsSampler:
             "keep_both_experts_on_device": ("BOOLEAN", {"default": False, "tooltip": (
                 "Keep both A14B experts on the GPU (faster switch, twice the memory). Off: the idle expert waits "
                 "on the offload device.")}),
+            **_context_input(),
         }}
 
     def run(self, model, text, latent, seed, steps=0, cfg_high=0.0, cfg_low=0.0, shift=0.0, solver="unipc",
             image_cond=None, step_cache=None, boundary=0.0, switch_step=-1, start_step=0, end_step=-1,
             add_noise=True, return_with_leftover_noise=False, denoise=1.0, schedule="official",
-            keep_both_experts_on_device=False):
+            keep_both_experts_on_device=False, context=None):
         samples = _latent_samples(latent)
         auto = resolve_auto(model, steps, shift, cfg_high, cfg_low)
         log.info("Wan Sampler %s", auto.describe())
@@ -243,7 +250,7 @@ class WanExpertsSampler:
             boundary=boundary or None, switch_step=None if switch_step < 0 else switch_step, start_step=start_step,
             end_step=None if end_step < 0 else end_step, add_noise=add_noise,
             return_with_leftover_noise=return_with_leftover_noise, denoise=denoise, schedule=schedule,
-            keep_both_resident=keep_both_experts_on_device)
+            keep_both_resident=keep_both_experts_on_device, context=context)
         host.check_interrupted()
         progress = StepProgress()
         result = sample(model, normalize(samples), text, settings,

@@ -21,7 +21,7 @@ def test_pixel_frames_convert_like_comfyui_core():
     c = ContextWindows(81, 16)
     assert (c.size, c.overlap) == (21, 4)
     assert ContextWindows(81, 30).overlap == 8 and ContextWindows(81, 0).overlap == 0
-    assert ContextWindows(5, 3).overlap == 1  # capped below the window length
+    assert ContextWindows(5, 3).overlap == 1 and ContextWindows(9, 8).overlap == 2
 
 
 def test_ordered_halving_is_the_bit_reversed_fraction():
@@ -105,7 +105,7 @@ def test_prompts_spread_over_the_video_in_order():
 
 @pytest.mark.parametrize("kwargs,needle", [
     ({"context_frames": 80}, r"4n\+1"), ({"context_frames": 1}, "at least 5"),
-    ({"context_overlap": 80}, "less than context_frames"), ({"schedule": "loop"}, "schedule"),
+    ({"context_overlap": 81}, "less than context_frames"), ({"schedule": "loop"}, "schedule"),
     ({"fuse": "flat"}, "fuse"), ({"image_cond": "none"}, "image_cond"),
     ({"prompts": torch.zeros(4, 32)}, "prompts")])
 def test_bad_settings_are_named(kwargs, needle):

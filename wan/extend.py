@@ -42,6 +42,7 @@ class Extension:
     video: torch.Tensor  # the joined clip [N, H, W, 3]
     segment: torch.Tensor  # the new segment alone (colour-matched), [frames, H, W, 3]
     latents: torch.Tensor  # its raw VAE latents [1, C, T, h, w]
+    cache_report: object = None  # the step cache's report, if one was used
 
 
 def check_extension(experts, vae, video: torch.Tensor, ext: ExtendSettings, clip_vision=None) -> tuple[int, int]:
@@ -117,18 +118,20 @@ def decode_frames(vae, latents: torch.Tensor, **kwargs) -> torch.Tensor:
 
 
 def extend(experts, vae, video: torch.Tensor, text, sampler, ext: ExtendSettings, seed: int, *, clip_vision=None,
-           step_cache=None, device=None, offload_device=None, callback=None) -> Extension:
-    """Plain-Python extension in one call (the VAE works where it is): condition, sample, decode, match, join."""
+           step_cache=None, device=None, offload_device=None, callback=None, vae_call=None) -> Extension:
+    """Condition, sample, decode, colour-match and join. ``vae_call(work)`` runs VAE work where the VAE should work
+    (default: where it is) and returns its result; ``sampler`` is a ``SamplerSettings`` (context windows too)."""
     from .sampling import make_noise, sample
 
+    on_vae = vae_call or (lambda work: work())
     width, height = check_extension(experts, vae, video, ext, clip_vision)
-    tail = tail_pixels(video, ext.overlap).to(vae.device)
+    tail = tail_pixels(video, ext.overlap)
     clip = None if clip_vision is None else clip_vision.encode(tail[:, :, 0])
-    cond = extension_condition(vae, tail, ext.frames, clip)
+    cond = on_vae(lambda: extension_condition(vae, tail.to(vae.device), ext.frames, clip))
     shape = latent_shape(width, height, ext.frames, vae.z_dim, 1, tuple(vae.stride))
     result = sample(experts, torch.zeros(shape), text, sampler, noise=make_noise(shape, seed), image_cond=cond,
                     step_cache=step_cache, callback=callback, device=device, offload_device=offload_device)
-    latents = denormalize(result.latents)
-    segment = decode_frames(vae, latents.to(vae.device), output_device="cpu")
+    latents = denormalize(result.latents).cpu()
+    segment = on_vae(lambda: decode_frames(vae, latents, output_device="cpu"))
     joined, segment = finish_segment(video.cpu().float(), segment, ext)
-    return Extension(joined, segment, latents.cpu())
+    return Extension(joined, segment, latents, result.cache_report)

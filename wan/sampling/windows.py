@@ -69,7 +69,7 @@ class ContextWindows:
 
     @property
     def overlap(self) -> int:
-        """Overlap in latent frames (at most size - 1)."""
+        """Overlap in latent frames (at most size - 1: windows must advance)."""
         return min(math.ceil(self.context_overlap / 4), self.size - 1)
 
     def describe(self) -> str:
@@ -84,9 +84,9 @@ def check_context(c: ContextWindows) -> None:
         fix = max(5, round((c.context_frames - 1) / 4) * 4 + 1)
         raise InputError(f"context_frames {c.context_frames} must be of the form 4n+1 and at least 5 (e.g. 81, the "
                          f"length Wan was trained on); use {fix}")
-    if not 0 <= c.context_overlap < c.context_frames - 1:
-        raise InputError(f"context_overlap {c.context_overlap} must be at least 0 and less than context_frames - 1 "
-                         f"({c.context_frames - 1}); 16 to 32 frames is usual")
+    if not 0 <= c.context_overlap < c.context_frames:
+        raise InputError(f"context_overlap {c.context_overlap} must be at least 0 and less than context_frames "
+                         f"({c.context_frames}); 16 to 32 frames is usual")
     for name, value, allowed in (("schedule", c.schedule, SCHEDULES), ("fuse", c.fuse, FUSES),
                                  ("image_cond", c.image_cond, IMAGE_MODES)):
         if value not in allowed:
