@@ -47,6 +47,21 @@ class Extension:
 
 def check_extension(experts, vae, video: torch.Tensor, ext: ExtendSettings, clip_vision=None) -> tuple[int, int]:
     """Everything an extension needs, checked before any work; returns the output (width, height)."""
+    task = model_task(experts)
+    if task == "t2v" or experts.config.flf_pos_len:
+        raise InputError("extending a video needs an image-to-video model (Wan 2.1 I2V, Wan 2.2 I2V-A14B or "
+                         "TI2V-5B); text-to-video and first-last-frame models cannot start from given frames")
+    if vae.z_dim != experts.config.out_dim:
+        raise InputError(f"the VAE makes {vae.z_dim}-channel latents but the model works on "
+                         f"{experts.config.out_dim}; use the Wan 2.2 VAE with TI2V-5B, the Wan 2.1 VAE otherwise")
+    if experts.config.has_clip and clip_vision is None:
+        raise InputError("this Wan 2.1 image-to-video model also needs CLIP vision features: connect Load Wan CLIP "
+                         "Vision (clip_vision_h) so the first given frame can be encoded")
+    return check_video_size(video, ext, vae.z_dim, tuple(vae.stride))
+
+
+def check_video_size(video: torch.Tensor, ext: ExtendSettings, z_dim: int, stride: tuple) -> tuple[int, int]:
+    """The video and the extension settings (no model needed); returns the output (width, height)."""
     if not torch.is_tensor(video) or video.dim() != 4 or video.shape[-1] < 3:
         raise InputError(f"the video to extend must be frames [N, H, W, 3]; got "
                          f"{tuple(video.shape) if torch.is_tensor(video) else type(video).__name__}")
@@ -58,18 +73,8 @@ def check_extension(experts, vae, video: torch.Tensor, ext: ExtendSettings, clip
         raise InputError(f"overlap {ext.overlap} is longer than the video to extend ({video.shape[0]} frames)")
     if ext.color_match not in COLOR_MATCH:
         raise InputError(f"color_match '{ext.color_match}' is unknown; use one of {COLOR_MATCH}")
-    task = model_task(experts)
-    if task == "t2v" or experts.config.flf_pos_len:
-        raise InputError("extending a video needs an image-to-video model (Wan 2.1 I2V, Wan 2.2 I2V-A14B or "
-                         "TI2V-5B); text-to-video and first-last-frame models cannot start from given frames")
-    if vae.z_dim != experts.config.out_dim:
-        raise InputError(f"the VAE makes {vae.z_dim}-channel latents but the model works on "
-                         f"{experts.config.out_dim}; use the Wan 2.2 VAE with TI2V-5B, the Wan 2.1 VAE otherwise")
-    if experts.config.has_clip and clip_vision is None:
-        raise InputError("this Wan 2.1 image-to-video model also needs CLIP vision features: connect Load Wan CLIP "
-                         "Vision (clip_vision_h) so the first given frame can be encoded")
     height, width = video.shape[1:3]
-    latent_shape(width, height, ext.frames, vae.z_dim, 1, tuple(vae.stride))  # size rules, named errors
+    latent_shape(width, height, ext.frames, z_dim, 1, stride)  # size rules, named errors
     return width, height
 
 

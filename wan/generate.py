@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from .color import COLOR_MATCH
 from .errors import InputError, WanError
 from .pipeline import Settings, run
 from .prompts.cli import add_prompt_extend_flags, prompt_extend_from_args
@@ -29,6 +30,7 @@ SOLVERS = ("unipc", "dpm++")
 EXAMPLE_PROMPT = ("Two anthropomorphic cats in comfy boxing gear and bright gloves fight intensely on a "
                   "spotlighted stage.")
 DEMO_SIZE, DEMO_FRAMES, DEMO_STEPS = "96*64", 9, 4
+EXTEND_TASKS = ("i2v-14B", "i2v-A14B", "ti2v-5B")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="TeaCache step skipping with this threshold (e.g. 0.08 for 1.3B, 0.2 for 14B)")
     cache.add_argument("--magcache", type=float, default=None, metavar="THRESH",
                        help="MagCache step skipping with this threshold (e.g. 0.12 for Wan 2.1, 0.05 for 2.2)")
+    p.add_argument("--extend_from", default=None, metavar="VIDEO",
+                   help="continue this video from its last frames (i2v-14B, i2v-A14B, ti2v-5B; its size is kept): "
+                        "--frame_num is the new segment's length, overlap included; the output is the joined video")
+    p.add_argument("--extend_overlap", type=int, default=5, metavar="N",
+                   help="with --extend_from: the video's last N frames (4n+1) that the new segment starts from")
+    p.add_argument("--color_match", default="mean_std", choices=COLOR_MATCH,
+                   help="with --extend_from: match the new segment's colours to the video's end (in Lab)")
     p.add_argument("--device", default="auto", help="cuda, cuda:1, cpu, or auto")
     add_prompt_extend_flags(p)
     p.add_argument("--demo", action="store_true",
@@ -90,7 +99,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         negative=args.neg_prompt or variant.default_negative_prompt, image=image, last_image=last_image,
         ckpt_dir=ckpt_dir, save_file=_save_file(args.save_file, args.task, size, prompt),
         offload=True if args.offload_model is None else args.offload_model, t5_cpu=args.t5_cpu, cache=cache,
-        device=_device(args.device), demo=args.demo, prompt_extend=prompt_extend_from_args(args))
+        device=_device(args.device), demo=args.demo, prompt_extend=prompt_extend_from_args(args),
+        extend_from=_extend_from(args, frames), extend_overlap=args.extend_overlap, color_match=args.color_match)
 
 
 def parse_size(size: str, task: str, variant: Variant, demo: bool = False) -> tuple[int, int]:
@@ -145,7 +155,7 @@ def _shift(value: float | None, variant: Variant, size: str) -> float:
 def _images(args, variant: Variant) -> tuple[Path | None, Path | None]:
     image = Path(args.image) if args.image else None
     last = Path(args.last_image) if args.last_image else None
-    if variant.needs_image and image is None and not args.demo:
+    if variant.needs_image and image is None and not args.demo and not args.extend_from:
         raise InputError(f"--task {args.task} needs a start image: pass --image path/to/image.png")
     if variant.task == "flf2v" and last is None and not args.demo:
         raise InputError(f"--task {args.task} needs an end image too: pass --last_image path/to/image.png")
@@ -157,6 +167,25 @@ def _images(args, variant: Variant) -> tuple[Path | None, Path | None]:
         if path is not None and not path.is_file():
             raise InputError(f"{flag} '{path}' does not exist or is not a file")
     return image, last
+
+
+def _extend_from(args, frames: int) -> Path | None:
+    """--extend_from: an existing video, an image-to-video task, no start image, a 4n+1 overlap within the segment."""
+    if not args.extend_from:
+        return None
+    path = Path(args.extend_from)
+    if args.task not in EXTEND_TASKS:
+        raise InputError(f"--extend_from needs an image-to-video task ({', '.join(EXTEND_TASKS)}); {args.task} "
+                         f"cannot start from given frames")
+    if args.image or args.last_image or args.size:
+        raise InputError("--extend_from continues the video's own last frames at its own size; drop --image, "
+                         "--last_image and --size")
+    n = args.extend_overlap
+    if n < 1 or (n - 1) % 4 or n >= frames:
+        raise InputError(f"--extend_overlap {n} must be 4n+1 (1, 5, 9, ...) and less than --frame_num {frames}")
+    if not path.is_file():
+        raise InputError(f"--extend_from '{path}' does not exist or is not a file")
+    return path
 
 
 def _ckpt_dir(value: str | None, task: str) -> Path:

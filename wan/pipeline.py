@@ -45,6 +45,9 @@ class Settings:
     device: str
     demo: bool = False
     prompt_extend: PromptExtendFlags | None = None  # --use_prompt_extend: rewrite the prompt before encoding
+    extend_from: Path | None = None  # continue this video (wan/extend_run.py) instead of starting from nothing
+    extend_overlap: int = 5
+    color_match: str = "off"
 
 
 # -- the official folder ------------------------------------------------------------------------------------------
@@ -92,6 +95,10 @@ def run(s: Settings) -> Path:
     from .sampling import latent_shape, make_noise
     from .video import write_video
 
+    if s.extend_from is not None:
+        from .extend_run import run_extension
+
+        return run_extension(s)
     images = [load_image(p) for p in (s.image, s.last_image) if p is not None] or _demo_images(s)
     width, height = output_size(s, images[0] if images else None)
     z_dim, stride = (48, (4, 16, 16)) if s.variant.vae == "2.2" else (16, (4, 8, 8))

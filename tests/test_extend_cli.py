@@ -1,0 +1,69 @@
+"""``python -m wan.generate --extend_from VIDEO``: the demo models continue a video file end to end (the written file
+holds the original frames, then the new ones); bad flags stop the run with a clear message before any model loads.
+
+Oracle for the frames: the original video decoded by PyAV; the frames before the overlap must come back as they
+went in, up to the H.264 round trip (two encodes at crf 19; tolerance 12/255 on the mean absolute difference).
+"""
+import av
+import numpy as np
+import pytest
+import torch
+
+import wan.dit.loader
+import wan.encoders.text_encoder
+from test_cache_tools import one_thread  # noqa: F401  (autouse fixture)
+from wan.generate import main
+from wan.video import write_video
+
+
+def frames_of(path):
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)]), \
+            container.metadata.get("comment", "")
+
+
+def a_video(path, frames=9, width=96, height=64):
+    y, x = torch.meshgrid(torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij")
+    video = torch.stack([torch.stack([x, y, (x + y + f / frames) % 1], -1) for f in range(frames)])
+    return write_video(video, path, fps=16)
+
+
+@pytest.mark.parametrize("task", ["i2v-A14B"])
+def test_demo_extends_a_video_file(tmp_path, task):
+    source, out = a_video(tmp_path / "clip.mp4"), tmp_path / "longer.mp4"
+    assert main(["--task", task, "--demo", "--extend_from", str(source), "--frame_num", "9", "--extend_overlap",
+                 "5", "--sample_steps", "2", "--save_file", str(out), "--device", "cpu"]) == 0
+    original, _ = frames_of(source)
+    joined, comment = frames_of(out)
+    assert joined.shape == (9 + 9 - 5, 64, 96, 3)
+    assert np.abs(joined[:4].astype(float) - original[:4]).mean() <= 12
+    assert "--extend_from" in comment and f"--task {task}" in comment
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the settings were checked")
+
+    monkeypatch.setattr(wan.dit.loader, "load_dit", refuse)
+    monkeypatch.setattr(wan.encoders.text_encoder, "load_text_encoder", refuse)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--task", "t2v-1.3B"], "needs an image-to-video task"),
+    (["--task", "ti2v-5B", "--extend_overlap", "4"], "must be 4n+1"),
+    (["--task", "ti2v-5B", "--extend_overlap", "9"], "less than --frame_num 9"),
+    (["--task", "i2v-A14B", "--size", "96*64"], "drop --image"),
+    (["--task", "ti2v-5B", "--extend_from", "missing.mp4"], "does not exist"),
+])
+def test_bad_extension_flags(tmp_path, flags, message, capsys, no_loading):
+    source = a_video(tmp_path / "clip.mp4")
+    args = ["--demo", "--extend_from", str(source), "--frame_num", "9"] + flags
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_video_of_the_wrong_size_is_named_before_loading(tmp_path, capsys, no_loading):
+    source = a_video(tmp_path / "clip.mp4", width=80)  # not a multiple of 32 (Wan 2.2 VAE x patch)
+    assert main(["--demo", "--task", "ti2v-5B", "--extend_from", str(source), "--frame_num", "9"]) == 2
+    assert "width 80 is not a multiple of 32" in capsys.readouterr().err
