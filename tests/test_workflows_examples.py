@@ -22,7 +22,10 @@ from wan import demo
 WORKFLOWS = ROOT / "workflows"
 API_FILES = sorted((WORKFLOWS / "api").glob("*.json"))
 UI_FILES = sorted(WORKFLOWS.glob("*.json"))
-TINY = {"width": 64, "height": 32, "frames": 5, "steps": 3}
+TINY = {"width": 64, "height": 32, "frames": 5, "steps": 3, "context_frames": 5, "context_overlap": 4,
+        "overlap_frames": 1}
+LONG_FRAMES = 13  # a video sampled in context windows: 4 latent frames in windows of 2
+EXTEND = "WanExpertsExtendVideo"
 FILE_INPUTS = {"model_name": "diffusion_models", "high_noise_model": "diffusion_models",
                "low_noise_model": "diffusion_models", "text_encoder_name": "text_encoders", "vae_name": "vae",
                "clip_name": "clip_vision"}
@@ -89,11 +92,12 @@ def write_images(graph: dict, input_dir: Path) -> None:
 
 
 def shrink(graph: dict) -> dict:
+    long = any(node["class_type"] == "WanExpertsContextWindows" for node in graph.values())
     for node in graph.values():
         inputs = node["inputs"]
         for key, value in TINY.items():
             if key in inputs and not isinstance(inputs[key], list):
-                inputs[key] = value
+                inputs[key] = LONG_FRAMES if key == "frames" and long and node["class_type"] != EXTEND else value
         if "allow_fallback" in inputs:
             inputs["allow_fallback"] = True
     return graph
@@ -116,7 +120,14 @@ def test_api_workflow_runs_with_tiny_models(path, classes, models_dir, tmp_path,
     with av.open(str(file)) as container:
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
         assert json.loads(container.metadata["prompt"])[node_id]["class_type"] == "WanExpertsSaveVideo"
-    assert len(frames) == TINY["frames"] and frames[0].shape[:2] == (TINY["height"], TINY["width"])
+    assert len(frames) == expected_frames(graph) and frames[0].shape[:2] == (TINY["height"], TINY["width"])
+
+
+def expected_frames(graph: dict) -> int:
+    """The sampled video's frames, plus the new frames of each extension (segment minus the frames it shares)."""
+    nodes = [n for n in graph.values() if "frames" in n["inputs"]]
+    first = next(n["inputs"]["frames"] for n in nodes if n["class_type"] != EXTEND)
+    return first + sum(n["inputs"]["frames"] - n["inputs"]["overlap_frames"] for n in nodes if n["class_type"] == EXTEND)
 
 
 @pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)

@@ -33,9 +33,10 @@ STAGES = (  # (group title, colour, node types); nodes of other types go with th
                            "WanExpertsLoadCLIPVision", "WanExpertsLoadVAE")),
     ("Prompt", "#8a8a3f", ("WanExpertsTextEncode", "WanExpertsConditioningFromCore")),
     ("Image and latent", "#3f8a6b", ()),
-    ("Sampling", "#8a5a3f", ("WanExpertsTeaCache", "WanExpertsMagCache", "WanExpertsSamplerBasic",
-                             "WanExpertsSampler")),
-    ("Output", "#6b3f8a", ("WanExpertsVAEDecode", "WanExpertsSaveVideo", "WanExpertsCreateVideo")),
+    ("Sampling", "#8a5a3f", ("WanExpertsTeaCache", "WanExpertsMagCache", "WanExpertsContextWindows",
+                             "WanExpertsSamplerBasic", "WanExpertsSampler")),
+    ("Output", "#6b3f8a", ("WanExpertsVAEDecode", "WanExpertsExtendVideo", "WanExpertsSaveVideo",
+                           "WanExpertsCreateVideo")),
 )
 
 

@@ -188,6 +188,68 @@ def ti2v_5b(with_image: bool) -> Spec:
         title, files, REPACK_22, "50 steps, shift 5, guidance 5, 1280x704, 121 frames at 24 fps", extra), nodes)
 
 
+WINDOW_PROMPTS = ("Two anthropomorphic cats in boxing gear circle each other on a spotlighted stage.\n"
+                  "The cats trade fast punches; the crowd behind them cheers.\n"
+                  "One cat is knocked down; the other raises its gloves in victory as confetti falls.")
+
+
+def t2v_a14b_context_windows() -> Spec:
+    """241 frames (15 s) of Wan 2.2 T2V-A14B in context windows of 81 frames, with one prompt per third."""
+    vid, name = "wan22_t2v_a14b", "wan2.2_t2v_A14B_241_frames_context_windows"
+    title = "Wan 2.2 text to video, 241 frames in context windows (A14B)"
+    high, low = (f"wan2.2_t2v_{r}_noise_14B_fp8_scaled.safetensors" for r in ("high", "low"))
+    sampler = _sampler(vid, ("latent", 0))
+    sampler.links["context"] = ("context", 0)
+    nodes = [N("dit", "WanExpertsLoadMoE", {"high_noise_model": high, "low_noise_model": low}),
+             *_text_nodes(vid, "t2v"), N("vae", "WanExpertsLoadVAE", {"vae_name": VAE21}),
+             N("latent", "WanExpertsEmptyLatent", {"width": 832, "height": 480, "frames": 241}),
+             N("context", "WanExpertsContextWindows",
+               {"context_frames": 81, "context_overlap": 16, "schedule": "static", "fuse": "linear",
+                "freenoise": True, "image_cond": "first", "window_prompts": WINDOW_PROMPTS},
+               {"text_encoder": ("t5", 0)}),
+             sampler, *_output(vid, "video/Wan2.2_t2v_241_frames")]
+    files = [("diffusion_models", high), ("diffusion_models", low), ("text_encoders", T5_FILE), ("vae", VAE21)]
+    extra = (" Wan Context Windows splits the 241 frames (61 latent frames) into 4 windows of 81 frames that "
+             "overlap by at least 16; each step runs every window and blends them. The three window prompts follow "
+             "each other over the video (the sampler's prompt is used where none are given). Memory is that of "
+             "one 81-frame window; time grows with the number of windows.")
+    return Spec(name, title, _files_note(title, files, REPACK_22, "40 steps, shift 12, guidance 4 (high-noise "
+                                         "expert) / 3 (low-noise expert), 832x480 at 16 fps", extra), nodes)
+
+
+def i2v_a14b_extended() -> Spec:
+    """A Wan 2.2 I2V-A14B clip extended twice from its last 5 frames: 81 + 76 + 76 = 233 frames."""
+    vid, name = "wan22_i2v_a14b", "wan2.2_i2v_A14B_extend_3_segments"
+    title = "Wan 2.2 image to video, extended to 3 segments (A14B)"
+    high, low = (f"wan2.2_i2v_{r}_noise_14B_fp8_scaled.safetensors" for r in ("high", "low"))
+    v = VARIANTS[vid]
+    size = {"width": 832, "height": 480, "frames": 81}
+
+    def extension(key: str, source: str, seed: int) -> N:
+        return N(key, "WanExpertsExtendVideo",
+                 {"seed": seed, "steps": v.steps, "cfg_high": v.guidance[1], "cfg_low": v.guidance[0],
+                  "shift": v.shift, "solver": "unipc", "frames": 81, "overlap_frames": 5, "color_match": "mean_std"},
+                 {"model": ("dit", 0), "text": ("text", 0), "vae": ("vae", 0), "video": (source, 0)})
+
+    nodes = [N("dit", "WanExpertsLoadMoE", {"high_noise_model": high, "low_noise_model": low}),
+             *_text_nodes(vid, "i2v"), N("vae", "WanExpertsLoadVAE", {"vae_name": VAE21}),
+             N("image", "LoadImage", {"image": "start_image.png"}, title="Start image"),
+             N("i2v", "WanExpertsImageToVideo", size, {"vae": ("vae", 0), "start_image": ("image", 0)}),
+             _sampler(vid, ("i2v", 1), ("i2v", 0)),
+             N("decode", "WanExpertsVAEDecode", {}, {"vae": ("vae", 0), "samples": ("sampler", 0)}),
+             extension("extend2", "decode", SEED + 1), extension("extend3", "extend2", SEED + 2),
+             N("save", "WanExpertsSaveVideo", {"fps": float(v.fps), "filename_prefix": "video/Wan2.2_i2v_extended"},
+               {"images": ("extend3", 0)})]
+    files = [("diffusion_models", high), ("diffusion_models", low), ("text_encoders", T5_FILE), ("vae", VAE21)]
+    extra = (" Each Wan Extend Video continues the video from its last 5 frames: they start the next 81-frame "
+             "segment (I2V mask and held latents), the shared frames are cross-faded and the new colours are "
+             "matched to the video's end (mean/std in Lab). Chain more of them for longer videos; change the "
+             "prompt per segment by giving each its own Wan Text Encode. Put the start image into "
+             "`ComfyUI/input/`.")
+    return Spec(name, title, _files_note(title, files, REPACK_22, "40 steps, shift 5, guidance 3.5, 832x480, 81 "
+                                         "frames per segment at 16 fps", extra), nodes)
+
+
 TEACACHE = N("cache", "WanExpertsTeaCache", {"threshold": 0.08, "mode": "e"})  # authors' 1.3B setting: ~2x
 MAGCACHE = N("cache", "WanExpertsMagCache", {"threshold": 0.05, "K": 2, "retention_ratio": 0.2})
 
@@ -201,4 +263,6 @@ SPECS = [
     ti2v_5b(True),
     t2v_13b("wan2.1_t2v_1.3B_teacache", TEACACHE, "Wan 2.1 text to video (1.3B) with TeaCache"),
     a14b("t2v", MAGCACHE, "wan2.2_t2v_A14B_magcache", "Wan 2.2 text to video (A14B) with MagCache"),
+    t2v_a14b_context_windows(),
+    i2v_a14b_extended(),
 ]
