@@ -23,10 +23,10 @@ sys.path.insert(0, str(ROOT))
 
 from wan.conditioning import TextEmbeds  # noqa: E402
 from wan.dit.config import WanDiTConfig  # noqa: E402
-from wan.dit.model import WanDiT  # noqa: E402
 from wan.experts import ExpertSet  # noqa: E402
 from wan.sampling import SamplerSettings, make_noise, sample  # noqa: E402
 from wan.sampling.windows import ContextWindows  # noqa: E402
+from sampler_overhead import random_model  # noqa: E402  (benchmarks/ is the script's folder)
 
 SIZES = {  # name -> (config, latent shape [B, C, T, h, w], steps, repeats)
     "tiny": (WanDiTConfig(dim=128, ffn_dim=256, num_heads=1, num_layers=1, text_dim=64), (1, 16, 8, 16, 16), 2, 2),
@@ -48,14 +48,6 @@ class TimedAttention:
         out = self.fn(q, k, v, *args, **kwargs)
         self.seconds += time.perf_counter() - start
         return out
-
-
-def random_model(cfg: WanDiTConfig) -> WanDiT:
-    model = WanDiT(cfg).eval().requires_grad_(False)
-    g = torch.Generator().manual_seed(0)
-    for p in model.parameters():
-        p.copy_(torch.randn(p.shape, generator=g) * 0.02)
-    return model
 
 
 def measure(size: str) -> list[dict]:

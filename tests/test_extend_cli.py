@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-import wan.dit.loader
-import wan.encoders.text_encoder
 from test_cache_tools import one_thread  # noqa: F401  (autouse fixture)
+from test_cli_generate import no_loading  # noqa: F401  (fixture: any model load fails the test)
 from wan.generate import main
 from wan.video import write_video
 
@@ -38,15 +37,6 @@ def test_demo_extends_a_video_file(tmp_path, task):
     assert joined.shape == (9 + 9 - 5, 64, 96, 3)
     assert np.abs(joined[:4].astype(float) - original[:4]).mean() <= 12
     assert "--extend_from" in comment and f"--task {task}" in comment
-
-
-@pytest.fixture
-def no_loading(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded before the settings were checked")
-
-    monkeypatch.setattr(wan.dit.loader, "load_dit", refuse)
-    monkeypatch.setattr(wan.encoders.text_encoder, "load_text_encoder", refuse)
 
 
 @pytest.mark.parametrize("flags, message", [
