@@ -83,7 +83,8 @@ def measure(size: str) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="small model and video: a quick smoke run")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--threads", type=int, default=1, help=(
+        "torch CPU threads (default 1: steadier timings on a shared machine)"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = measure("tiny" if args.tiny else "mid")

@@ -45,7 +45,7 @@ def condition(kind: str, frames=FRAMES):
     return None
 
 
-def settings(kind, context=None, steps=4):
+def settings(context=None, steps=4):
     return SamplerSettings(steps, 5.0, cfg_high=4.0, cfg_low=3.0, context=context)
 
 
@@ -54,7 +54,7 @@ def run(experts, kind, context=None, frames=FRAMES, noise=None, cond="auto", emb
     shape = (1, c, frames, H, W)
     noise = make_noise(shape, 3) if noise is None else noise
     cond = condition(kind, frames) if cond == "auto" else cond
-    return sample(experts, torch.zeros(shape), embeds or text(), settings(kind, context, steps), noise=noise,
+    return sample(experts, torch.zeros(shape), embeds or text(), settings(context, steps), noise=noise,
                   image_cond=cond, step_cache=cache)
 
 

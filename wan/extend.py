@@ -93,7 +93,7 @@ def extension_condition(vae, tail: torch.Tensor, frames: int, clip: torch.Tensor
     return ImageCond("i2v", y=y, clip=clip, first_latent=z[:, :, :known].clone())
 
 
-def finish_segment(video: torch.Tensor, segment: torch.Tensor, ext: ExtendSettings) -> tuple[torch.Tensor, torch.Tensor]:
+def finish_segment(video: torch.Tensor, segment: torch.Tensor, ext: ExtendSettings) -> tuple[torch.Tensor, ...]:
     """(joined clip, colour-matched segment): match the segment to the clip's last frames, then cross-fade."""
     tail = video[-ext.overlap:]
     segment = match_colors(segment, tail, ext.color_match)

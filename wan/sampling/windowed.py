@@ -135,6 +135,6 @@ def _leading_frames(inputs: ModelInputs) -> int:
 
 
 def _frames_of(token_mask: torch.Tensor, length: int, index: torch.Tensor) -> torch.Tensor:
-    """Per-token factors [B, T * hw] of some latent frames (temporal patch 1: the tokens of a frame follow each other)."""
+    """Per-token factors [B, T * hw] of some latent frames (temporal patch 1: a frame's tokens are contiguous)."""
     b = token_mask.shape[0]
     return token_mask.reshape(b, length, -1).index_select(1, index).reshape(b, -1)
