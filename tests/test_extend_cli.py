@@ -57,3 +57,27 @@ def test_video_of_the_wrong_size_is_named_before_loading(tmp_path, capsys, no_lo
     source = a_video(tmp_path / "clip.mp4", width=80)  # not a multiple of 32 (Wan 2.2 VAE x patch)
     assert main(["--demo", "--task", "ti2v-5B", "--extend_from", str(source), "--frame_num", "9"]) == 2
     assert "width 80 is not a multiple of 32" in capsys.readouterr().err
+
+
+def test_prompt_extension_sees_the_segment_and_falls_back(tmp_path, monkeypatch, caplog):
+    """--use_prompt_extend with --extend_from: the extension is asked (here Dashscope without a key, so it fails)
+    with the segment's first frame, and the run goes on with the original prompt, as the official fallback."""
+    import logging
+
+    import wan.extend_run
+    import wan.prompts.cli
+
+    monkeypatch.delenv("DASH_API_KEY", raising=False)
+    seen, shown, encode, ask = [], [], wan.extend_run.encode_text, wan.prompts.cli.extend_for_run
+    monkeypatch.setattr(wan.extend_run, "encode_text", lambda files, s, device: seen.append(s.prompt) or
+                        encode(files, s, device))
+    monkeypatch.setattr(wan.prompts.cli, "extend_for_run", lambda *a, **k: shown.append(a[6]) or ask(*a, **k))
+    source = a_video(tmp_path / "clip.mp4")
+    with caplog.at_level(logging.WARNING, logger="wan_experts"):
+        rc = main(["--task", "ti2v-5B", "--demo", "--extend_from", str(source), "--frame_num", "9", "--prompt",
+                   "a cat", "--sample_steps", "1", "--save_file", str(tmp_path / "out.mp4"), "--device", "cpu",
+                   "--use_prompt_extend", "--prompt_extend_method", "dashscope"])
+    assert rc == 0 and seen == ["a cat"]
+    (images,) = shown
+    assert len(images) == 1 and images[0].shape == (1, 3, 64, 96)
+    assert any("Falling back to the original prompt" in r.getMessage() for r in caplog.records)
