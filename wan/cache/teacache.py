@@ -33,8 +33,10 @@ class TeaState(BranchState):
     previous: torch.Tensor | None = None
 
 
-def relative_l1(current: torch.Tensor, previous: torch.Tensor) -> float:
-    return ((current - previous).abs().mean() / previous.abs().mean()).item()
+def relative_l1(current: torch.Tensor, previous: torch.Tensor, mean=torch.mean) -> float:
+    """mean|current - previous| / mean|previous|; ``mean`` averages over the whole sequence (``DiTState.token_mean``
+    when each rank holds a slice of the tokens, so that every rank makes the same decision)."""
+    return (mean((current - previous).abs()) / mean(previous.abs())).item()
 
 
 class TeaCache(StepCache):
@@ -91,7 +93,7 @@ class TeaCache(StepCache):
         if st.previous is None or not start <= call.step < end or self.threshold == 0:
             compute = True
         else:
-            st.accumulated += float(self._poly(relative_l1(signal, st.previous)))
+            st.accumulated += float(self._poly(relative_l1(signal, st.previous, state.token_mean)))
             compute = st.accumulated >= self.threshold
         st.previous = signal
         return compute

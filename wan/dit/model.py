@@ -6,6 +6,7 @@ modulation, norms, time embedding and head run in float32; attention and feed-fo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
@@ -17,6 +18,9 @@ from ..variants import Variant
 from .attention import AttentionFn, get_attention
 from .config import WanDiTConfig
 from .rope import apply_rope, grid_freqs
+
+if TYPE_CHECKING:
+    from ..distributed.ulysses import SequenceParallel, TokenShard
 
 IMAGE_EMBED_EPS = 1e-5  # the image projection uses torch's default LayerNorm eps
 
@@ -94,12 +98,13 @@ class Block(nn.Module):
         self.modulation = nn.Parameter(torch.zeros(1, 6, cfg.dim))
 
     def forward(self, x: torch.Tensor, e0: torch.Tensor, context: torch.Tensor, n_img: int,
-                freqs: torch.Tensor, attn: AttentionFn) -> torch.Tensor:
-        """x: float32 [B, L, C]; e0: float32 [B, L or 1, 6, C]; context in the compute dtype."""
+                freqs: torch.Tensor, attn: AttentionFn, self_attn: AttentionFn | None = None) -> torch.Tensor:
+        """x: float32 [B, L, C]; e0: float32 [B, L or 1, 6, C]; context in the compute dtype. ``self_attn``:
+        the self-attention function when it differs from ``attn`` (sequence parallel)."""
         dtype = context.dtype
         shift_msa, scale_msa, gate_msa, shift_ffn, scale_ffn, gate_ffn = (self.modulation.float() + e0).unbind(2)
         h = layer_norm(x, eps=self.eps) * (1 + scale_msa) + shift_msa
-        x = x + self.self_attn(h.to(dtype), freqs, attn).float() * gate_msa
+        x = x + self.self_attn(h.to(dtype), freqs, self_attn or attn).float() * gate_msa
         x = x + self.cross_attn(self.norm3(x).to(dtype), context, n_img, attn).float()
         h = layer_norm(x, eps=self.eps) * (1 + scale_ffn) + shift_ffn
         return x + self.ffn(h.to(dtype)).float() * gate_ffn
@@ -148,6 +153,11 @@ class DiTState:
     n_img: int
     freqs: torch.Tensor
     grid: tuple[int, int, int]
+    shard: TokenShard | None = None  # sequence parallel: the slice of the tokens this rank holds
+
+    def token_mean(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean of a per-token tensor over the whole sequence, also when this rank holds only a slice of it."""
+        return x.mean() if self.shard is None else self.shard.mean(x)
 
 
 class WanDiT(nn.Module):
@@ -158,6 +168,7 @@ class WanDiT(nn.Module):
         self.variant_info = variant
         self.role = role
         self.compute_dtype = torch.float32
+        self.sequence_parallel: SequenceParallel | None = None  # set by wan.distributed
         self.set_attention(attention)
         self.patch_embedding = nn.Conv3d(cfg.in_dim, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
         self.text_embedding = nn.Sequential(Linear(cfg.text_dim, cfg.dim), nn.GELU(approximate="tanh"),
@@ -191,6 +202,9 @@ class WanDiT(nn.Module):
             x = torch.cat([x, y.to(x.dtype)], dim=1)
         tokens, grid = patchify(x.to(dtype), self.patch_embedding)
         tokens = tokens.float()
+        freqs, shard = grid_freqs(*grid, cfg.head_dim, tokens.device), None
+        if self.sequence_parallel is not None:  # this rank's tokens, with their timesteps and rotations
+            tokens, t, freqs, shard = self.sequence_parallel.split(tokens, t, freqs)
         e = self.time_embedding(sinusoid(cfg.freq_dim, t).float())
         e0 = self.time_projection(e).unflatten(-1, (6, cfg.dim))
         if context.shape[1] < cfg.text_len:  # official: text tokens zero-padded to text_len before the projection
@@ -202,17 +216,18 @@ class WanDiT(nn.Module):
             image_tokens = self.img_emb(clip_fea, dtype)
             n_img = image_tokens.shape[1]
             context = torch.cat([image_tokens, context], dim=1)
-        freqs = grid_freqs(*grid, cfg.head_dim, tokens.device)
-        return DiTState(tokens, e, e0, context, n_img, freqs, grid)  # type: ignore[arg-type]
+        return DiTState(tokens, e, e0, context, n_img, freqs, grid, shard)  # type: ignore[arg-type]
 
     def run_blocks(self, s: DiTState) -> torch.Tensor:
-        x = s.x
+        x, self_attn = s.x, (None if s.shard is None else s.shard.attention(self._attn))
         for block in streamed(self, x):  # self.blocks; with block streaming (wan.offload) each arrives just in time
-            x = block(x, s.e0, s.context, s.n_img, s.freqs, self._attn)
+            x = block(x, s.e0, s.context, s.n_img, s.freqs, self._attn, self_attn)
         return x
 
     def finish(self, x: torch.Tensor, s: DiTState) -> torch.Tensor:
         out = self.head(x, s.e)
+        if s.shard is not None:
+            out = s.shard.gather(out)  # every rank gets the whole sequence back
         (f, h, w), (pt, ph, pw), c = s.grid, self.config.patch_size, self.config.out_dim
         out = out.view(out.shape[0], f, h, w, pt, ph, pw, c).permute(0, 7, 1, 4, 2, 5, 3, 6)
         return out.reshape(out.shape[0], c, f * pt, h * ph, w * pw).float()
