@@ -81,16 +81,20 @@ class SampleResult:
 def sample(experts: ExpertSet, latents: torch.Tensor, text: TextEmbeds, settings: SamplerSettings, *,
            noise: torch.Tensor | None = None, image_cond: ImageCond | None = None, step_cache=None,
            callback: Callable[[StepInfo], None] | None = None, device=None, offload_device=None,
-           solver_state: SolverState | None = None) -> SampleResult:
+           solver_state: SolverState | None = None, cfg_parallel=None) -> SampleResult:
     """Denoise ``latents`` [B, C, T, h, w] (normalised). With ``add_noise`` and start 0 the run starts from
     ``noise`` alone, like the official scripts; a later start mixes noise in at that step's sigma.
 
     ``step_cache`` (optional) gets ``begin(timesteps=[...], experts=...)``, then ``forward(model, x, t, context,
     clip_fea=, y=, step=, branch="cond"|"uncond", expert=)`` for every model call (``step`` indexes the timesteps
-    given to ``begin``), and ``end()``, whose report is returned in the result."""
+    given to ``begin``), and ``end()``, whose report is returned in the result.
+
+    ``cfg_parallel`` (a ``wan.distributed.CfgParallel``, optional): this rank computes only its guidance branch and
+    gets the other one from its partner rank."""
     s = settings
     device = torch.device(device) if device is not None else latents.device
     run = _plan_run(experts, latents, text, s, noise, image_cond, device)
+    run.cfg_parallel = cfg_parallel
     if run.windows is not None:
         noise, step_cache = run.windows.prepare(noise, step_cache)
     _restore(run.solver, solver_state, s, run.schedule, run.start, device, latents.shape)
@@ -121,6 +125,7 @@ class _Run:
     solver: Any
     full_denoise: bool  # the last step returns the clean estimate (stopping early without leftover noise)
     windows: Any = None  # WindowedSampling, with context windows
+    cfg_parallel: Any = None
 
     @property
     def steps(self) -> range:
@@ -151,7 +156,7 @@ def _step(run: _Run, placement: ExpertPlacement, n: int, i: int, x, s: SamplerSe
     t = run.schedule.timestep(i)
 
     def guide(x_, inputs: ModelInputs, cache):
-        return _guided(model, x_, inputs.timesteps(t), inputs, _cfg(s, expert), cache, n, expert)
+        return _guided(model, x_, inputs.timesteps(t), inputs, _cfg(s, expert), cache, n, expert, run.cfg_parallel)
 
     v = guide(x, run.inputs, step_cache) if run.windows is None else run.windows.velocity(guide, x, i, step_cache)
     v = run.inputs.hold(v, x, run.schedule.sigma(i))
@@ -171,14 +176,18 @@ def expert_plan(experts: ExpertSet, schedule: Schedule, steps: range, switch_ste
     return [experts.expert_for(schedule.timestep(i))[0] for i in steps]
 
 
-def _guided(model, x, t, inputs: ModelInputs, scale: float, step_cache, step: int, expert: str) -> torch.Tensor:
-    """v = v_u + g (v_c - v_u): the conditional forward first, then the unconditional one (skipped at g = 1)."""
+def _guided(model, x, t, inputs: ModelInputs, scale: float, step_cache, step: int, expert: str,
+            cfg_parallel=None) -> torch.Tensor:
+    """v = v_u + g (v_c - v_u): the conditional forward first, then the unconditional one (skipped at g = 1);
+    with ``cfg_parallel`` each rank runs one of them."""
     def forward(context, branch):
         kwargs = {"clip_fea": inputs.clip, "y": inputs.y}
         if step_cache is None:
             return model(x, t, context, **kwargs)
         return step_cache.forward(model, x, t, context, step=step, branch=branch, expert=expert, **kwargs)
 
+    if scale != 1.0 and cfg_parallel is not None:
+        return cfg_parallel.guided(forward, inputs.positive, inputs.negative, scale)
     v_cond = forward(inputs.positive, "cond")
     if scale == 1.0:
         return v_cond
