@@ -61,9 +61,9 @@ def check_pair(high: WanDiT, low: WanDiT) -> None:
 
 
 def load_moe(high_path, low_path, dtype=None, device="cpu", boundary="auto", attention: str = "sdpa",
-             offload_blocks=0) -> ExpertSet:
+             offload_blocks=0, sharding=None) -> ExpertSet:
     """Load the two Wan 2.2 A14B experts (files, or the same official folder twice) as one ExpertSet;
-    ``offload_blocks`` (block streaming) applies to each expert (see ``load_dit``)."""
+    ``offload_blocks`` (block streaming) and ``sharding`` (FSDP) apply to each expert (see ``load_dit``)."""
     from .dit.loader import load_dit, resolve_role
     from pathlib import Path
 
@@ -71,7 +71,7 @@ def load_moe(high_path, low_path, dtype=None, device="cpu", boundary="auto", att
         raise InputError(f"the experts look swapped: '{Path(high_path).name}' was given as the high-noise expert "
                          f"and '{Path(low_path).name}' as the low-noise one, but their names say the opposite.")
     high = load_dit(high_path, dtype=dtype, device=device, role="high", attention=attention,
-                    offload_blocks=offload_blocks)
+                    offload_blocks=offload_blocks, sharding=sharding)
     low = load_dit(low_path, dtype=dtype, device=device, role="low", attention=attention,
-                   offload_blocks=offload_blocks)
+                   offload_blocks=offload_blocks, sharding=sharding)
     return ExpertSet(high, low, None if boundary in (None, "auto") else float(boundary))

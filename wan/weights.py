@@ -43,11 +43,13 @@ def compute_dtype(dtype, stored: torch.dtype, fallback: torch.dtype = torch.bflo
 
 
 def build_with_weights(factory, sd: dict[str, torch.Tensor], scales: dict[str, torch.Tensor], dtype: torch.dtype,
-                       source: Path, what: str, quantized: dict | None = None) -> nn.Module:
+                       source: Path, what: str, quantized: dict | None = None, sharding=None) -> nn.Module:
     """``factory()`` built on the meta device, given the checkpoint's tensors, frozen and in eval mode."""
     with torch.device("meta"):
         module = factory()
-    assign_weights(module, sd, scales, dtype, source, what, quantized)
+    if sharding is not None:
+        sharding.wrap(module)
+    assign_weights(module, sd, scales, dtype, source, what, quantized, sharding)
     return module.requires_grad_(False).eval()
 
 
@@ -61,13 +63,17 @@ def official_file_in(path: Path, pattern: str) -> Path:
 
 
 def assign_weights(module: nn.Module, sd: dict[str, torch.Tensor], scales: dict[str, torch.Tensor],
-                   dtype: torch.dtype, source: Path, what: str, quantized: dict | None = None) -> None:
+                   dtype: torch.dtype, source: Path, what: str, quantized: dict | None = None, sharding=None) -> None:
     """Load ``sd`` (already in the module's names) into ``module``; every key must match in name and shape.
 
     ``quantized``: Linear layers by name whose weight is stored in a compact format (``wan.quant.QuantizedLayer``);
     their stored tensor is kept as it is and the layer gets the format and its buffers.
+    ``sharding`` (``wan.distributed.fsdp.FsdpSharding``, the module already wrapped by it): each tensor is cut to
+    this rank's shard before it is converted, so only the shard is ever copied.
     """
     quantized = quantized or {}
+    if sharding is not None:
+        sharding.refuse_quantized(quantized)
     expected = module.state_dict()
     _check_keys(set(expected), set(sd) | {f"{name}.weight" for name in quantized}, source, what)
     linear_weights = {f"{n}.weight" for n, m in module.named_modules() if isinstance(m, Linear)}
@@ -82,7 +88,8 @@ def assign_weights(module: nn.Module, sd: dict[str, torch.Tensor], scales: dict[
             raise CheckpointError(f"'{source.name}': '{key}' is stored quantised ({layer.format}), which only "
                                   f"Linear weights may be in this {what}.")
         if layer is None:
-            weights[key] = _as_stored(key, sd[key], dtype, key in linear_weights, scales)
+            t = sd[key] if sharding is None else sharding.shard(key, sd[key])
+            weights[key] = _as_stored(key, t, dtype, key in linear_weights, scales)
     module.load_state_dict(weights, strict=False, assign=True)  # every key was checked above
     for name, layer in quantized.items():
         _set_quantized(module.get_submodule(name), layer)

@@ -15,7 +15,7 @@ from ..checkpoint import read_state_dict, wrong_kind_message
 from ..errors import CheckpointError, InputError
 from ..offload import parse_offload_blocks, set_block_streaming
 from ..variants import ROLES, detect_variant
-from ..weights import assign_weights, compute_dtype
+from ..weights import build_with_weights, compute_dtype
 from .config import WanDiTConfig
 from .keys import normalize_keys
 from .model import WanDiT
@@ -26,34 +26,35 @@ EXPERT_FOLDERS = {"high": "high_noise_model", "low": "low_noise_model"}
 
 
 def load_dit(path, dtype=None, device="cpu", role: str | None = None, num_heads: int | None = None,
-             attention: str = "sdpa", offload_blocks=0) -> WanDiT:
+             attention: str = "sdpa", offload_blocks=0, sharding=None) -> WanDiT:
     """Load a DiT from a ``.safetensors``/``.pth`` file, a sharded index, or an official/diffusers folder.
 
     ``dtype``: compute dtype (None/"default": the file's own, bf16 for fp8 files). ``role``: "high", "low" or
     "single"; None guesses it from a ``high_noise``/``low_noise`` name hint. ``offload_blocks``: block streaming
     (``wan.offload``): 0 = off, N = the last N blocks stay on the offload device and are streamed to the GPU as they
-    run, "auto" (or -1) = N chosen from the free GPU memory when the model first runs.
+    run, "auto" (or -1) = N chosen from the free GPU memory when the model first runs. ``sharding``: a
+    ``wan.distributed.fsdp.FsdpSharding`` to load only this rank's shard of every weight (FSDP; no block streaming).
     """
     path = Path(path)
     role = resolve_role(role, path)
-    parse_offload_blocks(offload_blocks)  # a bad value fails before the file is read
+    if parse_offload_blocks(offload_blocks) is not None and sharding is not None:  # bad values fail before reading
+        raise InputError(f"offload_blocks {offload_blocks!r} (block streaming) cannot be combined with FSDP "
+                         f"(--dit_fsdp): each process already holds only its share of the blocks; use one of them")
     source = _expert_source(path, role)
     sd = read_state_dict(source, what="DiT file")
     sd, scales, layout = normalize_keys(sd)
     if "head.modulation" not in sd or "vace_patch_embedding.weight" in sd:
         raise CheckpointError(wrong_kind_message(source, "a Wan DiT (diffusion model)", sd.keys()))
     try:
-        config = WanDiTConfig.from_state_dict(sd, num_heads or _heads_from_folder(source))
+        config = WanDiTConfig.from_state_dict(sd, num_heads or heads_from_folder(source))
     except CheckpointError as exc:
         raise CheckpointError(f"'{source.name}': {exc}") from exc
     variant = detect_variant(in_dim=config.in_dim, dim=config.dim, has_clip=config.has_clip,
                              has_flf_pos=config.flf_pos_len is not None, role=role, name_hint=str(path))
     compute = resolve_dtype(dtype, sd)
-    with torch.device("meta"):
-        model = WanDiT(config, variant, role, attention)
-    assign_weights(model, sd, scales, compute, source, "Wan DiT")
+    model = build_with_weights(lambda: WanDiT(config, variant, role, attention), sd, scales, compute, source,
+                               "Wan DiT", sharding=sharding)
     model.compute_dtype = compute
-    model.requires_grad_(False).eval()
     model.source, model.layout = str(path), layout
     set_block_streaming(model, offload_blocks)
     if torch.device(device) != torch.device("cpu"):
@@ -88,7 +89,7 @@ def _expert_source(path: Path, role: str) -> Path:
     return path / EXPERT_FOLDERS[role]
 
 
-def _heads_from_folder(source: Path) -> int | None:
+def heads_from_folder(source: Path) -> int | None:
     cfg_file = (source if source.is_dir() else source.parent) / "config.json"
     if not cfg_file.is_file():
         return None

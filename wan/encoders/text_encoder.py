@@ -63,12 +63,13 @@ class TextEncoder(nn.Module):
         return out
 
 
-def load_text_encoder(path, tokenizer=None, dtype=None, device="cpu") -> TextEncoder:
+def load_text_encoder(path, tokenizer=None, dtype=None, device="cpu", sharding=None) -> TextEncoder:
     """Load a UMT5 text encoder: official ``.pth`` (or the official model folder holding it), Comfy-Org
     ``umt5_xxl_*.safetensors`` (fp16/bf16/fp8/scaled fp8), or a transformers ``UMT5EncoderModel`` folder.
 
     ``tokenizer``: explicit tokenizer path; None finds it (see ``tokenizer_source``). ``dtype``: compute dtype
     (None/"default": bf16 as the official code, fp32 for an fp32 file). ``device``: where the weights are put.
+    ``sharding``: a ``wan.distributed.FsdpSharding`` to load only this rank's shard of every weight (FSDP).
     """
     path = official_file_in(Path(path), OFFICIAL_FILE_GLOB)
     sd, layout = normalize_keys(read_state_dict(path, what="text encoder file"))
@@ -84,7 +85,8 @@ def load_text_encoder(path, tokenizer=None, dtype=None, device="cpu") -> TextEnc
     stored = sd["blocks.0.attn.q.weight"].dtype
     # fp16 overflows in T5 (the official code runs it in bf16): an fp16 file computes in bf16 unless asked otherwise
     compute = compute_dtype(dtype, torch.bfloat16 if stored == torch.float16 else stored)
-    model = build_with_weights(lambda: UMT5Encoder(config), sd, scales, compute, path, "UMT5 text encoder")
+    model = build_with_weights(lambda: UMT5Encoder(config), sd, scales, compute, path, "UMT5 text encoder",
+                               sharding=sharding)
     layout += " (scaled fp8)" if scaled or scales else ""
     encoder = TextEncoder(model, tok, compute, str(path), layout).to(device)
     log.info("Loaded UMT5 text encoder (dim %d, %d layers) from %s [%s], tokenizer %s, compute %s", config.dim,
