@@ -2,6 +2,7 @@
 
     python -m wan.generate --task t2v-1.3B --size 832*480 --ckpt_dir ./Wan2.1-T2V-1.3B --prompt "..."
     python -m wan.generate --demo            # tiny random models, a few seconds, output is noise
+    torchrun --nproc_per_node=8 -m wan.generate --task t2v-A14B --ckpt_dir ... --dit_fsdp --t5_fsdp --ulysses_size 8
 
 Every setting is checked before a model file is opened: an unsupported ``--task``/``--size`` pair, a frame count
 that is not 4n+1, a missing ``--image`` or a missing file stops the run with a message saying what to change.
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 
 from .color import COLOR_MATCH
+from .distributed.options import ParallelOptions, check_options
 from .errors import InputError, WanError
 from .pipeline import Settings, run
 from .prompts.cli import add_prompt_extend_flags, prompt_extend_from_args
@@ -51,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="guidance; for Wan 2.2 A14B one value or 'low,high' (low-noise, high-noise expert)")
     p.add_argument("--base_seed", type=int, default=-1, help="seed; -1 picks one at random")
     p.add_argument("--offload_model", type=_str2bool, nargs="?", const=True, default=None,
-                   help="move models to the CPU between stages to save GPU memory (default: on)")
+                   help="move models to the CPU between stages to save GPU memory (default: on for one process, "
+                        "off for several)")
     p.add_argument("--t5_cpu", action="store_true", help="run the text encoder on the CPU")
     p.add_argument("--save_file", default=None, help="output .mp4 (default: a name from task, size and prompt)")
     cache = p.add_mutually_exclusive_group()
@@ -68,6 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --extend_from: match the new segment's colours to the video's end (in Lab)")
     p.add_argument("--device", default="auto", help="cuda, cuda:1, cpu, or auto")
     add_prompt_extend_flags(p)
+    multi = p.add_argument_group("several processes (start with torchrun --nproc_per_node=N -m wan.generate ...)")
+    multi.add_argument("--ulysses_size", type=int, default=1,
+                       help="processes that split the video tokens of every DiT forward (Ulysses sequence "
+                            "parallel); must divide the attention heads and the process count")
+    multi.add_argument("--cfg_parallel", action="store_true",
+                       help="run the conditional and the unconditional forward at the same time on two halves of "
+                            "the processes")
+    multi.add_argument("--dit_fsdp", action="store_true", help="shard the DiT weights over the processes (FSDP)")
+    multi.add_argument("--t5_fsdp", action="store_true",
+                       help="shard the text-encoder weights over the processes (FSDP)")
     p.add_argument("--demo", action="store_true",
                    help="build tiny random-weight models for --task and run the whole pipeline in seconds; "
                         "the video is noise, the run proves the installation works")
@@ -76,7 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Check every flag against the task (before any model is loaded) and fill in the official defaults."""
+    from .distributed.ranks import world_size
+
     variant = VARIANTS[TASKS[args.task]]
+    check_options(ParallelOptions(args.ulysses_size, args.cfg_parallel, args.dit_fsdp, args.t5_fsdp), world_size(),
+                  None, args.task, args.t5_cpu)
     size = args.size or (DEMO_SIZE if args.demo else variant.sizes[0])
     width, height = parse_size(size, args.task, variant, args.demo)
     frames = args.frame_num if args.frame_num is not None else (DEMO_FRAMES if args.demo else variant.frames)
@@ -98,9 +115,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         solver=args.sample_solver, seed=_seed(args.base_seed), prompt=prompt,
         negative=args.neg_prompt or variant.default_negative_prompt, image=image, last_image=last_image,
         ckpt_dir=ckpt_dir, save_file=_save_file(args.save_file, args.task, size, prompt),
-        offload=True if args.offload_model is None else args.offload_model, t5_cpu=args.t5_cpu, cache=cache,
-        device=_device(args.device), demo=args.demo, prompt_extend=prompt_extend_from_args(args),
-        extend_from=_extend_from(args, frames), extend_overlap=args.extend_overlap, color_match=args.color_match)
+        offload=world_size() == 1 if args.offload_model is None else args.offload_model, t5_cpu=args.t5_cpu,
+        cache=cache, device=_device(args.device), demo=args.demo, prompt_extend=prompt_extend_from_args(args),
+        extend_from=_extend_from(args, frames), extend_overlap=args.extend_overlap, color_match=args.color_match,
+        ulysses_size=args.ulysses_size, cfg_parallel=args.cfg_parallel, dit_fsdp=args.dit_fsdp, t5_fsdp=args.t5_fsdp)
 
 
 def parse_size(size: str, task: str, variant: Variant, demo: bool = False) -> tuple[int, int]:
@@ -238,13 +256,17 @@ DEMO_NOTICE = ("--demo: tiny RANDOM-WEIGHT models, built just now. The video is 
                "every stage (text encoder, image encoder, DiT sampling, VAE decode, mp4 writing) works here.")
 
 
-def run_demo(s: Settings) -> Path:
-    """Write the tiny models of --task as an official folder in a temporary directory, then run normally."""
+def run_demo(s: Settings) -> Path | None:
+    """Write the tiny models of --task as an official folder in a temporary directory, then run normally.
+
+    With several processes each writes its own copy (the models are seeded, so the copies are identical)."""
     import tempfile
 
     from .demo import write_official_folder
+    from .distributed.ranks import is_main
 
-    print(DEMO_NOTICE, file=sys.stderr)
+    if is_main():
+        print(DEMO_NOTICE, file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="wan_demo_") as folder:
         write_official_folder(folder, s.variant)
         s.ckpt_dir = Path(folder)
@@ -252,17 +274,28 @@ def run_demo(s: Settings) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The CLI. Under torchrun every process runs it; it joins the process group torchrun describes (unless one
+    is already running), and only rank 0 logs progress, writes the video and reports."""
+    from .distributed.ranks import init_from_env, is_main, leave_process_group, quiet_other_ranks
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = build_parser().parse_args(argv)
-    started = time.time()
+    started, joined = time.time(), False
     try:
+        joined = init_from_env(_device(args.device))
+        quiet_other_ranks()
         settings = settings_from_args(args)
         path = run_demo(settings) if settings.demo else run(settings)
     except WanError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if is_main():
+            print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"Saved {path} in {time.time() - started:.1f} s" + (" (demo: random weights, the video is noise)"
-                                                            if settings.demo else ""))
+    finally:
+        if joined:
+            leave_process_group()
+    if path is not None:  # rank 0 (or the only process)
+        print(f"Saved {path} in {time.time() - started:.1f} s" + (" (demo: random weights, the video is noise)"
+                                                                if settings.demo else ""))
     return 0
 
 

@@ -1,6 +1,9 @@
 """Text (and start/end images) to a video file from an official Wan-AI model folder, stage by stage: text
 encoder, image encoders, DiT sampling (with an optional step cache), VAE decode, mp4. Each model is on the compute
 device only while it works (``offload``). ``wan.generate`` turns the official command-line flags into ``Settings``.
+
+Under a torch.distributed process group (``torchrun``) every rank runs the stages together, with the
+multi-process options of ``Settings`` (see ``wan.distributed``); rank 0 decodes and writes the video.
 """
 from __future__ import annotations
 
@@ -48,6 +51,16 @@ class Settings:
     extend_from: Path | None = None  # continue this video (wan/extend_run.py) instead of starting from nothing
     extend_overlap: int = 5
     color_match: str = "off"
+    ulysses_size: int = 1  # processes that split the tokens of every DiT forward (sequence parallel)
+    cfg_parallel: bool = False  # conditional and unconditional forwards on two groups of processes
+    dit_fsdp: bool = False  # DiT weights sharded over the processes (FSDP)
+    t5_fsdp: bool = False  # text-encoder weights sharded over the processes (FSDP)
+
+    @property
+    def parallel(self):
+        from .distributed import ParallelOptions
+
+        return ParallelOptions(self.ulysses_size, self.cfg_parallel, self.dit_fsdp, self.t5_fsdp)
 
 
 # -- the official folder ------------------------------------------------------------------------------------------
@@ -87,40 +100,67 @@ def official_files(ckpt_dir: Path, task: str, variant: Variant) -> ModelFiles:
 
 
 # -- the run ------------------------------------------------------------------------------------------------------
-def run(s: Settings) -> Path:
-    """Text (and images) -> video file, stage by stage, each model on the device only while it works."""
-    import torch
+@dataclass
+class Sampled:
+    """The denoised latents of a run, and the VAE (and device) to decode them with."""
 
+    result: object  # wan.sampling.SampleResult
+    vae: object
+    device: object
+    settings: Settings  # as run (with the extended prompt)
+
+
+def run(s: Settings) -> Path | None:
+    """Text (and images) -> video file, stage by stage, each model on the device only while it works.
+
+    With several processes every rank must call this; rank 0 returns the file, the others None."""
+    from .distributed.ranks import is_main, world_size
     from .latents import denormalize
-    from .sampling import latent_shape, make_noise
     from .video import write_video
 
     if s.extend_from is not None:
+        if world_size() > 1:
+            raise InputError("--extend_from runs in one process; start it without torchrun")
         from .extend_run import run_extension
 
         return run_extension(s)
+    sampled = sample_latents(s)
+    if not is_main():
+        return None
+    vae = sampled.vae.to(sampled.device)
+    video = vae.decode(denormalize(sampled.result.latents))
+    frames = ((video[0].permute(1, 2, 3, 0) + 1) / 2).clamp(0, 1)
+    return write_video(frames, s.save_file, fps=s.variant.fps,
+                       metadata={"comment": run_description(sampled.settings)})
+
+
+def sample_latents(s: Settings) -> Sampled:
+    """Every stage up to the denoised latents (with several processes, on every rank)."""
+    import torch
+
+    from .distributed.ranks import is_main, share_from_main
+    from .sampling import latent_shape, make_noise
+
     images = [load_image(p) for p in (s.image, s.last_image) if p is not None] or _demo_images(s)
     width, height = output_size(s, images[0] if images else None)
     z_dim, stride = (48, (4, 16, 16)) if s.variant.vae == "2.2" else (16, (4, 8, 8))
     shape = latent_shape(width, height, s.frames, z_dim, stride=stride)
     files = official_files(s.ckpt_dir, s.task, s.variant)
-    if s.prompt_extend is not None:
-        s = replace(s, prompt=extended_prompt(s, images))
-    device = torch.device(s.device)
+    par = parallel_setup(s, files)
+    if s.prompt_extend is not None:  # rank 0 extends the prompt, every rank encodes the same one (official)
+        s = replace(s, prompt=share_from_main(extended_prompt(s, images) if is_main() else None))
+    device = par.device if par else torch.device(s.device)
+    seed = share_from_main(s.seed)  # one noise for all ranks
     log.info("%s: %dx%d, %d frames, %d steps (%s, shift %g, guidance %s), seed %d", s.task, width, height,
-             s.frames, s.steps, s.solver, s.shift, _guidance_text(s), s.seed)
-    text = encode_text(files, s, device)
+             s.frames, s.steps, s.solver, s.shift, _guidance_text(s), seed)
+    text = encode_text(files, s, device, par)
     vae = _load_vae(files, device)
     cond = image_conditioning(files, s, vae, images, width, height, device) if images else None
     if s.offload:
         vae.to("cpu")
-    experts = load_experts(files, s, device)
-    result = denoise(experts, s, shape, text, cond, make_noise(shape, s.seed), device)
-    del experts
-    vae.to(device)
-    video = vae.decode(denormalize(result.latents))
-    frames = ((video[0].permute(1, 2, 3, 0) + 1) / 2).clamp(0, 1)
-    return write_video(frames, s.save_file, fps=s.variant.fps, metadata={"comment": run_description(s)})
+    experts = load_experts(files, s, device, par)
+    result = denoise(experts, s, shape, text, cond, make_noise(shape, seed), device, par)
+    return Sampled(result, vae, device, s)
 
 
 def extended_prompt(s: Settings, images) -> str:
@@ -131,11 +171,23 @@ def extended_prompt(s: Settings, images) -> str:
     return extend_for_run(s.prompt_extend, s.prompt, s.seed, s.variant.version, s.device, paths, images).prompt
 
 
-def encode_text(files: ModelFiles, s: Settings, device):
+def parallel_setup(s: Settings, files: ModelFiles):
+    """The process groups of a multi-process run (None for one process), after checking the options against
+    the process count and the DiT's head count (from its config.json), before any model loads."""
+    from .dit.loader import heads_from_folder
+    from .distributed import Parallel, check_options
+    from .distributed.ranks import rank_device, world_size
+
+    check_options(s.parallel, world_size(), heads_from_folder(files.dits[0]), s.task, s.t5_cpu)
+    return Parallel.build(s.parallel, rank_device(s.device)) if world_size() > 1 else None
+
+
+def encode_text(files: ModelFiles, s: Settings, device, par=None):
     from .conditioning import TextEmbeds
     from .encoders import load_text_encoder
 
-    encoder = load_text_encoder(files.text_encoder, device="cpu" if s.t5_cpu else device)
+    sharding = par.t5_sharding() if par else None
+    encoder = load_text_encoder(files.text_encoder, device="cpu" if s.t5_cpu else device, sharding=sharding)
     both = encoder.encode([s.prompt, s.negative])
     del encoder  # the text encoder is not needed again
     return TextEmbeds(both[:1], both[1:], [s.prompt], [s.negative])
@@ -156,35 +208,41 @@ def image_conditioning(files: ModelFiles, s: Settings, vae, images, width: int, 
                            None if end is None else end.to(device), clip)
 
 
-def load_experts(files: ModelFiles, s: Settings, device):
-    """The DiT (or the Wan 2.2 expert pair), checked against the task before sampling."""
+def load_experts(files: ModelFiles, s: Settings, device, par=None):
+    """The DiT (or the Wan 2.2 expert pair), checked against the task before sampling; with several processes
+    sharded (FSDP) and splitting its tokens (sequence parallel) as the options say."""
     from .dit.loader import load_dit
     from .experts import ExpertSet, load_moe
 
     dtype = "bf16" if device.type == "cuda" else "fp32"
     home = "cpu" if s.offload else device
+    sharding = par.dit_sharding(home) if par else None
     if s.variant.moe:
-        experts = load_moe(s.ckpt_dir, s.ckpt_dir, dtype=dtype, device=home, boundary=s.variant.boundary)
+        experts = load_moe(s.ckpt_dir, s.ckpt_dir, dtype=dtype, device=home, boundary=s.variant.boundary,
+                           sharding=sharding)
     else:
-        experts = ExpertSet(load_dit(files.dits[0], dtype=dtype, device=home))
+        experts = ExpertSet(load_dit(files.dits[0], dtype=dtype, device=home, sharding=sharding))
     cfg = experts.config
     if cfg.in_dim != MODEL_IN_DIM[s.variant.task] or cfg.has_clip != s.variant.uses_clip:
         raise InputError(f"the model in '{s.ckpt_dir}' does not fit --task {s.task}: it takes {cfg.in_dim} input "
                          f"channels{' and CLIP features' if cfg.has_clip else ''}. Pick the task of that folder.")
+    if par:
+        par.attach(experts.models)
     return experts
 
 
-def denoise(experts, s: Settings, shape, text, cond, noise, device):
+def denoise(experts, s: Settings, shape, text, cond, noise, device, par=None):
     import torch
 
+    from .distributed.ranks import is_main
     from .sampling import SamplerSettings, sample
 
     low, high = s.guidance
     settings = SamplerSettings(steps=s.steps, shift=s.shift, solver=s.solver, cfg_high=high, cfg_low=low)
-    with _progress_bar(s.steps) as bar:
+    with _progress_bar(s.steps, disable=not is_main()) as bar:
         result = sample(experts, torch.zeros(shape), text, settings, noise=noise, image_cond=cond,
                         step_cache=make_step_cache(s), callback=lambda info: bar.update(1), device=device,
-                        offload_device="cpu" if s.offload else device)
+                        offload_device="cpu" if s.offload else device, cfg_parallel=par.cfg if par else None)
     if result.cache_report is not None:
         log.info("%s", result.cache_report.summary())
     return result
@@ -271,13 +329,13 @@ def _load_vae(files: ModelFiles, device):
 
 
 class _progress_bar:
-    def __init__(self, total: int):
-        self.total = total
+    def __init__(self, total: int, disable: bool = False):
+        self.total, self.disable = total, disable
 
     def __enter__(self):
         from tqdm import tqdm
 
-        self.bar = tqdm(total=self.total, desc="sampling", unit="step", file=sys.stderr)
+        self.bar = tqdm(total=self.total, desc="sampling", unit="step", file=sys.stderr, disable=self.disable)
         return self.bar
 
     def __exit__(self, *exc):
