@@ -244,7 +244,8 @@ def denoise(experts, s: Settings, shape, text, cond, noise, device, par=None):
                         step_cache=make_step_cache(s), callback=lambda info: bar.update(1), device=device,
                         offload_device="cpu" if s.offload else device, cfg_parallel=par.cfg if par else None)
     if result.cache_report is not None:
-        log.info("%s", result.cache_report.summary())
+        log.info("%s%s", result.cache_report.summary(),
+                 "\n  (this process's guidance branch; the other ran in parallel)" if par and par.cfg else "")
     return result
 
 
