@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from wan.conditioning import TextEmbeds  # noqa: E402
 from wan.dit.config import WanDiTConfig  # noqa: E402
 from wan.dit.model import WanDiT  # noqa: E402
-from wan.distributed import SequenceParallel  # noqa: E402
+from wan.distributed.ulysses import SequenceParallel  # noqa: E402
 from wan.experts import ExpertSet  # noqa: E402
 from wan.sampling import SamplerSettings, make_noise, sample  # noqa: E402
 from wan.variants import VARIANTS  # noqa: E402

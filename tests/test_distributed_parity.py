@@ -28,7 +28,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from wan.demo import write_official_folder
-from wan.distributed import resident_bytes
+from wan.distributed.fsdp import resident_bytes
 from wan.errors import InputError
 from wan.generate import build_parser, main, settings_from_args
 from wan.pipeline import official_files, sample_latents
@@ -106,7 +106,8 @@ def _sharded_bytes(folders: dict) -> dict:
 def _fp8_checks(folders: dict) -> dict:
     """fp8 weights: FSDP refuses them by name; sequence parallelism alone runs them."""
     from wan.dit.loader import load_dit
-    from wan.distributed import Parallel, ParallelOptions
+    from wan.distributed import ParallelOptions
+    from wan.distributed.plan import Parallel
 
     par = Parallel.build(ParallelOptions(ulysses_size=2, dit_fsdp=True), "cpu")
     try:
@@ -130,7 +131,7 @@ def _shard_checks() -> dict:
     """One forward's pieces on 5 tokens over 2 ranks (one padding token), against the same on the whole tensors
     (every rank draws the same whole tensors and takes its slice)."""
     from wan.dit.attention import sdpa
-    from wan.distributed import SequenceParallel
+    from wan.distributed.ulysses import SequenceParallel
 
     g = torch.Generator().manual_seed(3)
     x, t = torch.randn(1, 5, 8, generator=g), torch.rand(1, 5, generator=g) * 1000

@@ -175,7 +175,8 @@ def parallel_setup(s: Settings, files: ModelFiles):
     """The process groups of a multi-process run (None for one process), after checking the options against
     the process count and the DiT's head count (from its config.json), before any model loads."""
     from .dit.loader import heads_from_folder
-    from .distributed import Parallel, check_options
+    from .distributed import check_options
+    from .distributed.plan import Parallel
     from .distributed.ranks import rank_device, world_size
 
     check_options(s.parallel, world_size(), heads_from_folder(files.dits[0]), s.task, s.t5_cpu)
