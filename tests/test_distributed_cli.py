@@ -65,3 +65,24 @@ def test_engine_api_without_a_process_group_is_refused_before_loading(tmp_path, 
     s = dataclasses.replace(s, ckpt_dir=tmp_path, demo=False, ulysses_size=2)
     with pytest.raises(InputError, match="--ulysses_size needs several processes"):
         run(s)
+
+
+def test_fsdp_refuses_layers_stored_in_a_compact_format():
+    """GGUF / comfy_quant layers come to the loader as ``quantized``: FSDP names the first and the alternative."""
+    from pathlib import Path
+
+    import torch
+
+    from wan.distributed.fsdp import FsdpSharding
+    from wan.ops import Linear
+    from wan.quant import QuantizedLayer, ScaledFP8
+    from wan.weights import assign_weights
+
+    with torch.device("meta"):
+        module = torch.nn.Sequential(Linear(4, 4))
+    layer = QuantizedLayer(ScaledFP8(), torch.zeros(4, 4, dtype=torch.float8_e4m3fn), (4, 4))
+    sharding = FsdpSharding(mesh=None, device=torch.device("cpu"), units=lambda m: [])
+    with pytest.raises(InputError, match=r"--dit_fsdp cannot shard weights stored as scaled fp8 \('0.weight'\).*"
+                                         r"--ulysses_size N"):
+        assign_weights(module, {"0.bias": torch.zeros(4)}, {}, torch.float32, Path("x.gguf"), "Wan DiT",
+                       quantized={"0": layer}, sharding=sharding)
