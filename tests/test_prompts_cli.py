@@ -25,9 +25,9 @@ def encoded(monkeypatch):
     seen = []
     original = wan.pipeline.encode_text
 
-    def recording(files, s, device):
+    def recording(files, s, device, *rest):
         seen.append(s.prompt)
-        return original(files, s, device)
+        return original(files, s, device, *rest)
     monkeypatch.setattr(wan.pipeline, "encode_text", recording)
     return seen
 
