@@ -216,7 +216,9 @@ def load_experts(files: ModelFiles, s: Settings, device, par=None):
     from .experts import ExpertSet, load_moe
 
     dtype = "bf16" if device.type == "cuda" else "fp32"
-    home = "cpu" if s.offload else device
+    home = "cpu" if offloads_dit(s) else device
+    if s.offload and s.dit_fsdp:
+        log.info("--dit_fsdp: the sharded DiT stays on the GPUs (--offload_model applies to the other models)")
     sharding = par.dit_sharding(home) if par else None
     if s.variant.moe:
         experts = load_moe(s.ckpt_dir, s.ckpt_dir, dtype=dtype, device=home, boundary=s.variant.boundary,
@@ -243,11 +245,17 @@ def denoise(experts, s: Settings, shape, text, cond, noise, device, par=None):
     with _progress_bar(s.steps, disable=not is_main()) as bar:
         result = sample(experts, torch.zeros(shape), text, settings, noise=noise, image_cond=cond,
                         step_cache=make_step_cache(s), callback=lambda info: bar.update(1), device=device,
-                        offload_device="cpu" if s.offload else device, cfg_parallel=par.cfg if par else None)
+                        offload_device="cpu" if offloads_dit(s) else device, cfg_parallel=par.cfg if par else None)
     if result.cache_report is not None:
         log.info("%s%s", result.cache_report.summary(),
                  "\n  (this process's guidance branch; the other ran in parallel)" if par and par.cfg else "")
     return result
+
+
+def offloads_dit(s: Settings) -> bool:
+    """Whether the idle DiT waits in CPU memory. FSDP-sharded experts stay on their GPUs (each process holds its
+    share of both): moving them would hand FSDP copies it does not gather from."""
+    return s.offload and not s.dit_fsdp
 
 
 def make_step_cache(s: Settings):
