@@ -7,6 +7,7 @@ Public API (imported lazily so that ``import wan`` stays cheap):
     TeaCache, MagCache, StepCache, CacheReport            -- step caching for the sampler
     sample, SamplerSettings, make_noise, image_condition, latent_shape
                                                           -- the denoise loop (expert switching), noise, image conditioning
+    load_lora, apply_lora                                 -- LoRA files of every scheme, per expert, any precision
     Settings, run                                         -- the whole generation (what python -m wan.generate runs)
     extend_prompt, ExtendedPrompt                         -- official prompt extension (Dashscope, local Qwen)
     save_video, write_video                               -- mp4 / webm output
@@ -40,6 +41,8 @@ _EXPORTS = {
     "latent_shape": ".sampling",
     "save_video": ".video",
     "write_video": ".video",
+    "load_lora": ".lora",
+    "apply_lora": ".lora",
     "Settings": ".pipeline",
     "run": ".pipeline",
     "write_official_folder": ".demo",

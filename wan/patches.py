@@ -2,8 +2,9 @@
 
 The one rule every patch follows: it maps the real weight, in float32, to the patched weight in float32. The
 additive kinds (low rank, full difference) add ``ΔW``, already multiplied by the user's strength; the LoRA scale
-rule itself (``strength · alpha / rank``) lives in ``wan.lora``. A weight-decomposed patch (DoRA) rescales
-the columns of the result. Patches are immutable: moving one to another device gives a new patch.
+rule itself (``strength · alpha / rank``) lives in ``wan.lora``. LoKr / LoHa (LyCORIS) build a full ``ΔW`` from
+their factors; a weight-decomposed patch (DoRA) rescales the rows or columns of the result. Patches are immutable:
+moving one to another device gives a new patch.
 """
 from __future__ import annotations
 
@@ -82,10 +83,55 @@ class Full(Patch):
 
 
 @dataclass(frozen=True)
+class Kronecker(Patch):
+    """LoKr (LyCORIS): ``ΔW = scale · kron(w1, w2)``; each factor is stored whole (``w1``) or as a low-rank product
+    (``w1_a @ w1_b``)."""
+
+    w1: torch.Tensor | None
+    w1_a: torch.Tensor | None
+    w1_b: torch.Tensor | None
+    w2: torch.Tensor | None
+    w2_a: torch.Tensor | None
+    w2_b: torch.Tensor | None
+    scale: float
+
+    def apply(self, w: torch.Tensor) -> torch.Tensor:
+        w1 = _factor(self.w1, self.w1_a, self.w1_b, w.device)
+        w2 = _factor(self.w2, self.w2_a, self.w2_b, w.device)
+        return w + torch.kron(w1, w2).mul_(self.scale).reshape(w.shape)
+
+
+@dataclass(frozen=True)
+class Hadamard(Patch):
+    """LoHa (LyCORIS): ``ΔW = scale · (w1_a @ w1_b) ⊙ (w2_a @ w2_b)``."""
+
+    w1_a: torch.Tensor
+    w1_b: torch.Tensor
+    w2_a: torch.Tensor
+    w2_b: torch.Tensor
+    scale: float
+
+    def apply(self, w: torch.Tensor) -> torch.Tensor:
+        m1 = _factor(None, self.w1_a, self.w1_b, w.device)
+        m2 = _factor(None, self.w2_a, self.w2_b, w.device)
+        return w + (m1 * m2).mul_(self.scale).reshape(w.shape)
+
+
+def _factor(whole, a, b, device) -> torch.Tensor:
+    """A float32 factor: ``whole``, or the product ``a @ b``."""
+    if whole is not None:
+        return whole.to(device=device, dtype=torch.float32)
+    a = a.to(device=device, dtype=torch.float32)
+    return a.reshape(a.shape[0], -1) @ b.to(device=device, dtype=torch.float32).reshape(b.shape[0], -1)
+
+
+@dataclass(frozen=True)
 class Decomposed(Patch):
-    """DoRA (weight-decomposed LoRA): ``V = W + ΔW`` (``inner`` built at strength 1), rescaled to the learned
-    magnitude ``m`` (``dora_scale``): ``W' = m · V / ‖V‖``, the norm taken per output row when ``m`` has one value
-    per row, else per input column; the strength ``s`` blends: ``W + s · (W' − W)``."""
+    """DoRA (weight-decomposed LoRA): ``V = W + ΔW`` (``inner`` built at strength 1) rescaled to the learned
+    magnitude ``m`` (``dora_scale``): ``W' = m · V / ‖V‖``. The norm runs over each output row when ``m`` has one
+    value per row (shape [out, 1, ...] or PEFT's [out]), else over each input column (shape [1, in, ...], LyCORIS'
+    older default). The norm is that of ``V``, as LyCORIS and PEFT train it (ComfyUI takes the norm of ``W`` in the
+    per-row case). The strength ``s`` blends as ComfyUI does: ``W + s · (W' − W)``, so 0 leaves ``W`` unchanged."""
 
     inner: Patch
     magnitude: torch.Tensor
@@ -94,14 +140,17 @@ class Decomposed(Patch):
     def apply(self, w: torch.Tensor) -> torch.Tensor:
         v = self.inner.apply(w)
         m = self.magnitude.to(device=w.device, dtype=torch.float32)
-        if m.numel() == v.shape[0]:  # one magnitude per output row: norm over everything else
+        if self.per_row(v.shape):  # norm over everything but the output row
             norm = v.reshape(v.shape[0], -1).norm(dim=1).reshape(-1, *([1] * (v.dim() - 1)))
-            m = m.reshape(norm.shape)
-        else:  # one per input column (kohya / LyCORIS): norm over the output rows
-            norm = v.transpose(0, 1).reshape(v.shape[1], -1).norm(dim=1).reshape(1, -1, *([1] * (v.dim() - 2)))
-            m = m.reshape(norm.shape)
-        rescaled = v * (m / (norm + torch.finfo(torch.float32).eps))
+        else:  # norm over the output rows, per input column (and kernel position)
+            norm = v.transpose(0, 1).reshape(v.shape[1], -1).norm(dim=1)
+            norm = norm.reshape(v.shape[1], *([1] * (v.dim() - 1))).transpose(0, 1)
+        rescaled = v * (m.reshape(norm.shape) / (norm + torch.finfo(torch.float32).eps))
         return rescaled if self.strength == 1.0 else w + self.strength * (rescaled - w)
+
+    def per_row(self, shape) -> bool:
+        """One magnitude per output row ([out], [out, 1, ...]) rather than per input column ([1, in, ...])."""
+        return self.magnitude.shape[0] == shape[0] and self.magnitude.numel() == shape[0]
 
     def tensors(self) -> list[torch.Tensor]:
         return self.inner.tensors() + [self.magnitude]

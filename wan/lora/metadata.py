@@ -1,0 +1,78 @@
+"""Alphas that a LoRA keeps outside its tensors: diffusers writes its PEFT settings into the safetensors header
+(``lora_adapter_metadata``: ``lora_alpha``, ``r``, ``alpha_pattern``, ``use_rslora``), PEFT into an
+``adapter_config.json`` beside ``adapter_model.safetensors``. Without either, a LoRA without ``.alpha`` keys has
+``alpha / rank = 1`` (the diffusers / PEFT convention too)."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .keys import official_module
+
+log = logging.getLogger("wan_experts")
+
+HEADER_KEY = "lora_adapter_metadata"
+
+
+@dataclass(frozen=True)
+class AlphaDefaults:
+    """PEFT settings: ``lora_alpha`` for every module, ``pattern`` per official module name, rsLoRA scaling."""
+
+    lora_alpha: float | None = None
+    pattern: dict[str, float] = field(default_factory=dict)
+    use_rslora: bool = False
+
+    def alpha(self, module: str, rank: int | None) -> float | None:
+        """The alpha of ``module`` in our rule's terms (scale = alpha / rank), or None when none is set."""
+        if self.lora_alpha is None or rank is None:
+            return None
+        alpha = next((a for name, a in self.pattern.items() if module == name or module.endswith("." + name)),
+                     self.lora_alpha)
+        return alpha * math.sqrt(rank) if self.use_rslora else alpha  # rsLoRA: scale = alpha / sqrt(rank)
+
+
+def read_alpha_defaults(path: Path) -> AlphaDefaults:
+    config = _header_config(path) or _adapter_config(path)
+    if not config or config.get("lora_alpha") is None:
+        return AlphaDefaults()
+    pattern = {}
+    for name, value in (config.get("alpha_pattern") or {}).items():
+        module = official_module(name)
+        if module is None:
+            log.warning("LoRA '%s': alpha_pattern entry '%s' names no Wan DiT layer; ignored", path.name, name)
+        else:
+            pattern[module] = float(value)
+    return AlphaDefaults(float(config["lora_alpha"]), pattern, bool(config.get("use_rslora")))
+
+
+def _header_config(path: Path) -> dict | None:
+    """diffusers' metadata: keys prefixed with the component (``transformer.lora_alpha``) or bare."""
+    if not path.name.lower().endswith(".safetensors"):
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        raw = (f.metadata() or {}).get(HEADER_KEY)
+    if not raw:
+        return None
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        log.warning("LoRA '%s': unreadable %s in the file header; ignored", path.name, HEADER_KEY)
+        return None
+    prefixed = {k[len("transformer."):]: v for k, v in meta.items() if k.startswith("transformer.")}
+    return prefixed or meta
+
+
+def _adapter_config(path: Path) -> dict | None:
+    config = path.parent / "adapter_config.json"
+    if not path.name.startswith("adapter_model") or not config.is_file():
+        return None
+    try:
+        return json.loads(config.read_text())
+    except ValueError:
+        log.warning("LoRA '%s': unreadable %s; ignored", path.name, config.name)
+        return None
