@@ -181,3 +181,13 @@ def diffusers_forward(model, x, t, ctx, y=None, clip=None):
     with torch.no_grad():
         return model(hidden, timestep=t, encoder_hidden_states=ctx, encoder_hidden_states_image=clip,
                      return_dict=False)[0]
+
+
+# -- the official oracle -------------------------------------------------------------------------------------------
+def official_forward(ref, sd: dict, x, t, ctx):
+    """The official ``WanModel`` run with the state dict ``sd`` (e.g. patched by hand)."""
+    ref = copy.deepcopy(ref)
+    ref.load_state_dict(sd)
+    seq_len = x.shape[2] * (x.shape[3] // 2) * (x.shape[4] // 2)
+    with torch.no_grad():
+        return torch.stack(ref(list(x), t=t[:, None].expand(-1, seq_len), context=list(ctx), seq_len=seq_len))

@@ -139,7 +139,7 @@ def _as_state_dict(obj, path: Path, what: str) -> dict[str, torch.Tensor]:
 
 # What a state dict holds, guessed from marker keys, so a loader handed the wrong file can say what it got.
 _KIND_MARKERS = (
-    ("a LoRA", ("lora_up", "lora_down", "lora_A", "lora_B", ".alpha")),
+    ("a LoRA", ("lora_up", "lora_down", "lora_A", "lora_B", ".alpha", ".diff_b", ".diff_m", ".lokr_", ".hada_")),
     ("a Wan VACE DiT (not supported)", ("vace_patch_embedding",)),
     ("a Wan DiT (diffusion model)", ("head.modulation", "scale_shift_table", "condition_embedder.")),
     ("a Wan VAE", ("decoder.conv1.", "decoder.head.", "post_quant_conv.", "decoder.conv_in.", "decoder.up_blocks.")),
@@ -149,6 +149,7 @@ _KIND_MARKERS = (
 
 # The loader (node) to use for each kind, for error messages.
 KIND_LOADERS = {
+    "a LoRA": "the Wan LoRA node (Wan LoRA, or Wan 2.2 LoRA Pair), from models/loras",
     "a Wan DiT (diffusion model)": "the DiT loader (Load Wan DiT), from models/diffusion_models",
     "a Wan VAE": "the VAE loader (Load Wan VAE), from models/vae",
     "a text encoder (UMT5)": "the text-encoder loader (Load Wan Text Encoder), from models/text_encoders",
