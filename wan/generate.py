@@ -69,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --extend_from: the video's last N frames (4n+1) that the new segment starts from")
     p.add_argument("--color_match", default="mean_std", choices=COLOR_MATCH,
                    help="with --extend_from: match the new segment's colours to the video's end (in Lab)")
+    p.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",
+                   help="apply a LoRA (any key scheme) to the DiT, both experts of A14B; repeatable; strength 1 "
+                        "by default; with --demo, 'demo' is a random LoRA for the tiny models")
+    p.add_argument("--lora_high", action="append", default=[], metavar="FILE[:STRENGTH]",
+                   help="a LoRA for the high-noise expert only (Wan 2.2 A14B, e.g. the HIGH file of a pair)")
+    p.add_argument("--lora_low", action="append", default=[], metavar="FILE[:STRENGTH]",
+                   help="a LoRA for the low-noise expert only (Wan 2.2 A14B, e.g. the LOW file of a pair)")
     p.add_argument("--device", default="auto", help="cuda, cuda:1, cpu, or auto")
     add_prompt_extend_flags(p)
     multi = p.add_argument_group("several processes (start with torchrun --nproc_per_node=N -m wan.generate ...)")
@@ -90,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Check every flag against the task (before any model is loaded) and fill in the official defaults."""
     from .distributed.ranks import world_size
+    from .lora.flags import lora_choices
 
     variant = VARIANTS[TASKS[args.task]]
     check_options(ParallelOptions(args.ulysses_size, args.cfg_parallel, args.dit_fsdp, args.t5_fsdp), world_size(),
@@ -109,6 +117,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         ("magcache", args.magcache) if args.magcache is not None else None)
     if cache is not None and cache[1] <= 0:
         raise InputError(f"--{cache[0]} {cache[1]}: the threshold must be above 0")
+    if args.dit_fsdp and (args.lora or args.lora_high or args.lora_low):
+        raise InputError("--lora cannot be combined with --dit_fsdp (a LoRA patches whole weights, FSDP shards them): "
+                         "drop --dit_fsdp and keep --ulysses_size to split the work over the GPUs")
     return Settings(
         task=args.task, variant=variant, width=width, height=height, frames=frames, steps=steps,
         shift=_shift(args.sample_shift, variant, size), guidance=parse_guidance(args.sample_guide_scale, variant),
@@ -118,7 +129,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         offload=world_size() == 1 if args.offload_model is None else args.offload_model, t5_cpu=args.t5_cpu,
         cache=cache, device=_device(args.device), demo=args.demo, prompt_extend=prompt_extend_from_args(args),
         extend_from=_extend_from(args, frames), extend_overlap=args.extend_overlap, color_match=args.color_match,
-        ulysses_size=args.ulysses_size, cfg_parallel=args.cfg_parallel, dit_fsdp=args.dit_fsdp, t5_fsdp=args.t5_fsdp)
+        ulysses_size=args.ulysses_size, cfg_parallel=args.cfg_parallel, dit_fsdp=args.dit_fsdp, t5_fsdp=args.t5_fsdp,
+        loras=lora_choices({"both": args.lora, "high": args.lora_high, "low": args.lora_low}, variant.moe, args.demo))
 
 
 def parse_size(size: str, task: str, variant: Variant, demo: bool = False) -> tuple[int, int]:
@@ -264,12 +276,14 @@ def run_demo(s: Settings) -> Path | None:
 
     from .demo import write_official_folder
     from .distributed.ranks import is_main
+    from .lora.demo import resolve_demo_loras
 
     if is_main():
         print(DEMO_NOTICE, file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="wan_demo_") as folder:
-        write_official_folder(folder, s.variant)
+        models = write_official_folder(folder, s.variant)
         s.ckpt_dir = Path(folder)
+        s.loras = resolve_demo_loras(s.loras, Path(folder), models.dits[0])
         return run(s)
 
 

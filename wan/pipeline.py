@@ -48,6 +48,7 @@ class Settings:
     device: str
     demo: bool = False
     prompt_extend: PromptExtendFlags | None = None  # --use_prompt_extend: rewrite the prompt before encoding
+    loras: tuple = ()  # wan.lora.LoraChoice: file, strength, expert
     extend_from: Path | None = None  # continue this video (wan/extend_run.py) instead of starting from nothing
     extend_overlap: int = 5
     color_match: str = "off"
@@ -229,6 +230,10 @@ def load_experts(files: ModelFiles, s: Settings, device, par=None):
     if cfg.in_dim != MODEL_IN_DIM[s.variant.task] or cfg.has_clip != s.variant.uses_clip:
         raise InputError(f"the model in '{s.ckpt_dir}' does not fit --task {s.task}: it takes {cfg.in_dim} input "
                          f"channels{' and CLIP features' if cfg.has_clip else ''}. Pick the task of that folder.")
+    if s.loras:
+        from .lora import apply_choices
+
+        experts = apply_choices(experts, s.loras)
     if par:
         par.attach(experts.models)
     return experts
@@ -312,7 +317,13 @@ def load_image(path: Path):
 def run_description(s: Settings) -> str:
     return (f"wan.generate --task {s.task} --size {s.width}*{s.height} --frame_num {s.frames} --sample_solver "
             f"{s.solver} --sample_steps {s.steps} --sample_shift {s.shift:g} --sample_guide_scale "
-            f"{_guidance_text(s)} --base_seed {s.seed} --prompt {s.prompt!r}")
+            f"{_guidance_text(s)} --base_seed {s.seed} --prompt {s.prompt!r}" + _lora_text(s))
+
+
+def _lora_text(s: Settings) -> str:
+    from .lora.flags import FLAGS
+
+    return "".join(f" {FLAGS[c.expert]} {c.path.name}:{c.strength:g}" for c in s.loras)
 
 
 def _guidance_text(s: Settings) -> str:
