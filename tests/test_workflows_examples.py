@@ -18,6 +18,7 @@ from conftest import ROOT
 from graph_runner import all_node_classes, run_graph
 from workflow_check import check_layout, check_workflow, file_widgets, widget_slots
 from wan import demo
+from wan.lora.demo import write_demo_lora
 
 WORKFLOWS = ROOT / "workflows"
 API_FILES = sorted((WORKFLOWS / "api").glob("*.json"))
@@ -28,7 +29,8 @@ LONG_FRAMES = 13  # a video sampled in context windows: 4 latent frames in windo
 EXTEND = "WanExpertsExtendVideo"
 FILE_INPUTS = {"model_name": "diffusion_models", "high_noise_model": "diffusion_models",
                "low_noise_model": "diffusion_models", "text_encoder_name": "text_encoders", "vae_name": "vae",
-               "clip_name": "clip_vision"}
+               "clip_name": "clip_vision", "lora_name": "loras", "high_noise_lora": "loras",
+               "low_noise_lora": "loras"}
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +79,8 @@ def write_models(graph: dict, models_dir: Path, tiny_models) -> None:
     files = tiny_models(variant_of(dits[0]), len(dits), "clip_vision" in names)
     sources = {"diffusion_models": files.dits, "text_encoders": [files.text_encoder], "vae": [files.vae],
                "clip_vision": [files.clip]}
+    for i, name in enumerate(names.pop("loras", [])):  # random LoRAs that fit the tiny DiT
+        write_demo_lora(files.dits[0], models_dir / "loras" / name, seed=i)
     for kind, wanted in names.items():
         for source, name in zip(sources[kind], wanted):
             os.link(source, models_dir / kind / name)

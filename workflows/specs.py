@@ -39,10 +39,11 @@ def _cache_note(cache) -> str:
     return CACHE_NOTES[cache.type] if cache is not None else ""
 
 
-def _files_note(title: str, files: list[tuple[str, str]], source: str, settings: str, extra: str = "") -> str:
+def _files_note(title: str, files: list[tuple[str, str]], source: str, settings: str, extra: str = "",
+                origin: str = "Official settings (Wan-AI generate.py)") -> str:
     rows = "\n".join(f"- `ComfyUI/models/{kind}/{name}`" for kind, name in files)
     return (f"## {title}\n\nDownload these files from {source} and put them here:\n\n{rows}\n\n"
-            f"Official settings (Wan-AI generate.py): {settings}.{extra}\n\n"
+            f"{origin}: {settings}.{extra}\n\n"
             f"Step counts, guidance (cfg) and shift of 0 on the sampler mean: the model's official value.")
 
 
@@ -56,20 +57,20 @@ def _text_nodes(variant_id: str, task: str) -> list[N]:
 
 
 def _sampler(variant_id: str, latent: tuple, cond: tuple | None = None, cache: tuple | None = None,
-             shift: float | None = None) -> N:
+             shift: float | None = None, model: tuple = ("dit", 0), **settings) -> N:
     """Wan Sampler (basic) with the official settings; Wan Sampler (Advanced) for an A14B pair, to show each
-    expert's guidance."""
+    expert's guidance (``settings`` override its widgets)."""
     v = VARIANTS[variant_id]
     low, high = v.guidance
-    links = {"model": ("dit", 0), "text": ("text", 0), "latent": latent}
+    links = {"model": model, "text": ("text", 0), "latent": latent}
     if cond is not None:
         links["image_cond"] = cond
     if cache is not None:
         links["step_cache"] = cache
     widgets = {"seed": SEED, "steps": v.steps, "shift": v.shift if shift is None else shift, "solver": "unipc"}
     if v.size == "a14b":
-        return N("sampler", "WanExpertsSampler", widgets | {"cfg_high": high, "cfg_low": low}, links)
-    assert low == high, variant_id
+        return N("sampler", "WanExpertsSampler", widgets | {"cfg_high": high, "cfg_low": low} | settings, links)
+    assert low == high and not settings, variant_id
     return N("sampler", "WanExpertsSamplerBasic", widgets | {"cfg": high}, links)
 
 
@@ -250,6 +251,32 @@ def i2v_a14b_extended() -> Spec:
                                          "frames per segment at 16 fps", extra), nodes)
 
 
+LIGHTX2V = tuple(f"wan2.2_t2v_lightx2v_4steps_lora_v1.1_{r}_noise.safetensors" for r in ("high", "low"))
+
+
+def a14b_distill_lora() -> Spec:
+    """The 4-step distill LoRA pair (lightx2v Wan2.2-Lightning) on the Wan 2.2 T2V-A14B experts."""
+    vid, title = "wan22_t2v_a14b", "Wan 2.2 text to video (A14B) in 4 steps with the lightx2v LoRA pair"
+    high, low = (f"wan2.2_t2v_{r}_noise_14B_fp8_scaled.safetensors" for r in ("high", "low"))
+    nodes = [N("dit", "WanExpertsLoadMoE", {"high_noise_model": high, "low_noise_model": low}),
+             N("lora", "WanExpertsLoRAPair", {"high_noise_lora": LIGHTX2V[0], "low_noise_lora": LIGHTX2V[1]},
+               {"model": ("dit", 0)}),
+             *_text_nodes(vid, "t2v"), N("vae", "WanExpertsLoadVAE", {"vae_name": VAE21}),
+             N("latent", "WanExpertsEmptyLatent", _size(vid)),
+             _sampler(vid, ("latent", 0), model=("lora", 0), steps=4, cfg_high=1.0, cfg_low=1.0, shift=5.0,
+                      solver="euler", switch_step=2),
+             *_output(vid, "video/Wan2.2_t2v_4steps")]
+    files = [("diffusion_models", high), ("diffusion_models", low), ("loras", LIGHTX2V[0]), ("loras", LIGHTX2V[1]),
+             ("text_encoders", T5_FILE), ("vae", VAE21)]
+    settings = ("4 steps, cfg 1 on both experts (no negative pass), Euler, shift 5, the high-noise expert for steps "
+                "1-2 and the low-noise one for steps 3-4, LoRA strength 1")
+    extra = (" The LoRA pair is the lightx2v Wan2.2-Lightning 4-step distillation (huggingface.co/lightx2v), "
+             "repackaged by Comfy-Org under split_files/loras: each file goes to its own expert (Wan 2.2 LoRA "
+             "Pair). The negative prompt has no effect at cfg 1.")
+    return Spec("wan2.2_t2v_A14B_4steps_lora", title,
+                _files_note(title, files, REPACK_22, settings, extra, origin="Settings of the LoRA authors"), nodes)
+
+
 TEACACHE = N("cache", "WanExpertsTeaCache", {"threshold": 0.08, "mode": "e"})  # authors' 1.3B setting: ~2x
 MAGCACHE = N("cache", "WanExpertsMagCache", {"threshold": 0.05, "K": 2, "retention_ratio": 0.2})
 
@@ -265,4 +292,5 @@ SPECS = [
     a14b("t2v", MAGCACHE, "wan2.2_t2v_A14B_magcache", "Wan 2.2 text to video (A14B) with MagCache"),
     t2v_a14b_context_windows(),
     i2v_a14b_extended(),
+    a14b_distill_lora(),
 ]
