@@ -126,21 +126,28 @@ def measure_load(cfg: WanDiTConfig) -> dict:
     return result
 
 
+# (forward model, latent grid, repeats, load / memory model) for a full run and for --tiny
+SIZES = {
+    "full": (WanDiTConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=2), (5, 15, 26), 7,  # 1950 tokens
+             WanDiTConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=6)),  # a 0.55 GB bf16 file
+    "tiny": (WanDiTConfig(dim=256, ffn_dim=1024, num_heads=2, num_layers=1, text_dim=256), (3, 8, 12), 2,
+             WanDiTConfig(dim=512, ffn_dim=2048, num_heads=4, num_layers=2, text_dim=512)),
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="small sizes for a quick smoke run")
+    parser.add_argument("--threads", type=int, default=1, help=(
+        "torch threads for the forward timing (default 1: on a shared, busy machine, multi-threaded small kernels "
+        "mostly measure waits for busy cores)"))
     args = parser.parse_args()
     torch.manual_seed(0)
-    if args.tiny:
-        speed_cfg = WanDiTConfig(dim=256, ffn_dim=1024, num_heads=2, num_layers=1, text_dim=256)
-        grid, repeats = (3, 8, 12), 2
-        mem_cfg = WanDiTConfig(dim=512, ffn_dim=2048, num_heads=4, num_layers=2, text_dim=512)
-    else:
-        speed_cfg = WanDiTConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=2)
-        grid, repeats = (5, 15, 26), 7  # 1950 tokens
-        mem_cfg = WanDiTConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=6)
+    torch.set_num_threads(args.threads)
+    speed_cfg, grid, repeats, mem_cfg = SIZES["tiny" if args.tiny else "full"]
     s = time_forward(speed_cfg, grid, repeats)
-    print(f"forward, dim {speed_cfg.dim}, {speed_cfg.num_layers} layers, {s['tokens']} tokens, rank-{RANK} LoRA on "
+    print(f"forward ({args.threads} threads), dim {speed_cfg.dim}, {speed_cfg.num_layers} layers, {s['tokens']} tokens, "
+          f"rank-{RANK} LoRA on "
           f"every Linear: no LoRA {s['no LoRA']:.3f} s, unmerged {s['unmerged']:.3f} s (ratio "
           f"{s['unmerged'] / s['no LoRA']:.3f}, target <= 1.05), merged {s['merged']:.3f} s (ratio "
           f"{s['merged'] / s['no LoRA']:.3f}); unmerged and merged outputs agree to {s['agree']:.1e} relative")

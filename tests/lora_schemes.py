@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from tiny_dit import state_dict_of
+from tiny_dit import official_dit, save_safetensors, state_dict_of
 
 # official module -> diffusers module (WanTransformer3DModel)
 _DIFFUSERS_BLOCK = {"self_attn.q": "attn1.to_q", "self_attn.k": "attn1.to_k", "self_attn.v": "attn1.to_v",
@@ -191,3 +191,12 @@ def official_forward(ref, sd: dict, x, t, ctx):
     seq_len = x.shape[2] * (x.shape[3] // 2) * (x.shape[4] // 2)
     with torch.no_grad():
         return torch.stack(ref(list(x), t=t[:, None].expand(-1, seq_len), context=list(ctx), seq_len=seq_len))
+
+
+def official_and_ours(folder: Path, kind: str = "t2v"):
+    """(official model, its state dict, the same weights loaded by ``wan.load_dit``)."""
+    import wan
+
+    ref = official_dit(kind)
+    sd = state_dict_of(ref)
+    return ref, sd, wan.load_dit(save_safetensors(sd, folder / "dit.safetensors"))

@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import save_file
 
 import wan
-from lora_schemes import official_forward
-from tiny_dit import DIM, assert_close, inputs, official_dit, save_safetensors, state_dict_of
+from lora_schemes import official_and_ours, official_forward
+from tiny_dit import DIM, assert_close, inputs
 from wan.errors import InputError
 
 Q = "blocks.0.self_attn.q"
@@ -22,10 +22,7 @@ Q = "blocks.0.self_attn.q"
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    ref = official_dit("t2v")
-    sd = state_dict_of(ref)
-    ours = wan.load_dit(save_safetensors(sd, tmp_path_factory.mktemp("dit") / "dit.safetensors"))
-    return ref, sd, ours
+    return official_and_ours(tmp_path_factory.mktemp("dit"))
 
 
 def _save(tensors: dict, path, metadata=None):

@@ -50,18 +50,21 @@ class LowRank(Patch):
     down: torch.Tensor
     scale: float
 
+    def factors(self, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """``up`` [out, r] and ``down`` [r, in·kernel] as matrices in ``dtype`` on ``device``."""
+        up = self.up.to(device=device, dtype=dtype)
+        return up.reshape(up.shape[0], -1), self.down.to(device=device, dtype=dtype).reshape(self.down.shape[0], -1)
+
     def delta(self, shape, device) -> torch.Tensor:
-        up = self.up.to(device=device, dtype=torch.float32).reshape(self.up.shape[0], -1)
-        down = self.down.to(device=device, dtype=torch.float32).reshape(self.down.shape[0], -1)
+        up, down = self.factors(device, torch.float32)
         return (up @ down).mul_(self.scale).reshape(shape)
 
     def apply(self, w: torch.Tensor) -> torch.Tensor:
         return w + self.delta(w.shape, w.device)
 
     def side(self, x: torch.Tensor) -> torch.Tensor:
-        down = self.down.to(device=x.device, dtype=x.dtype).reshape(self.down.shape[0], -1)
-        up = self.up.to(device=x.device, dtype=x.dtype).reshape(self.up.shape[0], -1)
-        return torch.nn.functional.linear(torch.nn.functional.linear(x, down), up) * self.scale
+        up, down = self.factors(x.device, x.dtype)  # the scale goes on the small factor, not on the output
+        return torch.nn.functional.linear(torch.nn.functional.linear(x, down), up * self.scale)
 
     def side_cost(self) -> int:
         return self.down[0].numel() * self.down.shape[0] + self.up.shape[0] * self.up.shape[1]
