@@ -152,7 +152,7 @@ def test_truncated_and_pickled_files_are_refused(experts, base, tmp_path):
         def __reduce__(self):
             return (print, ("this must never run",))
 
-    (tmp_path / "evil.ckpt").write_bytes(pickle.dumps({"diffusion_model.x.lora_up.weight": Payload()}))
+    (tmp_path / "evil.ckpt").write_bytes(pickle.dumps({"diffusion_model.x.lora_up.weight": Payload()}, protocol=2))
     with pytest.raises(CheckpointError, match="weights-only"):
         wan.apply_lora(experts, tmp_path / "evil.ckpt")
 
