@@ -45,3 +45,13 @@ def test_demo_with_lora_pair(tmp_path, caplog):
     with av.open(str(out)) as container:
         assert "--lora_high demo_lora_0.safetensors:0.8 --lora_low demo_lora_1.safetensors:1" in \
             container.metadata.get("comment", "")
+
+
+def test_lora_with_dit_fsdp_is_refused_before_loading(capsys, monkeypatch):
+    """Under torchrun (two processes seen), a LoRA on FSDP-sharded weights stops with a message naming the fix."""
+    import wan.distributed.ranks
+
+    monkeypatch.setattr(wan.distributed.ranks, "world_size", lambda: 2)
+    monkeypatch.setattr(wan.dit.loader, "load_dit", lambda *a, **k: pytest.fail("a model was loaded"))
+    assert main(["--demo", "--task", "t2v-A14B", "--dit_fsdp", "--lora", "demo"]) == 2
+    assert "--lora cannot be combined with --dit_fsdp" in capsys.readouterr().err
