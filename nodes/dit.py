@@ -12,8 +12,9 @@ from .choices import DTYPE_CHOICES
 log = logging.getLogger("wan_experts")
 
 CATEGORY = "Wan Experts/loaders"
-DTYPE_TOOLTIP = ("Compute precision. 'default' keeps the file's precision (bf16 for fp8 files, whose weights stay "
-                 "fp8 in memory and are upcast layer by layer).")
+DTYPE_TOOLTIP = ("Compute precision. 'default' keeps the file's precision (bf16 for fp8, comfy_quant and GGUF "
+                 "files, whose weights stay compact in memory and are dequantised layer by layer).")
+FILE_KINDS = ".safetensors (bf16, fp16, fp8, comfy_quant fp8/NVFP4) or .gguf (Q8_0, Q6_K, Q5_K_M, Q4_K_M ...)"
 OFFLOAD_TOOLTIP = ("Block streaming for GPUs too small for the whole model: this many of the last transformer blocks "
                    "wait in system memory and are copied to the GPU one at a time just before they run (overlapped "
                    "with the previous block). 0 = off (the whole model on the GPU); -1 = auto: chosen from the free "
@@ -32,7 +33,8 @@ def _model_list():
 class WanExpertsLoadDiT:
     DISPLAY_NAME = "Load Wan DiT"
     DESCRIPTION = ("Loads one Wan diffusion model (2.1 T2V/I2V/FLF2V, 2.2 TI2V-5B, or a single 2.2 A14B expert) from "
-                   "models/diffusion_models. The variant is detected from the weights.")
+                   "models/diffusion_models or models/unet: safetensors (incl. fp8 and comfy_quant) or GGUF. The "
+                   "variant is detected from the weights.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("WAN_MODEL",)
     RETURN_NAMES = ("model",)
@@ -42,7 +44,8 @@ class WanExpertsLoadDiT:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model_name": _model_list() + ({"tooltip": "DiT file in models/diffusion_models (.safetensors, fp8 ok)."},),
+            "model_name": _model_list() + ({"tooltip": f"DiT file in models/diffusion_models or models/unet: "
+                                                       f"{FILE_KINDS}."},),
             "dtype": (DTYPE_CHOICES, {"default": "default", "tooltip": DTYPE_TOOLTIP}),
             "role": (["auto", "single", "high", "low"], {"default": "auto", "tooltip": (
                 "For a Wan 2.2 A14B expert loaded alone: which noise range it serves. 'auto' reads a high_noise / "
@@ -71,8 +74,10 @@ class WanExpertsLoadMoE:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "high_noise_model": _model_list() + ({"tooltip": "The high-noise expert file (…high_noise….safetensors)."},),
-            "low_noise_model": _model_list() + ({"tooltip": "The low-noise expert file (…low_noise….safetensors)."},),
+            "high_noise_model": _model_list() + ({"tooltip": (
+                "The high-noise expert file (…high_noise….safetensors or .gguf).")},),
+            "low_noise_model": _model_list() + ({"tooltip": (
+                "The low-noise expert file (…low_noise….safetensors or .gguf).")},),
             "dtype": (DTYPE_CHOICES, {"default": "default", "tooltip": DTYPE_TOOLTIP}),
             "boundary": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 0.999, "step": 0.005, "tooltip": (
                 "Switch to the low-noise expert when timestep < boundary x 1000. 0 = auto: 0.875 for T2V, "

@@ -2,8 +2,9 @@
 
 Inside ComfyUI it forwards to ``folder_paths``, ``comfy.utils`` and ``comfy.model_management``, and installs the
 engine's memory host (``ComfyMemory``: our models share the GPU with ComfyUI's). Without ComfyUI (tests, scripts) it
-falls back to plain folders: models under ``$WAN_EXPERTS_MODELS/<kind>/`` (default ``./models``) and outputs under
-``$WAN_EXPERTS_OUTPUT`` (default ``./output``), and the engine manages its memory alone.
+falls back to plain folders: models under ``$WAN_EXPERTS_MODELS/<kind>/`` (default ``./models``; diffusion
+models also under ``unet/``, where ComfyUI users keep GGUF files) and outputs under ``$WAN_EXPERTS_OUTPUT``
+(default ``./output``), and the engine manages its memory alone.
 """
 from __future__ import annotations
 
@@ -33,7 +34,11 @@ except ImportError:
 
 MODEL_KINDS = ("diffusion_models", "text_encoders", "vae", "clip_vision", "loras", "LLM")
 EXTRA_KINDS = ("LLM",)  # not in ComfyUI core: registered as models/<kind> (LLM: one folder per model)
-WEIGHT_SUFFIXES = (".safetensors", ".sft", ".pth", ".pt", ".bin", ".ckpt", ".safetensors.index.json")
+WEIGHT_SUFFIXES = (".safetensors", ".sft", ".pth", ".pt", ".bin", ".ckpt", ".safetensors.index.json", ".gguf")
+# More folders of a kind (standalone; ComfyUI's "diffusion_models" already covers models/unet) and file types
+# ComfyUI does not list for it (its lists leave out .gguf).
+EXTRA_FOLDERS = {"diffusion_models": ("unet",)}
+EXTRA_SUFFIXES = {"diffusion_models": (".gguf",)}
 
 
 if IN_COMFY:  # pragma: no cover - exercised only inside a ComfyUI process
@@ -52,10 +57,7 @@ def models_root() -> Path:
 
 def model_folder(kind: str) -> Path:
     """The folder a user should put files of ``kind`` into (first registered folder inside ComfyUI)."""
-    _check_kind(kind)
-    if IN_COMFY:
-        return Path(folder_paths.get_folder_paths(kind)[0])
-    return models_root() / kind
+    return model_folders(kind)[0]
 
 
 def model_folders(kind: str) -> list[Path]:
@@ -63,18 +65,16 @@ def model_folders(kind: str) -> list[Path]:
     _check_kind(kind)
     if IN_COMFY:
         return [Path(p) for p in folder_paths.get_folder_paths(kind)]
-    return [models_root() / kind]
+    return [models_root() / k for k in (kind, *EXTRA_FOLDERS.get(kind, ()))]
 
 
 def list_models(kind: str) -> list[str]:
     """File names (relative to the kind's folders) offered in a node's file widget."""
     _check_kind(kind)
     if IN_COMFY:
-        return list(folder_paths.get_filename_list(kind))
-    root = model_folder(kind)
-    if not root.is_dir():
-        return []
-    names = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and _is_weight_file(p)]
+        return sorted(set(folder_paths.get_filename_list(kind)) | set(_comfy_extra_files(kind)))
+    names = {p.relative_to(root).as_posix() for root in model_folders(kind) if root.is_dir()
+             for p in root.rglob("*") if p.is_file() and _is_weight_file(p)}
     return sorted(names)
 
 
@@ -86,8 +86,7 @@ def model_path(kind: str, name: str) -> str:
     if IN_COMFY:
         path = folder_paths.get_full_path(kind, name)
     else:
-        candidate = model_folder(kind) / name
-        path = str(candidate) if candidate.exists() else None
+        path = next((str(f / name) for f in model_folders(kind) if (f / name).exists()), None)
     if path is None:
         raise MissingModelError(
             f"Model file '{name}' was not found in the {kind} folder. Download it and put it in "
@@ -237,6 +236,17 @@ class StandaloneVideo:
 
         tags = {str(k): json.dumps(v) for k, v in (metadata or {}).items()}
         write_video(self._components.images, path, fps=float(self._components.frame_rate), metadata=tags)
+
+
+def _comfy_extra_files(kind: str) -> list[str]:  # pragma: no cover - exercised only inside a ComfyUI process
+    suffixes = EXTRA_SUFFIXES.get(kind)
+    if not suffixes:
+        return []
+    names = []
+    for folder in folder_paths.get_folder_paths(kind):
+        files, _ = folder_paths.recursive_search(folder, excluded_dir_names=[".git"])
+        names += folder_paths.filter_files_extensions(files, suffixes)
+    return names
 
 
 def _check_kind(kind: str) -> None:

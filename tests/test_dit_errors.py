@@ -72,9 +72,9 @@ def test_wrong_shape_is_named(weights, tmp_path):
 def test_missing_file_and_unknown_type(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         wan.load_dit(tmp_path / "nope.safetensors")
-    (tmp_path / "model.gguf").write_bytes(b"GGUF")
+    (tmp_path / "model.onnx").write_bytes(b"ONNX")
     with pytest.raises(CheckpointError, match="unknown file type"):
-        wan.load_dit(tmp_path / "model.gguf")
+        wan.load_dit(tmp_path / "model.onnx")
 
 
 def test_i2v_model_without_y(tmp_path):

@@ -2,7 +2,8 @@
 
 Supported sources: a ``.safetensors`` file (memory-mapped), a sharded ``*.safetensors.index.json``, a pickle
 checkpoint (``.pth``/``.pt``/``.bin``/``.ckpt``, loaded with ``weights_only=True``), or a folder holding any of
-those (official Wan-AI and diffusers folders). Model-specific key mapping lives next to each model
+those (official Wan-AI and diffusers folders). GGUF files (``.gguf``) are recognised here and read, quantised, by
+the DiT loader (``wan.dit.gguf``). Model-specific key mapping lives next to each model
 (``wan/dit/keys.py``, ``wan/vae/keys.py``, ...); this module only reads files.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .errors import CheckpointError
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 SAFETENSORS_SUFFIX = ".safetensors"
 INDEX_SUFFIX = ".safetensors.index.json"
+GGUF_SUFFIX = ".gguf"
 
 # Prefixes that wrappers put in front of a model's own keys (ComfyUI saves, training frameworks).
 COMMON_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "module.", "model.")
@@ -38,10 +40,17 @@ def read_state_dict(path: str | os.PathLike, what: str = "model file") -> dict[s
         return _read_safetensors(path, what)
     if name.endswith(PICKLE_SUFFIXES):
         return _read_pickle(path, what)
+    if is_gguf(path):
+        raise CheckpointError(f"{what} '{path.name}' is a GGUF file, which only the DiT loaders (Load Wan DiT, "
+                              f"Load Wan 2.2 MoE) read. Use a .safetensors file here.")
     raise CheckpointError(
         f"{what} '{path.name}' has an unknown file type. Use a .safetensors file, a sharded "
-        f"*.safetensors.index.json, a .pth/.pt/.bin checkpoint, or a model folder."
+        f"*.safetensors.index.json, a .pth/.pt/.bin checkpoint, a .gguf diffusion model, or a model folder."
     )
+
+
+def is_gguf(path) -> bool:
+    return str(path).lower().endswith(GGUF_SUFFIX)
 
 
 def find_weights_in_folder(folder: Path, what: str = "model folder") -> Path:
@@ -55,6 +64,9 @@ def find_weights_in_folder(folder: Path, what: str = "model folder") -> Path:
     pickles = sorted(p for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
     if not indexes and not singles and len(pickles) == 1:
         return pickles[0]
+    ggufs = sorted(folder.glob("*" + GGUF_SUFFIX))
+    if not indexes and not singles and not pickles and len(ggufs) == 1:
+        return ggufs[0]
     found = [p.name for p in sorted(folder.iterdir())][:12]
     raise CheckpointError(
         f"{what} '{folder}' does not hold exactly one set of weights (found: {found or 'nothing'}). "

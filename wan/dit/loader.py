@@ -1,7 +1,8 @@
 """Load a Wan DiT from any layout users have, without holding two copies of the weights.
 
 The module is built on the meta device and the (memory-mapped) tensors are assigned to it; a tensor is copied
-only when it must change dtype. fp8 Linear weights stay fp8 and are cast per layer at run time.
+only when it must change dtype. Compact Linear weights stay compact and are dequantised per layer at run time:
+fp8 and scaled fp8, comfy_quant layers (fp8, NVFP4) and GGUF blocks (``wan.quant``).
 """
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import read_state_dict, wrong_kind_message
+from ..checkpoint import find_weights_in_folder, is_gguf, read_state_dict, wrong_kind_message
 from ..errors import CheckpointError, InputError
 from ..offload import parse_offload_blocks, set_block_streaming
+from ..quant import comfy_quant
 from ..variants import ROLES, detect_variant
 from ..weights import build_with_weights, compute_dtype
 from .config import WanDiTConfig
@@ -41,19 +43,19 @@ def load_dit(path, dtype=None, device="cpu", role: str | None = None, num_heads:
         raise InputError(f"offload_blocks {offload_blocks!r} (block streaming) cannot be combined with FSDP "
                          f"(--dit_fsdp): each process already holds only its share of the blocks; use one of them")
     source = _expert_source(path, role)
-    sd = read_state_dict(source, what="DiT file")
-    sd, scales, layout = normalize_keys(sd)
+    sd, scales, quantized, layout = read_dit_weights(source)
+    shapes = {**sd, **{f"{name}.weight": q.placeholder() for name, q in quantized.items()}}  # real shapes
     if "head.modulation" not in sd or "vace_patch_embedding.weight" in sd:
-        raise CheckpointError(wrong_kind_message(source, "a Wan DiT (diffusion model)", sd.keys()))
+        raise CheckpointError(wrong_kind_message(source, "a Wan DiT (diffusion model)", shapes.keys()))
     try:
-        config = WanDiTConfig.from_state_dict(sd, num_heads or heads_from_folder(source))
+        config = WanDiTConfig.from_state_dict(shapes, num_heads or heads_from_folder(source))
     except CheckpointError as exc:
         raise CheckpointError(f"'{source.name}': {exc}") from exc
     variant = detect_variant(in_dim=config.in_dim, dim=config.dim, has_clip=config.has_clip,
                              has_flf_pos=config.flf_pos_len is not None, role=role, name_hint=str(path))
-    compute = resolve_dtype(dtype, sd)
+    compute = resolve_dtype(dtype, shapes)
     model = build_with_weights(lambda: WanDiT(config, variant, role, attention), sd, scales, compute, source,
-                               "Wan DiT", sharding=sharding)
+                               "Wan DiT", quantized, sharding=sharding)
     model.compute_dtype = compute
     model.source, model.layout = str(path), layout
     set_block_streaming(model, offload_blocks)
@@ -62,6 +64,23 @@ def load_dit(path, dtype=None, device="cpu", role: str | None = None, num_heads:
     log.info("Loaded %s (%s, role %s) from %s [%s], compute %s%s", variant.id, _size(config), role, path.name,
              layout, str(compute).replace("torch.", ""), _streaming(model))
     return model
+
+
+def read_dit_weights(source: Path) -> tuple[dict, dict, dict, str]:
+    """(plain tensors, scaled-fp8 scales, quantised Linear layers, layout) of a DiT file, in official names."""
+    if source.is_dir():
+        source = find_weights_in_folder(source, "DiT file")
+    if is_gguf(source):
+        from .gguf import read_gguf_dit
+
+        sd, quantized, layout = read_gguf_dit(source)
+        return sd, {}, quantized, layout
+    sd = comfy_quant.with_header_markers(read_state_dict(source, what="DiT file"), source)
+    sd, scales, layout = normalize_keys(sd)
+    sd, quantized = comfy_quant.split_layers(sd, source)
+    if quantized:
+        layout += f", comfy_quant ({comfy_quant.format_counts(quantized)})"
+    return sd, scales, quantized, layout
 
 
 def resolve_role(role: str | None, path: Path) -> str:

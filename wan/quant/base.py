@@ -44,3 +44,7 @@ class QuantizedLayer:
     stored: torch.Tensor
     shape: tuple[int, ...]
     buffers: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def placeholder(self) -> torch.Tensor:
+        """A meta tensor of the real shape and the stored dtype, for code that reads shapes off a state dict."""
+        return torch.empty(self.shape, dtype=self.stored.dtype, device="meta")

@@ -1,0 +1,55 @@
+"""Wan DiT GGUF files (city96/ComfyUI-GGUF layout) -> plain tensors and quantised Linear layers, without copying.
+
+Quantised 2-D ``.weight`` tensors (the Linear layers) keep their raw blocks, as views of the memory-mapped file,
+with a ``GGUFFormat`` each; every other quantised tensor (a reshaped patch embedding, a quantised modulation) is
+dequantised here, to float32. F32 / F16 / BF16 tensors are views of the file.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import strip_prefix, wrong_kind_message
+from ..errors import CheckpointError
+from ..quant.base import QuantizedLayer
+from ..quant.gguf_file import GGUFFile, check_supported, read_gguf
+from ..quant.gguf_format import GGUFFormat
+
+ARCHITECTURE = "wan"
+PATCH_EMBEDDING = "patch_embedding.weight"
+
+
+def read_gguf_dit(source: Path) -> tuple[dict[str, torch.Tensor], dict[str, QuantizedLayer], str]:
+    """(plain tensors, quantised Linear layers by layer name, layout description) of a Wan DiT GGUF file."""
+    gguf = read_gguf(source, what="DiT file")
+    _check_architecture(gguf)
+    tensors = strip_prefix(gguf.tensors)
+    _check_kind(gguf, tensors)
+    check_supported(gguf)
+    sd, quantized = {}, {}
+    for name, t in tensors.items():
+        if t.quantized and name.endswith(".weight") and len(t.shape) == 2:
+            quantized[name[: -len(".weight")]] = QuantizedLayer(GGUFFormat(t.qtype, t.shape), t.data, t.shape)
+        else:
+            sd[name] = t.dequantize(torch.float32) if t.quantized else t.data
+    types = ", ".join(f"{k} x{v}" for k, v in sorted(gguf.type_counts().items()))
+    return sd, quantized, f"GGUF ({types})"
+
+
+def _check_architecture(gguf: GGUFFile) -> None:
+    if gguf.architecture not in (None, ARCHITECTURE):
+        raise CheckpointError(
+            f"'{gguf.path.name}' is a GGUF file of the '{gguf.architecture}' architecture, not a Wan DiT "
+            f"(architecture '{ARCHITECTURE}'). Pick a Wan 2.1 / 2.2 GGUF diffusion model here.")
+
+
+def _check_kind(gguf: GGUFFile, tensors: dict) -> None:
+    if "head.modulation" not in tensors or "vace_patch_embedding.weight" in tensors:
+        raise CheckpointError(wrong_kind_message(gguf.path, "a Wan DiT (diffusion model)", tensors.keys())
+                              + " GGUF files are read for diffusion models only: use that model's .safetensors file.")
+    if PATCH_EMBEDDING not in tensors:
+        raise CheckpointError(
+            f"'{gguf.path.name}' has no '{PATCH_EMBEDDING}': it was converted without its 5-D patch embedding "
+            f"(ComfyUI-GGUF's converter sets it aside). Add it back with that project's tools/fix_5d_tensors.py, "
+            f"or download the complete file.")

@@ -1,0 +1,57 @@
+"""NVFP4 (Comfy-Org comfy_quant ``nvfp4``, as comfy-kitchen writes it): 4-bit e2m1 codes in blocks of 16 with an
+fp8 (e4m3) scale per block and a float32 scale for the whole tensor.
+
+Stored per layer: ``weight`` uint8 ``[rows, cols / 2]`` (two codes a byte, the even element in the high nibble;
+rows and cols padded to multiples of 16), ``weight_scale`` the block scales ``[rows, cols / 16]`` in cuBLAS's tiled
+layout (padded to 128 x 4 tiles), ``weight_scale_2`` the tensor scale. Real weight = e2m1(code) x (tensor scale x
+block scale), formed in float32.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .base import QuantizedLayer, WeightFormat
+
+BLOCK = 16
+E2M1 = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
+
+
+class NVFP4(WeightFormat):
+    name = "nvfp4"
+
+    def dequantize(self, layer, dtype: torch.dtype, device) -> torch.Tensor:
+        w = dequantize_nvfp4(layer.weight.to(device), layer.weight_scale.to(device), layer.weight_scale_2.to(device))
+        rows, cols = layer.weight_shape
+        return w[:rows, :cols].to(dtype)
+
+
+NVFP4_FORMAT = NVFP4()
+
+
+def nvfp4_layer(packed: torch.Tensor, block_scales: torch.Tensor, tensor_scale: torch.Tensor) -> QuantizedLayer:
+    """A layer as stored (the real shape is the stored one: Wan's Linear sizes are all multiples of 16)."""
+    if block_scales.dtype == torch.uint8:  # older files keep the fp8 scales as raw bytes
+        block_scales = block_scales.view(torch.float8_e4m3fn)
+    shape = (packed.shape[0], packed.shape[1] * 2)
+    return QuantizedLayer(NVFP4_FORMAT, packed, shape,
+                          {"weight_scale": block_scales, "weight_scale_2": tensor_scale.float()})
+
+
+def dequantize_nvfp4(packed: torch.Tensor, block_scales: torch.Tensor, tensor_scale: torch.Tensor) -> torch.Tensor:
+    """The (padded) weight in float32."""
+    rows, cols = packed.shape[0], packed.shape[1] * 2
+    codes = torch.stack([packed >> 4, packed & 0x0F], dim=-1).reshape(rows, cols)
+    table = torch.tensor(E2M1, dtype=torch.float32, device=packed.device)
+    values = table[codes.long()].view(rows, cols // BLOCK, BLOCK)
+    scales = untile(block_scales, rows, cols // BLOCK).float() * tensor_scale.float()
+    return (values * scales.unsqueeze(-1)).view(rows, cols)
+
+
+def untile(tiled: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """``[rows, cols]`` from cuBLAS's block-scale layout: 128 x 4 tiles in row-major order, each stored as 32 x 16
+    where row ``32 i + j``, column ``c`` of the tile sits at ``[j, 4 i + c]``."""
+    row_tiles, col_tiles = math.ceil(rows / 128), math.ceil(cols / 4)
+    t = tiled.reshape(row_tiles, col_tiles, 32, 4, 4).permute(0, 3, 2, 1, 4)
+    return t.reshape(row_tiles * 128, col_tiles * 4)[:rows, :cols]
