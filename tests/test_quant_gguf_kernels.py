@@ -9,10 +9,11 @@ import pytest
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T, quants
 
-from wan.quant.gguf_kernels import dequantize
+from wan.quant.gguf_kernels import CPU_CHUNK, dequantize
 
 QUANTIZED_BY_GGUF = [T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0]
 RAW_ONLY = [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_NL, T.IQ4_XS]
+SHAPE = (37, 2048)  # 75776 values: the CPU path works through them in 2.3 chunks of CPU_CHUNK
 
 
 def _raw_blocks(qtype, rows: int, cols: int, seed: int = 0) -> np.ndarray:
@@ -30,17 +31,17 @@ def _bits(a) -> np.ndarray:
 
 @pytest.mark.parametrize("qtype", QUANTIZED_BY_GGUF, ids=lambda q: q.name)
 def test_types_gguf_can_quantize(qtype):
-    values = np.random.default_rng(1).standard_normal((8, 512)).astype(np.float32) * 0.05
+    values = np.random.default_rng(1).standard_normal(SHAPE).astype(np.float32) * 0.05
     raw = quants.quantize(values, qtype)
-    ours = dequantize(torch.from_numpy(np.ascontiguousarray(raw)), qtype, (8, 512))
-    assert ours.dtype == torch.float32 and ours.shape == (8, 512)
+    ours = dequantize(torch.from_numpy(np.ascontiguousarray(raw)), qtype, SHAPE)
+    assert ours.dtype == torch.float32 and ours.shape == SHAPE and 2 * CPU_CHUNK < ours.numel() < 3 * CPU_CHUNK
     np.testing.assert_array_equal(_bits(ours.numpy()), _bits(quants.dequantize(raw, qtype)))
 
 
 @pytest.mark.parametrize("qtype", RAW_ONLY, ids=lambda q: q.name)
 def test_raw_blocks(qtype):
-    raw = _raw_blocks(qtype, 6, 1024, seed=int(qtype))
-    ours = dequantize(torch.from_numpy(raw), qtype, (6, 1024))
+    raw = _raw_blocks(qtype, *SHAPE, seed=int(qtype))
+    ours = dequantize(torch.from_numpy(raw), qtype, SHAPE)
     reference = quants.dequantize(raw, qtype)
     assert np.isfinite(reference).all()
     np.testing.assert_array_equal(_bits(ours.numpy()), _bits(reference))

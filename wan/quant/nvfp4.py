@@ -13,6 +13,7 @@ import math
 import torch
 
 from .base import QuantizedLayer, WeightFormat
+from .constants import device_constant
 
 BLOCK = 16
 E2M1 = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
@@ -43,8 +44,7 @@ def dequantize_nvfp4(packed: torch.Tensor, block_scales: torch.Tensor, tensor_sc
     """The (padded) weight in float32."""
     rows, cols = packed.shape[0], packed.shape[1] * 2
     codes = torch.stack([packed >> 4, packed & 0x0F], dim=-1).reshape(rows, cols)
-    table = torch.tensor(E2M1, dtype=torch.float32, device=packed.device)
-    values = table[codes.long()].view(rows, cols // BLOCK, BLOCK)
+    values = device_constant(E2M1, torch.float32, packed.device)[codes.long()].view(rows, cols // BLOCK, BLOCK)
     scales = untile(block_scales, rows, cols // BLOCK).float() * tensor_scale.float()
     return (values * scales.unsqueeze(-1)).view(rows, cols)
 
