@@ -79,22 +79,16 @@ def _time_models(cfg, grid, repeats, dtype, plain, q8, q4k) -> dict:
             "Q8_0_ratio": med["Q8_0"] / med["plain"], "Q4_K_ratio": med["Q4_K"] / med["plain"], "q8_rel_err": err}
 
 
-_MEMORY_PROBE = r"""
-import sys, json, torch
+MEMORY_PROBE = r"""
+import json, sys, torch
 sys.path.insert(0, sys.argv[1])
-import wan
-import wan.dit.gguf, wan.dit.loader  # code, not data: imported before the baseline
-
-def rss_kb(field):
-    for line in open('/proc/self/status'):
-        if line.startswith(field):
-            return int(line.split()[1])
-
-path, heads = sys.argv[2], int(sys.argv[3])
-base = rss_kb('VmRSS:')
-model = wan.load_dit(path, num_heads=heads)
-touched = sum(int(p.sum()) if not p.is_floating_point() else float(p.sum()) for p in model.parameters())
-print(json.dumps({'base_kb': base, 'peak_kb': rss_kb('VmHWM:')}))
+import wan, wan.dit.gguf, wan.dit.loader  # code, not data: imported before the baseline
+status = lambda: dict(line.split(':', 1) for line in open('/proc/self/status'))
+base = int(status()['VmRSS'].split()[0])
+model = wan.load_dit(sys.argv[2], num_heads=int(sys.argv[3]))
+for p in model.parameters():  # read every stored byte; max() needs no temporary (a uint8 sum widens to int64)
+    p.max()
+print(json.dumps({'base_kb': base, 'peak_kb': int(status()['VmHWM'].split()[0])}))
 """
 
 
@@ -103,7 +97,7 @@ def measure_load_memory(cfg: WanDiTConfig) -> dict:
         path = Path(tmp) / "big-Q8_0.gguf"
         write_gguf(path, dict(shapes_of(cfg)), T.Q8_0)
         size = path.stat().st_size
-        out = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(ROOT), str(path), str(cfg.num_heads)],
+        out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(ROOT), str(path), str(cfg.num_heads)],
                              capture_output=True, text=True, check=True)
     probe = json.loads(out.stdout.strip().splitlines()[-1])
     return {"file_gb": size / 1e9, "ratio": (probe["peak_kb"] - probe["base_kb"]) * 1024 / size}
@@ -114,6 +108,7 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="small sizes for a quick smoke run")
     parser.add_argument("--repeats", type=int, default=None, help="timed forwards per model (default 5; tiny 2)")
     parser.add_argument("--skip-memory", action="store_true", help="time the forwards only")
+    parser.add_argument("--skip-speed", action="store_true", help="measure the loading memory only")
     args = parser.parse_args()
     if args.tiny:
         speed_cfg = WanDiTConfig(dim=256, ffn_dim=1024, num_heads=2, num_layers=1, text_dim=256)
@@ -123,7 +118,7 @@ def main() -> None:
         speed_cfg = WanDiTConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=2)
         grid, repeats = (1, 30, 52), 5  # 1560 tokens: one 480 x 832 frame
         mem_cfg = WanDiTConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30)  # Wan 2.1 1.3B: ~1.5 GB Q8_0
-    speed = time_forward(speed_cfg, grid, args.repeats or repeats)
+    speed = {} if args.skip_speed else time_forward(speed_cfg, grid, args.repeats or repeats)
     for dtype, r in speed.items():
         print(f"forward {dtype}, dim {speed_cfg.dim}, {speed_cfg.num_layers} layers, {r['tokens']} tokens: "
               f"plain {r['plain_s']:.3f} s, Q8_0 {r['Q8_0_s']:.3f} s (ratio {r['Q8_0_ratio']:.3f}, target <= 1.3), "

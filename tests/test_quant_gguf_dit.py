@@ -74,11 +74,21 @@ def reference(files, tmp_path_factory):
             for form, p in files.items()}
 
 
+@pytest.fixture(scope="module")
+def loaded(files):
+    return {form: wan.load_dit(path, dtype="fp32") for form, path in files.items()}
+
+
+@pytest.fixture(scope="module")
+def outputs(loaded, reference):
+    return {(form, kind): _forward(models[form]) for kind, models in (("gguf", loaded), ("ref", reference))
+            for form in models}
+
+
 @pytest.mark.parametrize("form", ["apart", "reshaped"])
-def test_forward_equals_dequantised_reference(files, reference, form):
-    model = wan.load_dit(files[form], dtype="fp32")
-    assert model.variant == reference[form].variant and "GGUF" in model.layout
-    assert_close(_forward(model), _forward(reference[form]), rel=1e-5, abs_=0.0)
+def test_forward_equals_dequantised_reference(loaded, reference, outputs, form):
+    assert loaded[form].variant == reference[form].variant and "GGUF" in loaded[form].layout
+    assert_close(outputs[form, "gguf"], outputs[form, "ref"], rel=1e-5, abs_=0.0)
 
 
 def _mapped_ranges(path: Path) -> list[tuple[int, int]]:
@@ -90,9 +100,8 @@ def _mapped_ranges(path: Path) -> list[tuple[int, int]]:
     return ranges
 
 
-def test_quantised_weights_stay_quantised_views_of_the_file(files):
-    path = files["apart"]
-    model = wan.load_dit(path, dtype="fp32")
+def test_quantised_weights_stay_quantised_views_of_the_file(files, loaded):
+    path, model = files["apart"], loaded["apart"]
     on_disk = {t.name.removeprefix(PREFIX): t for t in GGUFReader(path).tensors}
     ranges = _mapped_ranges(path)
     held = expected = 0
@@ -110,19 +119,19 @@ def test_quantised_weights_stay_quantised_views_of_the_file(files):
     assert model.blocks[1].ffn[0].weight.dtype == torch.float32  # a BF16 tensor is a plain weight (cast to fp32)
 
 
-def test_default_compute_dtype_is_bf16_and_weights_stay_quantised(files, reference):
+def test_default_compute_dtype_is_bf16_and_weights_stay_quantised(files, outputs):
     model = wan.load_dit(files["apart"])
     assert model.compute_dtype == torch.bfloat16 and model.blocks[0].self_attn.v.weight.dtype == torch.uint8
     x, t, ctx, _ = inputs()
     with torch.no_grad():
         out = model(x.bfloat16(), t, ctx.bfloat16())
-    assert_close(out.float(), _forward(reference["apart"]), rel=3e-2)
+    assert_close(out.float(), outputs["apart", "ref"], rel=3e-2)
 
 
 @pytest.mark.parametrize("merge", [True, False])
-def test_low_rank_patch_on_a_gguf_layer(files, reference, merge):
+def test_low_rank_patch_on_a_gguf_layer(files, loaded, reference, merge):
     """A LoRA-style patch stays unmerged on the quantised layer: weight = dequantised + scale · up @ down."""
-    model = wan.load_dit(files["apart"], dtype="fp32")
+    model = loaded["apart"]
     g = torch.Generator().manual_seed(5)
     patch = LowRank(torch.randn(256, 4, generator=g) * 0.1, torch.randn(4, 256, generator=g) * 0.1, 0.7)
     name = "blocks.0.self_attn.v.weight"  # Q4_K
@@ -135,7 +144,7 @@ def test_low_rank_patch_on_a_gguf_layer(files, reference, merge):
     assert_close(_forward(live), _forward(ref), rel=1e-5)
 
 
-def test_load_dit_node_lists_unet_and_diffusion_models(pack, models_dir, files):
+def test_load_dit_node_lists_unet_and_diffusion_models(pack, models_dir, files, outputs):
     unet = models_dir / "unet"
     unet.mkdir()
     (unet / "wan_q.gguf").write_bytes(files["apart"].read_bytes())
@@ -146,7 +155,7 @@ def test_load_dit_node_lists_unet_and_diffusion_models(pack, models_dir, files):
     x, t, ctx, _ = inputs()
     with torch.no_grad():
         out = model.high(x, t, ctx)
-    assert_close(out, _forward(wan.load_dit(files["apart"], dtype="fp32")), rel=1e-5, abs_=0.0)
+    assert_close(out, outputs["apart", "gguf"], rel=1e-5, abs_=0.0)
 
 
 def test_load_moe_node_takes_two_gguf_experts(pack, models_dir, tmp_path):
