@@ -15,7 +15,7 @@ import torch
 from ..checkpoint import find_weights_in_folder, is_gguf, read_state_dict, wrong_kind_message
 from ..errors import CheckpointError, InputError
 from ..offload import parse_offload_blocks, set_block_streaming
-from ..quant import comfy_quant
+from ..quant.comfy_quant import format_counts, split_quantized_layers, with_header_markers
 from ..variants import ROLES, detect_variant
 from ..weights import build_with_weights, compute_dtype
 from .config import WanDiTConfig
@@ -75,11 +75,11 @@ def read_dit_weights(source: Path) -> tuple[dict, dict, dict, str]:
 
         sd, quantized, layout = read_gguf_dit(source)
         return sd, {}, quantized, layout
-    sd = comfy_quant.with_header_markers(read_state_dict(source, what="DiT file"), source)
+    sd = with_header_markers(read_state_dict(source, what="DiT file"), source)
     sd, scales, layout = normalize_keys(sd)
-    sd, quantized = comfy_quant.split_layers(sd, source)
+    sd, quantized = split_quantized_layers(sd, source)
     if quantized:
-        layout += f", comfy_quant ({comfy_quant.format_counts(quantized)})"
+        layout += f", comfy_quant ({format_counts(quantized)})"
     return sd, scales, quantized, layout
 
 

@@ -44,7 +44,7 @@ def with_header_markers(sd: dict[str, torch.Tensor], source: Path) -> dict[str, 
     return sd
 
 
-def split_layers(sd: dict[str, torch.Tensor], source: Path) -> tuple[dict, dict[str, QuantizedLayer]]:
+def split_quantized_layers(sd: dict[str, torch.Tensor], source: Path) -> tuple[dict, dict[str, QuantizedLayer]]:
     """(the plain tensors, the quantised layers by name) of a state dict with comfy_quant markers."""
     markers = sorted(k for k in sd if k.endswith(MARKER))
     if not markers:

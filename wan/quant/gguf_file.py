@@ -60,6 +60,9 @@ def read_gguf(path, what: str = "GGUF file") -> GGUFFile:
         raise CheckpointError(f"{what} not found: '{path}'. Check the path, or put the file in the folder the "
                               f"loader lists.")
     reader = _open(path, what)
+    if reader.byte_order != "I":
+        raise CheckpointError(f"{what} '{path.name}' is a GGUF file for big-endian machines; use the usual "
+                              f"(little-endian) file.")
     tensors = {t.name: _tensor(reader, t, path) for t in reader.tensors}
     field = reader.get_field("general.architecture")
     return GGUFFile(path, None if field is None else str(field.contents()), tensors)
