@@ -15,6 +15,8 @@ from gguf import GGMLQuantizationType as T, GGUFReader, quants
 
 import wan
 from tiny_dit import assert_close, inputs, official_dit, save_safetensors, state_dict_of
+from wan.memory import residency
+from wan.offload import BlockStream, held_back
 from wan.patches import LowRank
 from wan.patching import PatchSet, merged_weight, patched
 from wan.quant.gguf_format import GGUFFormat
@@ -165,3 +167,14 @@ def test_load_moe_node_takes_two_gguf_experts(pack, models_dir, tmp_path):
         "wan2.2_t2v_high_noise_14B_Q4_K_M.gguf", "wan2.2_t2v_low_noise_14B_Q4_K_M.gguf", "fp32", 0.0, "sdpa")
     assert pair.is_moe and pair.boundary == 0.875 and pair.high.role == "high"
     assert pair.low.blocks[0].self_attn.v.weight_format.name == "GGUF Q4_K"
+
+
+@torch.no_grad()
+def test_block_streaming_carries_the_quantised_blocks(files, outputs, monkeypatch):
+    """Streamed blocks travel as their raw GGUF bytes (uint8) and compute exactly what the resident model does."""
+    attached = []
+    monkeypatch.setattr(BlockStream, "on_event", lambda self, kind, i: attached.append(i) if kind == "attach" else None)
+    model = wan.load_dit(files["apart"], dtype="fp32", offload_blocks=2)
+    residency(model).load("cpu", exclude=held_back(model))  # as the sampler places a model on its device
+    assert torch.equal(_forward(model), outputs["apart", "gguf"])
+    assert attached == [0, 1]
