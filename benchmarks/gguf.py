@@ -34,6 +34,7 @@ import wan  # noqa: E402
 from wan.dit.config import WanDiTConfig  # noqa: E402
 from wan.dit.model import WanDiT  # noqa: E402
 from wan.quant.gguf_write import write_gguf  # noqa: E402
+from benchmarks.dit_forward import random_official_weights  # noqa: E402
 
 
 def shapes_of(cfg: WanDiTConfig) -> dict[str, tuple[int, ...]]:
@@ -42,8 +43,7 @@ def shapes_of(cfg: WanDiTConfig) -> dict[str, tuple[int, ...]]:
 
 
 def time_forward(cfg: WanDiTConfig, grid: tuple[int, int, int], repeats: int) -> dict:
-    g = torch.Generator().manual_seed(0)
-    weights = {k: torch.randn(s, generator=g) * 0.02 for k, s in shapes_of(cfg).items()}
+    weights = random_official_weights(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         plain = Path(tmp) / "dit.safetensors"
         save_file(weights, str(plain))
