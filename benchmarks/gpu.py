@@ -13,17 +13,22 @@ Random weights in the real shapes, with a few blocks instead of 40 (time and mem
 A step is one classifier-free-guidance step: a conditional and an unconditional forward. Per configuration it
 prints the step time, the peak GPU memory (weights included) and both as ratios to diffusers'
 ``WanTransformer3DModel`` running the same weights in bf16 with PyTorch SDPA, measured in the same run.
-Configurations: bf16; scaled fp8 (Comfy-Org layout: fp8 weights, one float32 scale per layer); block streaming
-with half the blocks streamed from CPU memory; SageAttention when installed. More configurations (GGUF Q8_0 and
-Q4_K) are one entry each in ``CONFIGS`` plus a weight builder in ``BUILDERS``.
+Configurations: bf16; scaled fp8 (Comfy-Org layout: fp8 weights, one float32 scale per layer); GGUF Q8_0 and Q4_K
+(files written with the community converters' layout, loaded through ``wan.load_dit``; their blocks are random valid
+data, so their output is not compared with diffusers', but one layer's dequantisation on the device is compared bit
+for bit with the ``gguf`` package's own); block streaming with half the blocks streamed from CPU memory;
+SageAttention when installed. A configuration is one entry in ``CONFIGS`` plus a weight builder in ``BUILDERS``.
 """
 from __future__ import annotations
 
 import argparse
+import atexit
 import gc
 import json
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -67,7 +72,9 @@ CONFIGS = [
     Config("bf16, block streaming (half the blocks)", "bf16", stream_half=True),
     Config("fp8 scaled, block streaming (half the blocks)", "fp8_scaled", stream_half=True),
     Config("bf16, sage attention", "bf16", attention="sage"),
-    # GGUF Q8_0 / Q4_K: Config("gguf Q8_0", "gguf_q8_0"), Config("gguf Q4_K", "gguf_q4_k") with their builders
+    Config("gguf Q8_0", "gguf_q8_0"),
+    Config("gguf Q4_K", "gguf_q4_k"),
+    Config("gguf Q4_K, block streaming (half the blocks)", "gguf_q4_k", stream_half=True),
 ]
 
 
@@ -119,10 +126,47 @@ def fp8_scaled_weights(sd, device):
     return out, scales
 
 
-BUILDERS: dict[str, Callable] = {"bf16": bf16_weights, "fp8_scaled": fp8_scaled_weights}
+def gguf_weights(qtype_name: str):
+    """A GGUF file of the model's shapes (random valid blocks of ``qtype_name``), as users' files are laid out."""
+    def build(sd, device) -> Path:
+        from gguf import GGMLQuantizationType
+
+        from wan.quant.gguf_write import write_gguf
+
+        folder = Path(tempfile.mkdtemp(prefix="wan_gpu_check_"))
+        atexit.register(shutil.rmtree, folder, True)
+        path = folder / f"dit_{qtype_name}.gguf"
+        write_gguf(path, {k: tuple(v.shape) for k, v in sd.items()}, GGMLQuantizationType[qtype_name])
+        return path
+
+    return build
+
+
+BUILDERS: dict[str, Callable] = {"bf16": bf16_weights, "fp8_scaled": fp8_scaled_weights,
+                                 "gguf_q8_0": gguf_weights("Q8_0"), "gguf_q4_k": gguf_weights("Q4_K")}
+
+
+def gguf_kernel_check(model: WanDiT, device) -> str:
+    """One quantised layer dequantised on ``device`` vs the ``gguf`` package's numpy reference, bit for bit."""
+    from gguf import quants
+
+    from gguf import GGMLQuantizationType
+
+    layer = model.blocks[0].self_attn.q
+    fmt, qtype = layer.weight_format, GGMLQuantizationType(layer.weight_format.qtype)
+    ours = fmt.dequantize(layer, torch.float32, device).cpu()
+    ref = torch.from_numpy(quants.dequantize(layer.weight.cpu().numpy(), qtype).copy()).reshape(ours.shape)
+    return f"{qtype.name} dequantised on {device.type} " + (
+        "bit-equal to gguf's" if torch.equal(ours, ref.float()) else "FAILED: differs from gguf's")
 
 
 def build_ours(shapes: Shapes, weights, config: Config) -> WanDiT:
+    if isinstance(weights, Path):  # a GGUF file, through the loader users get
+        from wan.dit.loader import load_dit
+
+        model = load_dit(weights, dtype="bf16", attention=config.attention)
+        set_block_streaming(model, shapes.config.num_layers // 2 if config.stream_half else 0)
+        return model
     sd, scales = weights
     with torch.device("meta"):
         model = WanDiT(shapes.config, None, "single", config.attention)
@@ -217,7 +261,9 @@ def run_ours(shapes: Shapes, sd, config: Config, device) -> tuple[Result, torch.
     finally:
         placement.release()
     result = Result(config.name, seconds, peak)
-    if peak is not None and not config.stream_half:  # how good is the estimate block streaming's auto mode uses?
+    if config.weights.startswith("gguf") and not config.stream_half:
+        result.note = gguf_kernel_check(model, device)
+    elif peak is not None and not config.stream_half:  # how good is the estimate block streaming's auto mode uses?
         estimate = activation_bytes(shapes.config, shapes.tokens, model.compute_dtype)
         result.note = f"activations {peak - weights / GiB:.2f} GiB (auto's estimate {estimate / GiB:.2f})"
     del model
@@ -273,7 +319,8 @@ def _compared(result: Result, out, config: Config, anchor: Result | None, refere
     if anchor is not None:
         result.time_ratio = result.step_s / anchor.step_s
         result.memory_ratio = result.peak_gib / anchor.peak_gib if result.peak_gib and anchor.peak_gib else None
-        notes.insert(0, f"vs diffusers {relative_error(out, reference):.1e} (max, relative)")
+        if not config.weights.startswith("gguf"):  # GGUF blocks are random data, not the anchor's weights
+            notes.insert(0, f"vs diffusers {relative_error(out, reference):.1e} (max, relative)")
     key = (config.weights, config.attention)
     if not config.stream_half:
         resident[key] = out

@@ -1,8 +1,8 @@
 """GGUF DiT: forward time of Q8_0 and Q4_K models against the same model unquantised (fp32 and bf16, same process),
 and peak RSS while loading a GGUF file of over 1 GB (fresh subprocess).
 
-    python benchmarks/gguf.py          # dim 1536, 2 layers, 1560 tokens; a 1.5 GB Q8_0 file (Wan 2.1 1.3B shapes)
-    python benchmarks/gguf.py --tiny   # a quick smoke run (small model, small file)
+    python benchmarks/gguf_bench.py          # dim 1536, 2 layers, 1560 tokens; a 1.5 GB Q8_0 file (Wan 2.1 1.3B shapes)
+    python benchmarks/gguf_bench.py --tiny   # a quick smoke run (small model, small file)
 
 Targets: a Q8_0 forward costs <= 1.3 x the unquantised one in the same compute dtype at dim >= 1536 (the per-layer
 dequantisation is the overhead; it shrinks as the token count grows); peak RSS growth while loading the file and
@@ -20,10 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-# This script's folder must not shadow the ``gguf`` package it measures.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
