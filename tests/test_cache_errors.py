@@ -66,7 +66,7 @@ def test_magcache_flf2v_has_no_curve_unless_fallback():
     (lambda: MagCache(-0.01), r"MagCache threshold -0.01 is out of range"),
     (lambda: MagCache(0.1, K=-1), r"MagCache K -1 must be a whole number from 0 to 20"),
     (lambda: MagCache(0.1, K=2.5), r"MagCache K 2.5"),
-    (lambda: MagCache(0.1, retention_ratio=1.0), r"retention_ratio 1.0 must be at least 0 and below 1"),
+    (lambda: MagCache(0.1, retention_ratio=1.0), r"retention_ratio 1.0 is out of range: it must be at least 0 and below 1"),
 ])
 def test_settings_out_of_range(make, match):
     with pytest.raises(InputError, match=match):
@@ -120,7 +120,7 @@ def test_nodes_make_policies_and_refuse_bad_values(pack):
     assert mag.K == 2 and mag.retention_ratio == 0.4
     with pytest.raises(ValueError, match=r"MagCache threshold 3.0 is out of range"):
         nodes.WanExpertsMagCache().make(3.0)
-    with pytest.raises(ValueError, match=r"'missing.json' was not found.*calibrate"):
+    with pytest.raises(ValueError, match=r"'missing.json' is not available: pick a file from the list"):
         nodes.WanExpertsTeaCache().make(0.1, coefficients_file="missing.json")
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..checks import finite_number
 from ..errors import InputError
 
 log = logging.getLogger("wan_experts")
@@ -216,14 +217,8 @@ class StepCache:
 
 
 def check_threshold(value, what: str, maximum: float) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"{what} threshold must be a number; got {value!r}") from exc
-    if not 0.0 <= value <= maximum:  # also rejects NaN
-        raise InputError(f"{what} threshold {value} is out of range; use 0 (no skipping) to {maximum} "
-                         f"(higher skips more steps and costs quality)")
-    return value
+    return finite_number(value, f"{what} threshold", 0.0, maximum,
+                         hint="0 = no skipping; higher skips more steps and costs quality")
 
 
 def _rows_of(calls: list[Call]) -> slice:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..checks import finite_number, whole_number
 from ..errors import InputError
 from ..variants import VARIANTS
 from .base import BranchState, Call, StepCache, check_threshold
@@ -51,13 +52,10 @@ class MagCache(StepCache):
                  allow_fallback: bool = False):
         super().__init__()
         self.threshold = check_threshold(threshold, "MagCache", MAX_THRESHOLD)
-        if int(K) != K or not 0 <= K <= MAX_K:
-            raise InputError(f"MagCache K {K} must be a whole number from 0 to {MAX_K} (the most steps in a row "
-                             f"that may reuse the cache; the authors use 2)")
-        if not 0.0 <= float(retention_ratio) < 1.0:
-            raise InputError(f"MagCache retention_ratio {retention_ratio} must be at least 0 and below 1 (the "
-                             f"fraction of first steps always computed; the authors use 0.1-0.4)")
-        self.K, self.retention_ratio = int(K), float(retention_ratio)
+        self.K = whole_number(K, "MagCache K", 0, MAX_K, hint="the most steps in a row that may reuse the cache; "
+                                                               "the authors use 2")
+        self.retention_ratio = finite_number(retention_ratio, "MagCache retention_ratio", 0.0, 1.0, high_open=True,
+                                             hint="the fraction of first steps always computed; authors: 0.1-0.4")
         self.curve, self.allow_fallback = str(curve), bool(allow_fallback)
         self.data: MagCurve | None = None
         self._choice = None

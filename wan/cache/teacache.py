@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..checks import whole_number
 from ..errors import InputError
 from .base import BranchState, Call, StepCache, check_threshold
 from .select import choose_for_model, input_facts
@@ -49,9 +50,9 @@ class TeaCache(StepCache):
         if mode not in TEACACHE_MODES:
             raise InputError(f"TeaCache mode '{mode}' is unknown; use 'e' (time embedding) or 'e0' "
                              f"(time projection, first 5 steps always computed)")
-        for name, value in (("start_step", start_step), ("end_step", end_step)):
-            if value is not None and (int(value) != value or value < 0):
-                raise InputError(f"TeaCache {name} {value} must be a whole number >= 0 (or None for the default)")
+        start_step, end_step = (None if v is None else whole_number(v, f"TeaCache {name}", 0, hint="None: the mode's "
+                                                                                                      "default")
+                                for name, v in (("start_step", start_step), ("end_step", end_step)))
         self.mode, self.start_step, self.end_step = mode, start_step, end_step
         self.coefficients, self.allow_fallback = str(coefficients), bool(allow_fallback)
         self.set: CoefficientSet | None = None

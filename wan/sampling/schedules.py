@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..checks import finite_number, whole_number
 from ..errors import InputError
 
 NUM_TRAIN_TIMESTEPS = 1000
@@ -70,10 +71,8 @@ def schedule_from_sigmas(sigmas: np.ndarray) -> Schedule:
 def make_schedule(solver: str, steps: int, shift: float, kind: str = "official") -> Schedule:
     """The schedule the official generation scripts use with ``solver`` ("unipc": the UniPC grid; "dpm++" and
     "euler": the DPM++ grid starting at sigma 1). ``kind="diffusers"`` gives diffusers' flow-UniPC grid."""
-    if steps < 1:
-        raise InputError(f"steps must be at least 1; got {steps}")
-    if shift <= 0:
-        raise InputError(f"shift must be positive; got {shift}")
+    steps = whole_number(steps, "steps", 1)
+    shift = finite_number(shift, "shift", 0.0, low_open=True, hint="shift must be positive")
     if kind == "diffusers":
         return schedule_from_sigmas(diffusers_flow_sigmas(steps, shift))
     if kind != "official":
@@ -84,8 +83,7 @@ def make_schedule(solver: str, steps: int, shift: float, kind: str = "official")
 def partial_schedule(schedule_for, steps: int, denoise: float) -> tuple[Schedule, int]:
     """For ``denoise`` < 1 (video-to-video): build the schedule of int(steps / denoise) steps and start at the
     step that leaves ``steps`` to run (as ComfyUI does). Returns (schedule, first step)."""
-    if not 0.0 < denoise <= 1.0:
-        raise InputError(f"denoise must be in (0, 1]; got {denoise}")
+    denoise = finite_number(denoise, "denoise", 0.0, 1.0, low_open=True, hint="denoise must be in (0, 1]")
     if denoise >= 1.0:
         return schedule_for(steps), 0
     total = int(steps / denoise)

@@ -1,0 +1,70 @@
+"""Checks of plain values that every public entry point shares: numbers must be finite and in range, images must
+have pixels. Each raises ``InputError`` naming the input, what was found and what to use instead."""
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+from .errors import InputError
+
+
+def finite_number(value, name: str, low: float | None = None, high: float | None = None, *,
+                  low_open: bool = False, high_open: bool = False, hint: str = "") -> float:
+    """``value`` as a float; refuses non-numbers, NaN, infinities and values outside [low, high] (``low_open`` /
+    ``high_open``: that bound itself is refused too)."""
+    number = _number(value, name)
+    tail = f"; {hint}" if hint else ""
+    if not math.isfinite(number):
+        raise InputError(f"{name} {number!r} is out of range: it must be a finite number{tail}")
+    too_low = low is not None and (number <= low if low_open else number < low)
+    too_high = high is not None and (number >= high if high_open else number > high)
+    if too_low and low == 0 and not low_open:
+        raise InputError(f"{name} {number!r} is out of range: it cannot be negative{tail}")
+    if too_low or too_high:
+        bounds = [f"{'above' if low_open else 'at least'} {low:g}" if low is not None else "",
+                  f"{'below' if high_open else 'at most'} {high:g}" if high is not None else ""]
+        raise InputError(f"{name} {number!r} is out of range: it must be {' and '.join(b for b in bounds if b)}{tail}")
+    return number
+
+
+def whole_number(value, name: str, low: int | None = None, high: int | None = None, hint: str = "") -> int:
+    """``value`` as an int (a float with no fractional part is accepted); refuses NaN, fractions and the range."""
+    number = _number(value, name)
+    outside = (low is not None and number < low) or (high is not None and number > high)
+    if not math.isfinite(number) or number != int(number) or outside:
+        span = (f" from {low} to {high}" if low is not None and high is not None else
+                f" >= {low}" if low is not None else f" <= {high}" if high is not None else "")
+        raise InputError(f"{name} {_short(value)} must be a whole number{span}{'; ' + hint if hint else ''}")
+    return int(number)
+
+
+def _number(value, name: str) -> float:
+    if isinstance(value, bool) or not (isinstance(value, numbers.Real) or _is_scalar_tensor(value)):
+        raise InputError(f"{name} must be a number; got {type(value).__name__} {_short(value)}")
+    return float(value)
+
+
+def check_image(image, name: str, channels_last: bool = False) -> None:
+    """A picture tensor [N, C, H, W] (or [N, H, W, C] with ``channels_last``) with at least one pixel and only
+    finite values."""
+    if not torch.is_tensor(image) or image.dim() != 4:
+        found = tuple(image.shape) if torch.is_tensor(image) else type(image).__name__
+        layout = "[N, H, W, C]" if channels_last else "[N, C, H, W]"
+        raise InputError(f"{name} must be an image batch {layout}; got {found}")
+    n, h, w = (image.shape[0], image.shape[1], image.shape[2]) if channels_last else \
+        (image.shape[0], image.shape[2], image.shape[3])
+    if n < 1 or h < 1 or w < 1:
+        raise InputError(f"{name} has no pixels (batch {n}, {w}x{h}); connect an image with at least one pixel")
+    if image.is_floating_point() and not bool(torch.isfinite(image).all()):
+        raise InputError(f"{name} contains NaN or infinite values; check the node that made it")
+
+
+def _is_scalar_tensor(value) -> bool:
+    return torch.is_tensor(value) and value.numel() == 1
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
