@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checks import finite_number, whole_number
 from ..errors import InputError
+from ..files import MiB, read_regular_file
 
 DATA = Path(__file__).parent / "data"
 TEACACHE_FILE = DATA / "teacache_coefficients.json"
@@ -21,6 +23,7 @@ SUFFIXES = ("_480p", "_720p", "_t2v", "_i2v")
 AREA_720P = 1280 * 720
 AREA_480P = 832 * 480
 TEACACHE_MODES = ("e", "e0")
+DATA_LIMIT = 4 * MiB  # calibration files are a few kB
 
 # Variants without a published TeaCache set, and the published set nearest to each (used only when asked).
 TEACACHE_NEAREST = {
@@ -74,12 +77,15 @@ class MagCurve:
 
 
 def _read(path: Path) -> dict:
+    data = read_regular_file(path, DATA_LIMIT, "step-cache data file")
     try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError as exc:
-        raise InputError(f"step-cache data file '{path}' does not exist; check the path") from exc
-    except (OSError, ValueError) as exc:
+        table = json.loads(data.decode("utf-8"))
+    except ValueError as exc:  # also UnicodeDecodeError
         raise InputError(f"step-cache data file '{path}' is not readable JSON: {exc}") from exc
+    if not isinstance(table, dict):
+        raise InputError(f"step-cache data file '{path}' holds a JSON {type(table).__name__}, not a table; make "
+                         f"one with python -m wan.cache.calibrate")
+    return table
 
 
 def parse_coefficients(data: dict, source: str) -> dict[str, CoefficientSet]:
@@ -90,7 +96,9 @@ def parse_coefficients(data: dict, source: str) -> dict[str, CoefficientSet]:
     recommended = data.get("recommended_thresholds", {})
     out = {}
     for key, modes in sets.items():
-        polys = {m: tuple(float(c) for c in modes[m]) for m in TEACACHE_MODES if m in modes}
+        modes = _entry(modes, source, f"coefficient set '{key}'")
+        polys = {m: _numbers(modes[m], source, f"coefficient set '{key}' mode '{m}'") for m in TEACACHE_MODES
+                 if m in modes}
         if not polys or any(len(p) < 2 for p in polys.values()):
             raise InputError(f"'{source}': coefficient set '{key}' has no usable 'e' or 'e0' polynomial")
         about = data.get("_about", "")
@@ -105,15 +113,31 @@ def parse_curves(data: dict, source: str) -> dict[str, MagCurve]:
         raise InputError(f"'{source}' has no 'curves' table; it is not a MagCache curves file")
     out = {}
     for key, entry in curves.items():
-        ratios, steps = [float(r) for r in entry["ratios"]], int(entry["steps"])
+        entry = _entry(entry, source, f"curve '{key}'", ("ratios", "steps"))
+        ratios = list(_numbers(entry["ratios"], source, f"curve '{key}' ratios"))
+        steps = whole_number(entry["steps"], f"'{source}': curve '{key}' steps", 2)
         if len(ratios) != 2 * (steps - 1):
             raise InputError(f"'{source}': curve '{key}' has {len(ratios)} ratios; {steps} steps need "
                              f"{2 * (steps - 1)} (cond and uncond interleaved, from step 1)")
         padded = [1.0, 1.0] + ratios  # the published code pads step 0 so the list has one pair per step
         switch = entry.get("switch_step")
+        switch = None if switch is None else whole_number(switch, f"'{source}': curve '{key}' switch_step", 0)
         out[key] = MagCurve(key, base_variant(key), tuple(padded[0::2]), tuple(padded[1::2]), source,
-                            None if switch is None else int(switch))
+                            switch)
     return out
+
+
+def _entry(value, source: str, what: str, required: tuple[str, ...] = ()) -> dict:
+    if not isinstance(value, dict) or any(k not in value for k in required):
+        keys = f" with {', '.join(required)}" if required else ""
+        raise InputError(f"'{source}': {what} must be a table{keys}; make the file with python -m wan.cache.calibrate")
+    return value
+
+
+def _numbers(values, source: str, what: str) -> tuple[float, ...]:
+    if not isinstance(values, list):
+        raise InputError(f"'{source}': {what} must be a list of numbers; got {type(values).__name__}")
+    return tuple(finite_number(v, f"'{source}': {what}") for v in values)
 
 
 @lru_cache(maxsize=None)

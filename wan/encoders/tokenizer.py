@@ -44,10 +44,14 @@ class SentencePieceBackend:
 
 
 class TokenizerJsonBackend:
-    def __init__(self, path: str):
+    def __init__(self, text: str, source: str = "tokenizer.json"):
         from tokenizers import Tokenizer
 
-        self.tok = Tokenizer.from_file(path)
+        try:
+            self.tok = Tokenizer.from_str(text)
+        except Exception as exc:  # the tokenizers library raises plain Exception for malformed files
+            raise CheckpointError(f"tokenizer '{source}' is not a valid tokenizer.json ({str(exc)[:200]}); use the "
+                                  f"google/umt5-xxl tokenizer.json or its spiece.model") from exc
         self.eos_id = self.tok.token_to_id("</s>")
         pad = self.tok.token_to_id("<pad>")
         self.pad_id = 0 if pad is None else pad

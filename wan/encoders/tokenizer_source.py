@@ -12,12 +12,14 @@ import torch
 
 from ..checkpoint import read_state_dict
 from ..errors import CheckpointError
+from ..files import MiB, read_regular_file
 from .t5_keys import TOKENIZER_KEY
 from .tokenizer import SentencePieceBackend, TokenizerJsonBackend, UMT5Tokenizer
 
 TOKENIZER_JSON = "tokenizer.json"
 SPIECE_MODEL = "spiece.model"
 NEARBY_FOLDERS = (".", "google/umt5-xxl", "umt5-xxl", "tokenizer")
+TOKENIZER_LIMIT = 64 * MiB  # the UMT5 tokenizer.json is 16 MB, its spiece.model 4 MB
 
 
 def find_tokenizer(checkpoint: Path, sd: dict[str, torch.Tensor], explicit=None) -> UMT5Tokenizer:
@@ -48,13 +50,14 @@ def tokenizer_from_path(path: Path) -> UMT5Tokenizer:
             raise CheckpointError(f"tokenizer folder '{path}' holds neither {TOKENIZER_JSON} nor {SPIECE_MODEL}.")
         return tokenizer_from_path(file)
     if path.name.endswith(".json"):
-        return UMT5Tokenizer(TokenizerJsonBackend(str(path)), str(path))
+        text = read_regular_file(path, TOKENIZER_LIMIT, "tokenizer file").decode("utf-8", errors="replace")
+        return UMT5Tokenizer(TokenizerJsonBackend(text, str(path)), str(path))
     if path.name.endswith(".safetensors"):
         sd = read_state_dict(path, what="tokenizer file")
         if TOKENIZER_KEY not in sd:
             raise CheckpointError(f"'{path.name}' holds no '{TOKENIZER_KEY}' tensor, so it carries no tokenizer.")
         return tokenizer_from_tensor(sd[TOKENIZER_KEY], f"{path.name}:{TOKENIZER_KEY}")
-    return _sentencepiece(path.read_bytes(), str(path))
+    return _sentencepiece(read_regular_file(path, TOKENIZER_LIMIT, "tokenizer file"), str(path))
 
 
 def tokenizer_from_tensor(t: torch.Tensor, source: str) -> UMT5Tokenizer:
