@@ -1,6 +1,8 @@
 """Pixel size and frame count -> latent shape, with the rules the models impose (checked before any work)."""
 from __future__ import annotations
 
+from ..budget import check_ceiling
+from ..checks import whole_number
 from ..errors import InputError
 
 PATCH = 2  # spatial patch of every Wan DiT
@@ -10,6 +12,8 @@ def latent_shape(width: int, height: int, frames: int, z_dim: int, batch: int = 
                  stride: tuple[int, int, int] | None = None) -> tuple[int, int, int, int, int]:
     """[B, C, T, h, w] of the latents of a ``frames`` x ``height`` x ``width`` video for a VAE with ``z_dim``
     channels (16: Wan 2.1 VAE, stride 4x8x8; 48: Wan 2.2 VAE, stride 4x16x16)."""
+    width, height, frames, batch = (whole_number(v, n) for v, n in
+                                    ((width, "width"), (height, "height"), (frames, "frames"), (batch, "batch")))
     if stride is None:
         stride = {16: (4, 8, 8), 48: (4, 16, 16)}.get(z_dim)
         if stride is None:
@@ -24,10 +28,13 @@ def latent_shape(width: int, height: int, frames: int, z_dim: int, batch: int = 
                              f"DiT patch need; use {fix}")
     if batch < 1:
         raise InputError(f"batch must be at least 1; got {batch}")
-    return batch, z_dim, (frames - 1) // stride[0] + 1, height // stride[1], width // stride[2]
+    shape = batch, z_dim, (frames - 1) // stride[0] + 1, height // stride[1], width // stride[2]
+    check_ceiling(batch, (shape[2], shape[3] // PATCH, shape[4] // PATCH), (width, height))
+    return shape
 
 
 def check_frames(frames: int, t_stride: int = 4) -> None:
+    frames = whole_number(frames, "frames")
     if frames < 1 or (frames - 1) % t_stride:
         fix = max(1, round((frames - 1) / t_stride) * t_stride + 1)
         raise InputError(f"frames {frames} is not of the form {t_stride}n+1 (1, 5, 9, ..., 81, ..., 121) that the "
