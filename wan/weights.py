@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from .errors import CheckpointError, InputError
+from .finite import check_loaded_weights
 from .ops import FP8_DTYPES, Linear
 from .quant import SCALED_FP8
 
@@ -98,6 +99,7 @@ def assign_weights(module: nn.Module, sd: dict[str, torch.Tensor], scales: dict[
         if isinstance(layer, Linear) and layer.weight.dtype in FP8_DTYPES and layer.weight_format is None:
             layer.scale_weight = scale.float()
             layer.weight_format = SCALED_FP8
+    check_loaded_weights(module, source.name, what)
 
 
 def _set_quantized(layer: nn.Module, q) -> None:

@@ -6,6 +6,7 @@ import torch
 from ..conditioning import ImageCond, TextEmbeds
 from ..errors import InputError
 from ..experts import ExpertSet
+from ..finite import check_input
 from .shapes import PATCH
 
 
@@ -23,6 +24,18 @@ def check_sampling_inputs(experts: ExpertSet, latents: torch.Tensor, text: TextE
     check_latents(experts, latents, name)
     check_text(experts, text, latents.shape[0], needs_negative)
     check_image_cond(experts, image_cond, latents, name)
+    check_finite_inputs(latents, text, image_cond)
+
+
+def check_finite_inputs(latents: torch.Tensor, text: TextEmbeds, image_cond: ImageCond | None) -> None:
+    """NaN/inf in an input would spread to the whole video; name the input instead."""
+    fix = "check the node that made it (a NaN setting, or a damaged file)"
+    check_input(latents, "latent", fix)
+    check_input(text.positive, "positive text embedding", fix)
+    check_input(text.negative, "negative text embedding", fix)
+    if image_cond is not None:
+        for name in ("y", "clip", "first_latent"):
+            check_input(getattr(image_cond, name), f"image conditioning ({name})", fix)
 
 
 def check_latents(experts: ExpertSet, latents: torch.Tensor, name: str) -> None:
