@@ -42,7 +42,7 @@ def load_dit(path, dtype=None, device="cpu", role: str | None = None, num_heads:
     if parse_offload_blocks(offload_blocks) is not None and sharding is not None:  # bad values fail before reading
         raise InputError(f"offload_blocks {offload_blocks!r} (block streaming) cannot be combined with FSDP "
                          f"(--dit_fsdp): each process already holds only its share of the blocks; use one of them")
-    source = _expert_source(path, role)
+    source = expert_source(path, role)
     sd, scales, quantized, layout = read_dit_weights(source)
     shapes = {**sd, **{f"{name}.weight": q.placeholder() for name, q in quantized.items()}}  # real shapes
     if "head.modulation" not in sd or "vace_patch_embedding.weight" in sd:
@@ -98,7 +98,7 @@ def resolve_dtype(dtype, sd: dict[str, torch.Tensor]) -> torch.dtype:
     return compute_dtype(dtype, stored)
 
 
-def _expert_source(path: Path, role: str) -> Path:
+def expert_source(path: Path, role: str) -> Path:
     """An official Wan 2.2 A14B folder holds both experts; pick the one the role names."""
     if not (path.is_dir() and all((path / d).is_dir() for d in EXPERT_FOLDERS.values())):
         return path
