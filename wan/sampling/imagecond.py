@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..conditioning import ClipEmbeds, ImageCond
+from ..checks import check_image
 from ..errors import InputError
 from ..latents import normalize
 from .shapes import check_frames
@@ -67,7 +68,7 @@ def mask_from_given(given: torch.Tensor, lat_h: int, lat_w: int, t_stride: int =
 
 
 def concat_condition(vae, start: torch.Tensor, frames: int, end: torch.Tensor | None = None,
-                     clip: ClipEmbeds | torch.Tensor | None = None) -> ImageCond:
+                     clip: ClipEmbeds | torch.Tensor | None = None, callback=None) -> ImageCond:
     """I2V (``end`` None) or FLF2V conditioning for the 36-channel models; images [B, 3, H, W] in [-1, 1]."""
     check_frames(frames, vae.stride[0])
     if frames < 2 and end is not None:
@@ -77,29 +78,38 @@ def concat_condition(vae, start: torch.Tensor, frames: int, end: torch.Tensor | 
     parts = [start[:, :, None].float(), start.new_zeros(b, 3, n_grey, h, w, dtype=torch.float32)]
     if end is not None:
         parts.append(_match(end, start, "end image")[:, :, None].float())
-    z = normalize(vae.encode(torch.cat(parts, dim=2)))
+    z = normalize(_encode(vae, torch.cat(parts, dim=2), callback))
     mask = frame_mask(frames, z.shape[-2], z.shape[-1], end is not None, vae.stride[0]).to(z)
     y = torch.cat([mask.expand(b, -1, -1, -1, -1), z], dim=1)
     features = clip.features if isinstance(clip, ClipEmbeds) else clip
     return ImageCond(kind="flf2v" if end is not None else "i2v", y=y, clip=features)
 
 
-def first_frame_condition(vae, start: torch.Tensor) -> ImageCond:
+def first_frame_condition(vae, start: torch.Tensor, callback=None) -> ImageCond:
     """TI2V-5B: the start image's latent [B, 48, 1, h, w] (normalised), imposed on latent frame 0."""
-    return ImageCond(kind="ti2v", first_latent=normalize(vae.encode(start[:, :, None].float())))
+    return ImageCond(kind="ti2v", first_latent=normalize(_encode(vae, start[:, :, None].float(), callback)))
 
 
 def image_condition(vae, start: torch.Tensor, width: int, height: int, frames: int, end: torch.Tensor | None = None,
-                    clip: ClipEmbeds | None = None) -> ImageCond:
-    """The conditioning the VAE's model family uses: 48 channels -> TI2V-5B, 16 -> I2V (FLF2V with ``end``)."""
+                    clip: ClipEmbeds | None = None, callback=None) -> ImageCond:
+    """The conditioning the VAE's model family uses: 48 channels -> TI2V-5B, 16 -> I2V (FLF2V with ``end``).
+    ``callback(done, total)`` is passed to the VAE encode (per chunk: progress and a cancel point)."""
+    check_image(start, "start image")
+    if end is not None:
+        check_image(end, "end image")
     if vae.z_dim == 48:
         if end is not None:
             raise InputError("TI2V-5B (Wan 2.2 VAE) takes a start image only; disconnect the end image, or use a "
                              "Wan 2.1 FLF2V model with the Wan 2.1 VAE for first-last-frame video")
         check_frames(frames, vae.stride[0])
-        return first_frame_condition(vae, fit_image_ti2v(start, width, height))
+        return first_frame_condition(vae, fit_image_ti2v(start, width, height), callback)
     start = fit_image(start, width, height)
-    return concat_condition(vae, start, frames, None if end is None else fit_image(end, width, height), clip)
+    return concat_condition(vae, start, frames, None if end is None else fit_image(end, width, height), clip,
+                            callback)
+
+
+def _encode(vae, video: torch.Tensor, callback) -> torch.Tensor:
+    return vae.encode(video) if callback is None else vae.encode(video, callback=callback)
 
 
 def _match(end: torch.Tensor, start: torch.Tensor, name: str) -> torch.Tensor:

@@ -11,9 +11,13 @@ from typing import Any, Callable
 
 import torch
 
+from ..budget import check_sampling
+from ..checks import finite_number, whole_number
 from ..conditioning import ImageCond, TextEmbeds
 from ..errors import InputError
-from ..experts import ExpertSet
+from ..experts import ExpertSet, as_expert_set
+from ..finite import check_input, check_output
+from .interrupt import interruptible
 from .inputs import ModelInputs
 from .placement import ExpertPlacement
 from .schedules import Schedule, make_schedule, partial_schedule
@@ -22,6 +26,8 @@ from .validate import check_sampling_inputs
 from .windowed import plan_windows
 
 log = logging.getLogger("wan_experts")
+
+MAX_STEPS, MAX_SHIFT, MAX_CFG = 1000, 100.0, 100.0
 
 
 @dataclass
@@ -81,20 +87,28 @@ class SampleResult:
 def sample(experts: ExpertSet, latents: torch.Tensor, text: TextEmbeds, settings: SamplerSettings, *,
            noise: torch.Tensor | None = None, image_cond: ImageCond | None = None, step_cache=None,
            callback: Callable[[StepInfo], None] | None = None, device=None, offload_device=None,
-           solver_state: SolverState | None = None, cfg_parallel=None) -> SampleResult:
-    """Denoise ``latents`` [B, C, T, h, w] (normalised). With ``add_noise`` and start 0 the run starts from
-    ``noise`` alone, like the official scripts; a later start mixes noise in at that step's sigma.
+           solver_state: SolverState | None = None, cfg_parallel=None,
+           interrupt: Callable[[], None] | None = None) -> SampleResult:
+    """Denoise ``latents`` [B, C, T, h, w] (normalised) with ``experts`` (an ExpertSet, or one WanDiT). With
+    ``add_noise`` and start 0 the run starts from ``noise`` alone, like the official scripts; a later start mixes
+    noise in at that step's sigma.
 
     ``step_cache`` (optional) gets ``begin(timesteps=[...], experts=...)``, then ``forward(model, x, t, context,
     clip_fea=, y=, step=, branch="cond"|"uncond", expert=)`` for every model call (``step`` indexes the timesteps
     given to ``begin``), and ``end()``, whose report is returned in the result.
 
     ``cfg_parallel`` (a ``wan.distributed.CfgParallel``, optional): this rank computes only its guidance branch and
-    gets the other one from its partner rank."""
+    gets the other one from its partner rank.
+
+    ``interrupt`` (optional) is called before every transformer block and may raise to cancel the run. Before the
+    first step the run is checked against the memory budget; after the first step and at the end the latents must
+    be finite (``NonFiniteError`` names the likely cause)."""
     s = settings
-    device = torch.device(device) if device is not None else latents.device
+    experts = as_expert_set(experts)
+    device = torch.device(device) if device is not None else getattr(latents, "device", torch.device("cpu"))
     run = _plan_run(experts, latents, text, s, noise, image_cond, device)
     run.cfg_parallel = cfg_parallel
+    check_sampling(run.experts, latents.shape, device, step_cache is not None, s.keep_both_resident)
     if run.windows is not None:
         noise, step_cache = run.windows.prepare(noise, step_cache)
     _restore(run.solver, solver_state, s, run.schedule, run.start, device, latents.shape)
@@ -103,10 +117,14 @@ def sample(experts: ExpertSet, latents: torch.Tensor, text: TextEmbeds, settings
     if step_cache is not None:
         step_cache.begin(timesteps=[run.schedule.timestep(i) for i in run.steps], experts=run.experts)
     try:
-        for n, i in enumerate(run.steps):
-            x = _step(run, placement, n, i, x, s, step_cache, callback)
+        with interruptible(experts.models, interrupt):
+            for n, i in enumerate(run.steps):
+                x = _step(run, placement, n, i, x, s, step_cache, callback)
+                if n == 0:
+                    _check_finite(run, x, "the first sampling step")
     finally:
         placement.release()
+    _check_finite(run, x, "sampling")
     report = step_cache.end() if step_cache is not None else None
     state = None
     if run.end < run.schedule.steps and not run.full_denoise:
@@ -136,8 +154,9 @@ def _plan_run(experts, latents, text, s: SamplerSettings, noise, image_cond, dev
     """Validate everything, then fix the schedule, the step range and the expert of each step."""
     _check_settings(s, experts)
     check_sampling_inputs(experts, latents, text, image_cond, needs_negative=_uses_cfg(s, experts))
-    if s.add_noise and (noise is None or noise.shape != latents.shape):
+    if s.add_noise and (not torch.is_tensor(noise) or noise.shape != latents.shape):
         raise InputError(f"add_noise needs noise of the latent's shape {tuple(latents.shape)}")
+    check_input(noise if s.add_noise else None, "noise", "make it with wan.make_noise")
     schedule, first = partial_schedule(lambda n: make_schedule(s.solver, n, s.shift, s.schedule), s.steps, s.denoise)
     start, end = _step_range(s, schedule, first)
     if experts.is_moe and s.boundary is not None:
@@ -165,6 +184,11 @@ def _step(run: _Run, placement: ExpertPlacement, n: int, i: int, x, s: SamplerSe
     if callback is not None:
         callback(StepInfo(n, run.end - run.start, i, t, run.schedule.sigma(i), expert, x, x0))
     return x
+
+
+def _check_finite(run: _Run, x: torch.Tensor, stage: str) -> None:
+    model = run.experts.high
+    check_output(x, stage, run.experts.models, model.compute_dtype, getattr(model, "attention", None))
 
 
 def expert_plan(experts: ExpertSet, schedule: Schedule, steps: range, switch_step: int | None = None) -> list[str]:
@@ -253,14 +277,27 @@ def _restore(solver, state: SolverState | None, s: SamplerSettings, schedule: Sc
 
 
 def _check_settings(s: SamplerSettings, experts: ExpertSet) -> None:
+    if not isinstance(s, SamplerSettings):
+        raise InputError(f"settings must be a SamplerSettings; got {type(s).__name__}")
     if s.solver not in SOLVERS:
         raise InputError(f"solver '{s.solver}' is unknown; use one of {SOLVERS}")
+    _check_numbers(s)
     if s.start_step < 0 or (s.end_step is not None and s.end_step < 0):
         raise InputError(f"start step ({s.start_step}) and end step ({s.end_step}) cannot be negative")
-    if s.boundary is not None and not 0.0 < s.boundary < 1.0:
-        raise InputError(f"boundary {s.boundary} must lie between 0 and 1 (a fraction of the 1000 timesteps)")
     if (s.boundary is not None or s.switch_step is not None) and not experts.is_moe:
         log.info("Wan sampler: boundary / switch step apply to a Wan 2.2 expert pair only; ignored for one model")
+
+
+def _check_numbers(s: SamplerSettings) -> None:
+    """Every number finite and in range (a NaN guidance or shift would otherwise give a black video)."""
+    whole_number(s.steps, "steps", 1, MAX_STEPS)
+    finite_number(s.shift, "shift", 0.0, MAX_SHIFT, low_open=True, hint="the official values are 3 to 17")
     for name in ("cfg_high", "cfg_low"):
-        if getattr(s, name) < 0:
-            raise InputError(f"{name} {getattr(s, name)} cannot be negative")
+        finite_number(getattr(s, name), name, 0.0, MAX_CFG, hint="1 turns guidance off; the official values are 3-5")
+    if s.boundary is not None:
+        finite_number(s.boundary, "boundary", 0.0, 1.0, low_open=True, high_open=True,
+                      hint="a fraction of the 1000 timesteps (0.875 T2V, 0.9 I2V)")
+    finite_number(s.denoise, "denoise", 0.0, 1.0, low_open=True, hint="1 for text/image-to-video")
+    for name in ("start_step", "end_step", "switch_step"):
+        if getattr(s, name) is not None:
+            whole_number(getattr(s, name), name)

@@ -14,7 +14,10 @@ from typing import Callable
 import torch
 
 from .. import latents as latent_stats
+from ..budget import check_vae
+from ..checks import whole_number
 from ..errors import InputError
+from ..finite import check_input, check_output
 from ..latents import VAE_NAME
 from .model import WanVAEModel, num_chunks
 from .tiling import TileGrid, run_tiled
@@ -77,6 +80,8 @@ class WanVAE:
         """Video [B, 3, F, H, W] in [-1, 1] -> raw latents [B, z, 1 + (F-1)//4, H/s, W/s], float32, on
         ``output_device`` (default: the VAE's device)."""
         video = self._check_video(video)
+        tile_size, overlap = _check_tiles(tile_size, overlap)
+        check_vae(self, "encode", video.shape, _tiled_mode(tiled) != "off", tile_size, self._out(output_device))
         s = self.stride[1]
         job = _Pass(self.model.encode_chunks, TileGrid.from_pixels(tile_size, overlap, s),
                     (video.shape[3] // s, video.shape[4] // s), in_scale=s, out_scale=1,
@@ -90,12 +95,15 @@ class WanVAE:
         """Raw latents [B, z, T, h, w] -> video [B, 3, 1 + 4(T-1), h*s, w*s] in [-1, 1], float32, on
         ``output_device`` (default: the VAE's device; "cpu" keeps a long video off the GPU while it is decoded)."""
         latents = self._check_latents(latents)
+        tile_size, overlap = _check_tiles(tile_size, overlap)
         s = self.stride[1]
         out_device = self._out(output_device)
+        check_vae(self, "decode", latents.shape, _tiled_mode(tiled) != "off", tile_size, out_device)
         job = _Pass(partial(self.model.decode_chunks, out_device=out_device),
                     TileGrid.from_pixels(tile_size, overlap, s), tuple(latents.shape[3:]), in_scale=1, out_scale=s,
                     chunks=latents.shape[2], out_device=out_device)
         video = self._run(latents, job, tiled, callback)
+        check_output(video, "VAE decode", [self.model], self.dtype)
         return video.clamp_(-1.0, 1.0) if clamp else video
 
     def _out(self, output_device) -> torch.device:
@@ -142,6 +150,7 @@ class WanVAE:
                              f"{max(s, width // s * s)}x{max(s, height // s * s)}")
         if frames < 1:
             raise InputError("video to encode has no frames")
+        check_input(video, "video to encode", "check the images connected to this node")
         step = self.stride[0]
         keep = 1 + (frames - 1) // step * step
         if keep != frames:
@@ -164,6 +173,8 @@ class WanVAE:
                              f"Wan2.1_VAE; Wan 2.2 TI2V-5B: Wan2.2_VAE)")
         if latents.shape[2] < 1 or latents.shape[3] < 1 or latents.shape[4] < 1:
             raise InputError(f"latents to decode have an empty dimension: shape {tuple(latents.shape)}")
+        check_input(latents, "latents to decode", "they come from the sampler, which stops on NaN itself: were "
+                                                  "they edited or loaded from elsewhere?")
         return latents
 
 
@@ -201,6 +212,10 @@ class _Counter:
         self.done += 1
         if self.callback is not None:
             self.callback(self.done, self.total)
+
+
+def _check_tiles(tile_size, overlap) -> tuple[int, int]:
+    return whole_number(tile_size, "tile_size", 16, 1 << 16), whole_number(overlap, "overlap", 0, 1 << 15)
 
 
 def _tiled_mode(tiled: str | bool) -> str:
