@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..wan.errors import InputError
-from ..wan.video import FORMATS, save_video, workflow_metadata
+from ..wan.video import FORMATS, prefix_problem, save_video, workflow_metadata
 from . import host
 
 
@@ -40,6 +40,14 @@ class WanExpertsSaveVideo:
             },
             "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, filename_prefix=None):
+        """ComfyUI calls this while it validates the graph, before anything runs: a bad prefix fails at once
+        instead of after sampling and decoding. A linked prefix (None here) is checked when the node runs."""
+        if filename_prefix is None:
+            return True
+        return prefix_problem(filename_prefix) or True
 
     def save(self, images, fps=16.0, filename_prefix="video/Wan", format="mp4", crf=19, prompt=None,
              extra_pnginfo=None):

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import torch
 
+from .checks import finite_number, whole_number
 from .errors import InputError, WanError
+from .finite import check_input
 
 log = logging.getLogger("wan_experts")
 
@@ -40,6 +42,13 @@ FORMATS = {
     "webm": VideoFormat("webm", "libvpx-vp9", 63),
 }
 PIXEL_FORMAT = "yuv420p"
+# File names: portable on Linux, macOS and Windows, and short enough for the counter and the hidden partial file
+# (".<name>.<pid>.partial.webm") to stay within the common 255-byte name limit.
+MAX_PREFIX_CHARS = 1000
+MAX_NAME_BYTES = 180
+MAX_FOLDER_DEPTH = 16
+FORBIDDEN_CHARACTERS = '<>:"|?*'
+RESERVED_NAMES = {"CON", "PRN", "AUX", "NUL"} | {f"{d}{i}" for d in ("COM", "LPT") for i in range(1, 10)}
 
 
 @dataclass(frozen=True)
@@ -55,7 +64,7 @@ def save_video(frames: torch.Tensor, output_dir, filename_prefix: str = "video/W
     fmt = _check_format(format, crf)
     folder, name, subfolder = split_prefix(Path(output_dir), filename_prefix)
     final = _write_through_temp(frames, folder, name, fps, fmt, crf, metadata,
-                                lambda tmp: _claim_name(tmp, folder, name, fmt.name))
+                                lambda tmp: _claim_name(tmp, folder, name, fmt.name), keep=Path(output_dir))
     return SavedVideo(final, final.name, subfolder)
 
 
@@ -76,12 +85,15 @@ def write_video(frames: torch.Tensor, path, fps: float = 16.0, crf: int = 19,
 
 
 def _write_through_temp(frames, folder: Path, stem: str, fps: float, fmt: VideoFormat, crf: int, metadata,
-                        finish) -> Path:
-    """Check, encode to a hidden temporary file in ``folder``, then ``finish(tmp)`` names it; no leftovers."""
+                        finish, keep: Path | None = None) -> Path:
+    """Check, encode to a hidden temporary file in ``folder``, then ``finish(tmp)`` names it. Whatever goes wrong
+    (an OS error, an encoder error, a cancel), the temporary file and any folder made for it below ``keep`` are
+    removed."""
     pixels = frames_to_uint8(frames)
     _check_fps(fps)
-    _make_folder(folder)
+    created = _make_folder(folder, keep)
     tmp = folder / f".{stem}.{os.getpid()}.partial.{fmt.name}"
+    final = None
     try:
         encode(pixels, tmp, fps, fmt, crf, metadata or {})
         final = finish(tmp)
@@ -89,8 +101,9 @@ def _write_through_temp(frames, folder: Path, stem: str, fps: float, fmt: VideoF
         raise OutputFolderError(f"could not write the video into '{folder}': {exc}. Check that the folder "
                                 f"exists, is writable and has free space.") from exc
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        _remove(tmp)
+        if final is None:
+            _remove_empty_folders(created)
     log.info("Saved %d frames (%dx%d, %.3g fps) to %s", pixels.shape[0], pixels.shape[2], pixels.shape[1], fps, final)
     return final
 
@@ -110,6 +123,7 @@ def frames_to_uint8(frames: torch.Tensor) -> torch.Tensor:
     if not torch.is_tensor(frames) or frames.dim() != 4 or frames.shape[-1] not in (3, 4) or frames.shape[0] < 1:
         shape = tuple(frames.shape) if torch.is_tensor(frames) else type(frames).__name__
         raise InputError(f"images must be frames [N, H, W, 3] with at least one frame; got {shape}")
+    check_input(frames, "images to save", "they come from the VAE decode; see its error, or decode in bf16/fp32")
     rgb = frames[..., :3].detach().float().cpu()
     h, w = rgb.shape[1:3]
     if h % 2 or w % 2:
@@ -137,13 +151,45 @@ def encode(pixels: torch.Tensor, path: Path, fps: float, fmt: VideoFormat, crf: 
 
 def split_prefix(output_dir: Path, filename_prefix: str) -> tuple[Path, str, str]:
     """(folder, file name stem, subfolder) for a prefix such as ``video/Wan``; refuses to leave ``output_dir``."""
-    prefix = (filename_prefix or "").replace("\\", "/").strip()
-    parts = [p for p in prefix.split("/") if p not in ("", ".")]
-    if not parts or ".." in parts or prefix.startswith("/") or re.match(r"^[A-Za-z]:", prefix):
-        raise InputError(f"filename_prefix '{filename_prefix}' must be a name, optionally with subfolders inside "
-                         f"the output folder (e.g. 'video/Wan'); absolute paths and '..' are not allowed")
+    problem = prefix_problem(filename_prefix)
+    if problem is not None:
+        raise InputError(problem)
+    parts = _parts(filename_prefix)
     name, sub = parts[-1], parts[:-1]
     return output_dir.joinpath(*sub), name, "/".join(sub)
+
+
+def prefix_problem(filename_prefix) -> str | None:
+    """Why ``filename_prefix`` cannot name a file inside the output folder on any system, or None when it can."""
+    if not isinstance(filename_prefix, str):
+        return f"filename_prefix must be text; got {type(filename_prefix).__name__}"
+    prefix = filename_prefix.replace("\\", "/").strip()
+    bad = next((c for c in prefix if ord(c) < 32 or ord(c) == 127 or c in FORBIDDEN_CHARACTERS), None)
+    if bad is not None:
+        return (f"filename_prefix contains {bad!r}; file names cannot hold control characters or any of "
+                f"{FORBIDDEN_CHARACTERS}")
+    parts = _parts(prefix)
+    if not parts or ".." in parts or prefix.startswith("/") or len(prefix) > MAX_PREFIX_CHARS:
+        return (f"filename_prefix '{prefix[:80]}' must be a name, optionally with subfolders inside the output "
+                f"folder (e.g. 'video/Wan'), at most {MAX_PREFIX_CHARS} characters; absolute paths and '..' are "
+                f"not allowed")
+    if len(parts) > MAX_FOLDER_DEPTH:
+        return f"filename_prefix has {len(parts) - 1} subfolders; use at most {MAX_FOLDER_DEPTH - 1}"
+    return next((p for p in map(_name_problem, parts) if p is not None), None)
+
+
+def _parts(prefix: str) -> list[str]:
+    return [p for p in prefix.replace("\\", "/").strip().split("/") if p not in ("", ".")]
+
+
+def _name_problem(part: str) -> str | None:
+    if len(part.encode("utf-8")) > MAX_NAME_BYTES:
+        return f"filename_prefix part '{part[:40]}...' is longer than {MAX_NAME_BYTES} bytes; shorten it"
+    if part.rstrip(" .").split(".")[0].upper() in RESERVED_NAMES:
+        return f"filename_prefix part '{part}' is a reserved device name on Windows; choose another name"
+    if part.startswith(".") or part.endswith((" ", ".")):
+        return f"filename_prefix part '{part}' starts with '.' or ends with a space or '.'; choose another name"
+    return None
 
 
 def next_counter(folder: Path, name: str) -> int:
@@ -170,26 +216,47 @@ def _claim_name(tmp: Path, folder: Path, name: str, ext: str) -> Path:
             counter += 1
 
 
-def _make_folder(folder: Path) -> None:
+def _make_folder(folder: Path, keep: Path | None = None) -> list[Path]:
+    """Create ``folder`` (and its parents); returns the new folders below ``keep`` (all when None), deepest
+    first."""
+    created = [p for p in (folder, *folder.parents) if not p.exists() and (keep is None or keep in p.parents)]
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
+        _remove_empty_folders(created)
         raise OutputFolderError(f"could not create the output folder '{folder}': {exc.strerror or exc}. Choose "
                                 f"another filename_prefix or output folder, or fix its permissions.") from exc
     if not os.access(folder, os.W_OK | os.X_OK):
+        _remove_empty_folders(created)
         raise OutputFolderError(f"the output folder '{folder}' is not writable. Fix its permissions or choose "
                                 f"another output folder.")
+    return created
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:  # never hide the error that brought us here
+        log.warning("Could not remove the partial file %s: %s", path, exc)
+
+
+def _remove_empty_folders(folders: list[Path]) -> None:
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def _check_format(format: str, crf: int) -> VideoFormat:
     if format not in FORMATS:
         raise InputError(f"video format '{format}' is unknown; use one of {sorted(FORMATS)}")
     fmt = FORMATS[format]
-    if not 0 <= int(crf) <= fmt.crf_max:
-        raise InputError(f"crf {crf} is out of range for {format}: use 0 (best) .. {fmt.crf_max} (smallest)")
+    whole_number(crf, f"crf for {format}", 0, fmt.crf_max, hint="0 is the best quality, the highest the smallest")
     return fmt
 
 
 def _check_fps(fps: float) -> None:
-    if not 0 < float(fps) <= 1000:
-        raise InputError(f"fps {fps} must be above 0 and at most 1000 (Wan 2.1: 16, Wan 2.2 TI2V-5B: 24)")
+    finite_number(fps, "fps", 0.0, 1000.0, low_open=True, hint="Wan 2.1: 16, Wan 2.2 TI2V-5B: 24")
