@@ -1,12 +1,11 @@
 """Nodes that make a step-cache policy (``WAN_STEP_CACHE``) for Wan Sampler: TeaCache and MagCache."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from ..wan.cache import MagCache, TeaCache
-from ..wan.cache.tables import published_coefficients, published_curves
+from ..wan.cache.tables import DATA_LIMIT, base_variant, published_coefficients, published_curves
 from ..wan.errors import InputError
 from . import host
+from .files import confined_file, list_files
 
 CATEGORY = "Wan Experts/sampling"
 OUTPUT_TOOLTIP = ("The step-cache policy; connect it to Wan Sampler's step_cache input. One policy can serve any "
@@ -14,21 +13,23 @@ OUTPUT_TOOLTIP = ("The step-cache policy; connect it to Wan Sampler's step_cache
 FALLBACK_TOOLTIP = ("When the model has no published data of its own (e.g. TeaCache on Wan 2.2 A14B, TI2V-5B, "
                     "FLF2V) or the chosen set belongs to another model: off = stop with an error; on = use the "
                     "nearest published set anyway, with a warning (speed/quality then differ from the paper's).")
-FILE_TOOLTIP = ("Optional: a JSON file made by `python -m wan.cache.calibrate` (absolute, or relative to the "
-                "output folder). When set it replaces the choice above.")
+FILE_TOOLTIP = ("Optional: a JSON file made by `python -m wan.cache.calibrate`, put in models/wan_step_cache. When "
+                "set it replaces the choice above.")
+NO_FILE = "none"
 
 
-def _data_file(name: str) -> str | None:
-    name = (name or "").strip()
-    if not name:
-        return None
-    path = Path(name)
-    if not path.is_absolute():
-        path = host.output_dir() / path
-    if not path.is_file():
-        raise InputError(f"step-cache data file '{name}' was not found (looked at '{path}'); make one with "
-                         f"`python -m wan.cache.calibrate --out <file>` or clear the field")
-    return str(path)
+def _data_files() -> list[str]:
+    return [NO_FILE] + list_files(host.STEP_CACHE_KIND, (".json",), DATA_LIMIT)
+
+
+def _data_choice(name: str, choice: str, published: dict, file: str) -> str:
+    """The set to use: a confined calibration file when one is chosen, else a published name (or 'auto')."""
+    if file not in (None, "", NO_FILE):
+        return str(confined_file(host.STEP_CACHE_KIND, file, "step-cache data file", DATA_LIMIT))
+    if choice != "auto" and choice not in published and choice not in {base_variant(k) for k in published}:
+        raise InputError(f"{name} '{str(choice)[:80]}' is unknown; choose 'auto' or one of {sorted(published)}, or "
+                         f"pick a calibrated file")
+    return choice
 
 
 class _StepCacheNode:
@@ -65,14 +66,14 @@ class WanExpertsTeaCache(_StepCacheNode):
                 "Rescale polynomial: 'auto' picks the model's published set (480p or 720p by output size).")}),
             "allow_fallback": ("BOOLEAN", {"default": False, "tooltip": FALLBACK_TOOLTIP}),
         }, "optional": {
-            "coefficients_file": ("STRING", {"default": "", "tooltip": FILE_TOOLTIP}),
+            "coefficients_file": (_data_files(), {"default": NO_FILE, "tooltip": FILE_TOOLTIP}),
         }}
 
     def make(self, threshold, mode="e", start_step=-1, end_step=-1, coefficients="auto", allow_fallback=False,
-             coefficients_file=""):
-        path = _data_file(coefficients_file)
-        return (TeaCache(threshold, mode, None if start_step < 0 else start_step, None if end_step < 0 else end_step,
-                         path or coefficients, allow_fallback),)
+             coefficients_file=NO_FILE):
+        data = _data_choice("coefficients", coefficients, published_coefficients(), coefficients_file)
+        start, end = (None if v is not None and v < 0 else v for v in (start_step, end_step))
+        return (TeaCache(threshold, mode, start, end, data, allow_fallback),)
 
 
 class WanExpertsMagCache(_StepCacheNode):
@@ -98,12 +99,12 @@ class WanExpertsMagCache(_StepCacheNode):
                 "TI2V-5B by whether a start image is used). A curve of another model is an error.")}),
             "allow_fallback": ("BOOLEAN", {"default": False, "tooltip": FALLBACK_TOOLTIP}),
         }, "optional": {
-            "curve_file": ("STRING", {"default": "", "tooltip": FILE_TOOLTIP}),
+            "curve_file": (_data_files(), {"default": NO_FILE, "tooltip": FILE_TOOLTIP}),
         }}
 
-    def make(self, threshold, K=2, retention_ratio=0.2, curve="auto", allow_fallback=False, curve_file=""):
-        path = _data_file(curve_file)
-        return (MagCache(threshold, K, retention_ratio, path or curve, allow_fallback),)
+    def make(self, threshold, K=2, retention_ratio=0.2, curve="auto", allow_fallback=False, curve_file=NO_FILE):
+        data = _data_choice("curve", curve, published_curves(), curve_file)
+        return (MagCache(threshold, K, retention_ratio, data, allow_fallback),)
 
 
 NODES = {"WanExpertsTeaCache": WanExpertsTeaCache, "WanExpertsMagCache": WanExpertsMagCache}

@@ -7,11 +7,16 @@ from __future__ import annotations
 
 import torch
 
+from ..wan.checks import check_image
 from ..wan.conditioning import ClipEmbeds
 from ..wan.encoders import encode_prompts, load_clip_vision, load_text_encoder
+from ..wan.encoders.tokenizer_source import TOKENIZER_LIMIT
 from ..wan.errors import InputError
 from . import host
 from .choices import DTYPE_CHOICES
+from .files import confined_file, list_files
+
+TOKENIZER_SUFFIXES = (".model", "tokenizer.json")
 
 CATEGORY = "Wan Experts/conditioning"
 LOADER_CATEGORY = "Wan Experts/loaders"
@@ -21,6 +26,10 @@ TEXT_DTYPE_TOOLTIP = ("Compute precision. 'default' is bf16 like the official co
                       "overflow in T5. fp8 weights stay fp8 in memory and are upcast layer by layer.")
 KEEP_TOOLTIP = ("Keep the encoder on the GPU after encoding (faster when prompts change often). Off: it goes back to "
                 "system memory after each use, leaving the GPU to the diffusion model.")
+
+
+def tokenizer_files() -> list[str]:
+    return list_files("text_encoders", TOKENIZER_SUFFIXES, TOKENIZER_LIMIT)
 
 
 def _placement_inputs(device_tooltip: str, dtype_tooltip: str = DTYPE_TOOLTIP) -> dict:
@@ -58,16 +67,18 @@ class WanExpertsLoadTextEncoder:
                                     "official --t5_cpu option).", TEXT_DTYPE_TOOLTIP),
             },
             "optional": {
-                "tokenizer_path": ("STRING", {"default": "", "tooltip": (
-                    "Only for files without a tokenizer inside: a spiece.model, tokenizer.json or tokenizer folder. "
-                    "Empty: found automatically (inside the file, or google/umt5-xxl next to it).")}),
+                "tokenizer": (["auto"] + tokenizer_files(), {"default": "auto", "tooltip": (
+                    "Only for files without a tokenizer inside: a spiece.model or tokenizer.json in "
+                    "models/text_encoders (subfolders allowed). 'auto': inside the file, or google/umt5-xxl next "
+                    "to it.")}),
             },
         }
 
-    def load(self, text_encoder_name, dtype="default", device="gpu", keep_loaded=False, tokenizer_path=""):
+    def load(self, text_encoder_name, dtype="default", device="gpu", keep_loaded=False, tokenizer="auto"):
         path = host.model_path("text_encoders", text_encoder_name)
-        encoder = load_text_encoder(path, tokenizer=tokenizer_path.strip() or None, dtype=dtype,
-                                    device=host.offload_device())
+        chosen = None if tokenizer in (None, "", "auto") else confined_file(
+            "text_encoders", tokenizer, "tokenizer", TOKENIZER_LIMIT)
+        encoder = load_text_encoder(path, tokenizer=chosen, dtype=dtype, device=host.offload_device())
         return (_place(encoder, device, keep_loaded),)
 
 
@@ -151,8 +162,7 @@ class WanExpertsCLIPVisionEncode:
 
 def comfy_image_to_signed(image: torch.Tensor, name: str) -> torch.Tensor:
     """ComfyUI IMAGE [N, H, W, C] in 0..1 -> [N, C, H, W] in [-1, 1] (alpha and grey are handled by the encoder)."""
-    if not isinstance(image, torch.Tensor) or image.ndim != 4:
-        raise InputError(f"{name} must be an IMAGE ([N, H, W, C]); got {getattr(image, 'shape', type(image))}.")
+    check_image(image, name, channels_last=True)
     lo, hi = image.min().item(), image.max().item()
     if lo < -1e-3 or hi > 1 + 1e-3:
         raise InputError(f"{name} values must lie in 0..1 (ComfyUI IMAGE); found {lo:.3g} to {hi:.3g}.")

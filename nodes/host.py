@@ -32,8 +32,10 @@ except ImportError:
     folder_paths = model_management = model_patcher = comfy_utils = None
     IN_COMFY = False
 
-MODEL_KINDS = ("diffusion_models", "text_encoders", "vae", "clip_vision", "loras", "LLM")
-EXTRA_KINDS = ("LLM",)  # not in ComfyUI core: registered as models/<kind> (LLM: one folder per model)
+STEP_CACHE_KIND = "wan_step_cache"  # calibrated TeaCache / MagCache data (python -m wan.cache.calibrate)
+MODEL_KINDS = ("diffusion_models", "text_encoders", "vae", "clip_vision", "loras", "LLM", STEP_CACHE_KIND)
+# not in ComfyUI core: registered as models/<kind> (LLM: one folder per model; wan_step_cache: JSON files)
+EXTRA_KINDS = ("LLM", STEP_CACHE_KIND)
 WEIGHT_SUFFIXES = (".safetensors", ".sft", ".pth", ".pt", ".bin", ".ckpt", ".safetensors.index.json", ".gguf")
 # More folders of a kind (standalone; ComfyUI's "diffusion_models" already covers models/unet) and file types
 # ComfyUI does not list for it (its lists leave out .gguf).
@@ -85,8 +87,10 @@ def model_path(kind: str, name: str) -> str:
         raise MissingModelError(f"No {kind} file was selected. Put one in '{model_folder(kind)}' and pick it.")
     if IN_COMFY:
         path = folder_paths.get_full_path(kind, name)
-    else:
-        path = next((str(f / name) for f in model_folders(kind) if (f / name).exists()), None)
+    else:  # like ComfyUI: the name is relative to the folders (no absolute paths, no '..') and a file
+        relative = os.path.relpath(os.path.join("/", name), "/")
+        path = next((str(f / relative) for f in model_folders(kind) if "\0" not in name and (f / relative).is_file()),
+                    None)
     if path is None:
         raise MissingModelError(
             f"Model file '{name}' was not found in the {kind} folder. Download it and put it in "
@@ -119,6 +123,12 @@ def free_memory(device: torch.device | None = None) -> None:
         model_management.soft_empty_cache()
     elif torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def make_room(nbytes: int, device: torch.device) -> None:
+    """Ask the host to unload its own cached models until ``nbytes`` are free on ``device`` (ComfyUI only)."""
+    if IN_COMFY and torch.device(device).type != "cpu":
+        model_management.free_memory(nbytes, torch.device(device))
 
 
 def check_interrupted() -> None:

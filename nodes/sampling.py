@@ -7,19 +7,22 @@ import logging
 
 import torch
 
+from ..wan.budget import sampling_estimate
 from ..wan.errors import InputError
 from ..wan.latents import denormalize, normalize
 from ..wan.sampling import SOLVERS, SamplerSettings, image_condition, latent_shape, make_noise, sample
 from ..wan.sampling.defaults import resolve_auto
 from ..wan.sampling.schedules import SCHEDULES
 from . import host
-from .vae import on_compute_device
+from .vae import ChunkProgress, on_compute_device
 
 log = logging.getLogger("wan_experts")
 
 CATEGORY = "Wan Experts/sampling"
 STATE_KEY = "wan_solver_state"  # solver history carried in a LATENT between chained samplers
-MAX_SIZE, MAX_FRAMES = 8192, 4097
+# Each limit can run on its own (with the other sizes small); together they are bounded by the engine's token
+# ceiling and memory check (wan/budget.py), which refuse with the largest size that fits.
+MAX_SIZE, MAX_FRAMES, MAX_BATCH = 4096, 1025, 16
 
 
 def _size_inputs(width=832, height=480, frames=81):
@@ -30,7 +33,7 @@ def _size_inputs(width=832, height=480, frames=81):
             "Video height in pixels: a multiple of 16 (Wan 2.1 VAE models) or 32 (TI2V-5B, Wan 2.2 VAE).")}),
         "frames": ("INT", {"default": frames, "min": 1, "max": MAX_FRAMES, "step": 4, "tooltip": (
             "Number of video frames, of the form 4n+1 (81 = 5 s at 16 fps; TI2V-5B: 121 = 5 s at 24 fps).")}),
-        "batch_size": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Videos made at once."}),
+        "batch_size": ("INT", {"default": 1, "min": 1, "max": MAX_BATCH, "tooltip": "Videos made at once."}),
     }
 
 
@@ -100,7 +103,7 @@ class WanExpertsImageToVideo:
         end = None if end_image is None else _pixels(end_image, "end_image")
         cond = on_compute_device(vae, lambda: image_condition(vae, start.to(vae.device), width, height, frames,
                                                                None if end is None else end.to(vae.device),
-                                                               clip_embeds))
+                                                               clip_embeds, callback=ChunkProgress()))
         for name in ("y", "clip", "first_latent"):
             if getattr(cond, name) is not None:
                 setattr(cond, name, getattr(cond, name).cpu())
@@ -252,11 +255,14 @@ class WanExpertsSampler:
             return_with_leftover_noise=return_with_leftover_noise, denoise=denoise, schedule=schedule,
             keep_both_resident=keep_both_experts_on_device, context=context)
         host.check_interrupted()
+        device = host.compute_device()
+        host.make_room(sampling_estimate(model, samples.shape, device, step_cache is not None,
+                                         keep_both_experts_on_device).total, device)
         progress = StepProgress()
         result = sample(model, normalize(samples), text, settings,
                         noise=make_noise(samples.shape, seed) if add_noise else None, image_cond=image_cond,
-                        step_cache=step_cache, callback=progress, device=host.compute_device(),
-                        offload_device=host.offload_device(), solver_state=latent.get(STATE_KEY))
+                        step_cache=step_cache, callback=progress, device=device, offload_device=host.offload_device(),
+                        solver_state=latent.get(STATE_KEY), interrupt=host.check_interrupted)
         host.free_memory()
         if result.cache_report is not None:
             log.info("%s", result.cache_report.summary() if hasattr(result.cache_report, "summary")
