@@ -6,6 +6,7 @@ from ..wan.cache.tables import DATA_LIMIT, base_variant, published_coefficients,
 from ..wan.errors import InputError
 from . import host
 from .files import confined_file, list_files
+from .validation import file_problem, number_problem, verdict
 
 CATEGORY = "Wan Experts/sampling"
 OUTPUT_TOOLTIP = ("The step-cache policy; connect it to Wan Sampler's step_cache input. One policy can serve any "
@@ -30,6 +31,10 @@ def _data_choice(name: str, choice: str, published: dict, file: str) -> str:
         raise InputError(f"{name} '{str(choice)[:80]}' is unknown; choose 'auto' or one of {sorted(published)}, or "
                          f"pick a calibrated file")
     return choice
+
+
+def _file_problem(name) -> str | None:
+    return file_problem(host.STEP_CACHE_KIND, name, "step-cache data file", DATA_LIMIT)
 
 
 class _StepCacheNode:
@@ -69,6 +74,10 @@ class WanExpertsTeaCache(_StepCacheNode):
             "coefficients_file": (_data_files(), {"default": NO_FILE, "tooltip": FILE_TOOLTIP}),
         }}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, threshold=None, coefficients_file=None):
+        return verdict(number_problem(cls, threshold=threshold), _file_problem(coefficients_file))
+
     def make(self, threshold, mode="e", start_step=-1, end_step=-1, coefficients="auto", allow_fallback=False,
              coefficients_file=NO_FILE):
         data = _data_choice("coefficients", coefficients, published_coefficients(), coefficients_file)
@@ -101,6 +110,11 @@ class WanExpertsMagCache(_StepCacheNode):
         }, "optional": {
             "curve_file": (_data_files(), {"default": NO_FILE, "tooltip": FILE_TOOLTIP}),
         }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, threshold=None, retention_ratio=None, curve_file=None):
+        return verdict(number_problem(cls, threshold=threshold, retention_ratio=retention_ratio),
+                       _file_problem(curve_file))
 
     def make(self, threshold, K=2, retention_ratio=0.2, curve="auto", allow_fallback=False, curve_file=NO_FILE):
         data = _data_choice("curve", curve, published_curves(), curve_file)

@@ -8,6 +8,7 @@ from ..wan.dit.loader import load_dit
 from ..wan.experts import ExpertSet, load_moe
 from . import host
 from .choices import DTYPE_CHOICES
+from .validation import number_problem, verdict
 
 log = logging.getLogger("wan_experts")
 
@@ -85,6 +86,10 @@ class WanExpertsLoadMoE:
             "attention": (list(BACKENDS), {"default": "sdpa", "tooltip": ATTENTION_TOOLTIP}),
             "offload_blocks": OFFLOAD_INPUT,
         }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, boundary=None):
+        return verdict(number_problem(cls, boundary=boundary))
 
     def load(self, high_noise_model, low_noise_model, dtype="default", boundary=0.0, attention="sdpa",
              offload_blocks=0):

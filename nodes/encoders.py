@@ -15,6 +15,7 @@ from ..wan.errors import InputError
 from . import host
 from .choices import DTYPE_CHOICES
 from .files import confined_file, list_files
+from .validation import file_problem, verdict
 
 TOKENIZER_SUFFIXES = (".model", "tokenizer.json")
 
@@ -73,6 +74,10 @@ class WanExpertsLoadTextEncoder:
                     "to it.")}),
             },
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, tokenizer=None):
+        return verdict(file_problem("text_encoders", tokenizer, "tokenizer", TOKENIZER_LIMIT))
 
     def load(self, text_encoder_name, dtype="default", device="gpu", keep_loaded=False, tokenizer="auto"):
         path = host.model_path("text_encoders", text_encoder_name)

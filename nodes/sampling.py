@@ -7,13 +7,14 @@ import logging
 
 import torch
 
-from ..wan.budget import sampling_estimate
+from ..wan.budget import estimate_sampling
 from ..wan.errors import InputError
 from ..wan.latents import denormalize, normalize
 from ..wan.sampling import SOLVERS, SamplerSettings, image_condition, latent_shape, make_noise, sample
 from ..wan.sampling.defaults import resolve_auto
 from ..wan.sampling.schedules import SCHEDULES
 from . import host
+from .validation import number_problem, size_problem, verdict
 from .vae import ChunkProgress, on_compute_device
 
 log = logging.getLogger("wan_experts")
@@ -54,11 +55,21 @@ class WanExpertsEmptyLatent:
             "model": ("WAN_MODEL", {"tooltip": "Optional: the model, to pick the latent channels (16 or 48)."}),
         }}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, width=None, height=None, frames=None, batch_size=None):
+        return validate_size(cls, width, height, frames, batch_size)
+
     def make(self, width, height, frames, batch_size=1, vae=None, model=None):
         channels = latent_channels(vae, model)
         stride = tuple(vae.stride) if vae is not None else None
         shape = latent_shape(width, height, frames, channels, batch_size, stride)
         return ({"samples": torch.zeros(shape)},)
+
+
+def validate_size(cls, width, height, frames, batch_size):
+    """VALIDATE_INPUTS of the size inputs: declared ranges, then the token ceiling (nodes/validation.py)."""
+    return verdict(number_problem(cls, width=width, height=height, frames=frames, batch_size=batch_size),
+                   size_problem(width, height, frames, batch_size))
 
 
 def latent_channels(vae=None, model=None) -> int:
@@ -96,6 +107,10 @@ class WanExpertsImageToVideo:
                 "CLIP vision features of the image(s), needed by Wan 2.1 I2V / FLF2V (not by Wan 2.2 models): from "
                 "Wan CLIP Vision Encode, or core CLIP Vision Encode through Wan CLIP Vision From Core.")}),
         }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, width=None, height=None, frames=None, batch_size=None):
+        return validate_size(cls, width, height, frames, batch_size)
 
     def make(self, vae, start_image, width, height, frames, batch_size=1, end_image=None, clip_embeds=None):
         shape = latent_shape(width, height, frames, vae.z_dim, batch_size, tuple(vae.stride))
@@ -241,6 +256,12 @@ class WanExpertsSampler:
             **_context_input(),
         }}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, cfg_high=None, cfg_low=None, shift=None, boundary=None, denoise=None):
+        """NaN / out-of-range numbers refused while ComfyUI validates the graph (see nodes/validation.py)."""
+        return verdict(number_problem(cls, cfg_high=cfg_high, cfg_low=cfg_low, shift=shift, boundary=boundary,
+                                      denoise=denoise))
+
     def run(self, model, text, latent, seed, steps=0, cfg_high=0.0, cfg_low=0.0, shift=0.0, solver="unipc",
             image_cond=None, step_cache=None, boundary=0.0, switch_step=-1, start_step=0, end_step=-1,
             add_noise=True, return_with_leftover_noise=False, denoise=1.0, schedule="official",
@@ -256,7 +277,7 @@ class WanExpertsSampler:
             keep_both_resident=keep_both_experts_on_device, context=context)
         host.check_interrupted()
         device = host.compute_device()
-        host.make_room(sampling_estimate(model, samples.shape, device, step_cache is not None,
+        host.make_room(estimate_sampling(model, samples.shape, device, step_cache is not None,
                                          keep_both_experts_on_device).total, device)
         progress = StepProgress()
         result = sample(model, normalize(samples), text, settings,

@@ -8,6 +8,7 @@ import torch
 from ..wan.errors import InputError
 from ..wan.video import FORMATS, prefix_problem, save_video, workflow_metadata
 from . import host
+from .validation import number_problem, verdict
 
 
 class WanExpertsSaveVideo:
@@ -42,12 +43,12 @@ class WanExpertsSaveVideo:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, filename_prefix=None):
-        """ComfyUI calls this while it validates the graph, before anything runs: a bad prefix fails at once
-        instead of after sampling and decoding. A linked prefix (None here) is checked when the node runs."""
-        if filename_prefix is None:
-            return True
-        return prefix_problem(filename_prefix) or True
+    def VALIDATE_INPUTS(cls, filename_prefix=None, fps=None):
+        """ComfyUI calls this while it validates the graph, before anything runs: a bad prefix or fps fails at once
+        instead of after sampling and decoding. ComfyUI then leaves these two inputs to this check alone (so fps
+        is checked against its range here too); linked inputs arrive as None and are checked when the node runs."""
+        return verdict(None if filename_prefix is None else prefix_problem(filename_prefix),
+                       number_problem(cls, fps=fps))
 
     def save(self, images, fps=16.0, filename_prefix="video/Wan", format="mp4", crf=19, prompt=None,
              extra_pnginfo=None):

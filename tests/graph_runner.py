@@ -2,7 +2,9 @@
 
 API format: ``{node_id: {"class_type": str, "inputs": {name: value}}}`` where a value is a literal (widget value)
 or a link ``[source_node_id, output_slot]``. Like ComfyUI, the runner resolves ``class_type`` through
-``NODE_CLASS_MAPPINGS``, runs nodes in dependency order inside ``torch.inference_mode()``, calls
+``NODE_CLASS_MAPPINGS``, first calls every node's ``VALIDATE_INPUTS`` (ComfyUI's custom validation, before anything
+runs: the widget values of the inputs it names, None for a linked one; anything but True refuses the graph), then
+runs nodes in dependency order inside ``torch.inference_mode()``, calls
 ``getattr(cls(), cls.FUNCTION)(**inputs)``, fills hidden inputs (``PROMPT`` = the graph, ``EXTRA_PNGINFO`` =
 ``{"workflow": ...}``, ``UNIQUE_ID`` = the node id), and takes a returned ``{"ui": ..., "result": ...}`` dict
 apart. Core nodes the example workflows use on purpose (``LoadImage``) get minimal stand-ins here.
@@ -19,6 +21,10 @@ import torch
 
 class GraphError(ValueError):
     """The graph cannot run: unknown node type, missing input, bad link, cycle."""
+
+
+class GraphValidationError(GraphError):
+    """A node's ``VALIDATE_INPUTS`` refused its inputs (the message is the node's own)."""
 
 
 @dataclass
@@ -75,6 +81,7 @@ def run_graph(graph: dict, mappings: dict, workflow: dict | None = None, input_d
         LoadImage.input_dir = Path(input_dir)
     hidden_values = {"PROMPT": graph, "EXTRA_PNGINFO": {"workflow": workflow} if workflow is not None else None}
     result = GraphResult(order=topological_order(graph))
+    validate_graph(graph, classes)
     with torch.inference_mode():
         for node_id in result.order:
             cls = classes[graph[node_id]["class_type"]]
@@ -82,6 +89,21 @@ def run_graph(graph: dict, mappings: dict, workflow: dict | None = None, input_d
             kwargs.update(_hidden_inputs(cls, node_id, hidden_values))
             _store(result, node_id, cls, getattr(cls(), cls.FUNCTION)(**kwargs))
     return result
+
+
+def validate_graph(graph: dict, classes: dict) -> None:
+    """Every node's ``VALIDATE_INPUTS``, as ComfyUI calls it while validating a prompt."""
+    import inspect
+
+    for node_id in sorted(graph, key=_id_key):
+        check = getattr(classes[graph[node_id]["class_type"]], "VALIDATE_INPUTS", None)
+        if check is None:
+            continue
+        names = inspect.signature(check).parameters
+        values = {k: None if is_link(v) else v for k, v in graph[node_id].get("inputs", {}).items() if k in names}
+        verdict = check(**values)
+        if verdict is not True:
+            raise GraphValidationError(f"node {node_id} ({graph[node_id]['class_type']}): {verdict}")
 
 
 def topological_order(graph: dict) -> list[str]:

@@ -174,13 +174,14 @@ def test_every_input_has_a_tooltip(pack):
 
 
 def test_sampler_node_progress_and_interruption(pack, moe, monkeypatch):
-    """Each step ticks the host progress bar, which is the cancel point: an interruption stops the run."""
+    """The host's cancel check runs before every transformer block (and at each step's progress tick): an
+    interruption stops the run within one block."""
     host = pack.nodes.host
     calls = []
 
     def interrupted():
         calls.append(1)
-        if len(calls) == 3:  # one check before the run, then one per step
+        if len(calls) == 3:  # one check before the run, then one per block: stops at the second block
             raise KeyboardInterrupt("cancelled")
 
     monkeypatch.setattr(host, "check_interrupted", interrupted)

@@ -8,6 +8,9 @@ Public API (imported lazily so that ``import wan`` stays cheap):
     sample, SamplerSettings, make_noise, image_condition, latent_shape
                                                           -- the denoise loop (expert switching), noise, image conditioning
     load_lora, apply_lora                                 -- LoRA files of every scheme, per expert, any precision
+    TextEmbeds, ImageCond, ClipEmbeds                     -- conditioning passed between those calls
+    InputError, CheckpointError, WanError                 -- the errors raised for bad input and bad files
+    estimate_sampling, MAX_TOKENS                         -- the memory budget checked before each run
     Settings, run                                         -- the whole generation (what python -m wan.generate runs)
     extend_prompt, ExtendedPrompt                         -- official prompt extension (Dashscope, local Qwen)
     save_video, write_video                               -- mp4 / webm output
@@ -39,6 +42,14 @@ _EXPORTS = {
     "make_noise": ".sampling",
     "image_condition": ".sampling",
     "latent_shape": ".sampling",
+    "TextEmbeds": ".conditioning",
+    "ImageCond": ".conditioning",
+    "ClipEmbeds": ".conditioning",
+    "InputError": ".errors",
+    "CheckpointError": ".errors",
+    "WanError": ".errors",
+    "estimate_sampling": ".budget",
+    "MAX_TOKENS": ".budget",
     "save_video": ".video",
     "write_video": ".video",
     "load_lora": ".lora",

@@ -73,7 +73,7 @@ def check_ceiling(batch: int, grid: tuple[int, int, int], pixels: tuple[int, int
         return
     width, height = pixels
     most = min(MAX_LATENT_FRAMES, MAX_TOKENS // max(1, batch * h * w))
-    fix = (f"at {width}x{height} with batch {batch} at most {frames_of(most)} frames fit" if most >= 1 else
+    fix = (f"at {width}x{height} with batch {batch} at most {_frames_text(frames_of(most))}" if most >= 1 else
            f"{width}x{height} is too large even for one frame at batch {batch}; lower the size or the batch")
     raise BudgetError(f"{width}x{height}, {frames_of(f)} frames, batch {batch} is {tokens} DiT tokens "
                       f"({f}x{h}x{w} per video); the ceiling is {MAX_TOKENS} tokens per run and "
@@ -82,6 +82,10 @@ def check_ceiling(batch: int, grid: tuple[int, int, int], pixels: tuple[int, int
 
 def frames_of(latent_frames: int) -> int:
     return 1 + T_STRIDE * (latent_frames - 1)
+
+
+def _frames_text(frames: int) -> str:
+    return "1 frame fits" if frames == 1 else f"{frames} frames fit"
 
 
 # -- sampling -----------------------------------------------------------------------------------------------------
@@ -110,7 +114,7 @@ def weights_to_move(models, device: torch.device, keep_both: bool) -> int:
     return max(0, max(n for n, _ in sizes) - there)
 
 
-def sampling_estimate(experts, shape, device, step_cache: bool = False, keep_both: bool = False) -> Estimate:
+def estimate_sampling(experts, shape, device, step_cache: bool = False, keep_both: bool = False) -> Estimate:
     """Device memory of a sampling run over latents of ``shape`` [B, C, T, h, w]."""
     device = torch.device(device)
     cfg = experts.config
@@ -133,8 +137,8 @@ def check_sampling(experts, shape, device, step_cache: bool = False, keep_both: 
     stride = 16 if c == 48 else 8
     size = (w * stride, h * stride)
     check_ceiling(b, (t // pt, h // ph, w // pw), size)
-    estimate = sampling_estimate(experts, shape, device, step_cache, keep_both)
-    require(estimate, lambda frames: sampling_estimate(experts, (b, c, frames, h, w), device, step_cache,
+    estimate = estimate_sampling(experts, shape, device, step_cache, keep_both)
+    require(estimate, lambda frames: estimate_sampling(experts, (b, c, frames, h, w), device, step_cache,
                                                        keep_both), size, b)
     return estimate
 
@@ -203,7 +207,9 @@ def require(estimate: Estimate, at_frames: Callable[[int], Estimate], pixels: tu
         return
     most = _most_frames(at_frames, free)
     width, height = pixels
-    fix = (f"at {width}x{height} with batch {batch} at most {frames_of(most)} frames fit" if most else
+    weights = dict(estimate.parts).get("weights", 0)
+    fix = (f"at {width}x{height} with batch {batch} at most {_frames_text(frames_of(most))}" if most else
+           f"the model's weights alone need {gib(weights)} GiB: use its fp8 files" if weights > free else
            f"not even one frame fits at {width}x{height} with batch {batch}")
     raise BudgetError(f"{estimate.what} needs {estimate.describe()}, but only {gib(free)} GiB is free there: {fix}; "
                       f"{advice}lower the size, frames or batch, or free memory (close other programs, unload "

@@ -16,6 +16,7 @@ from typing import Iterable
 import torch
 
 from .errors import CheckpointError
+from .files import is_regular_file
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -33,6 +34,8 @@ def read_state_dict(path: str | os.PathLike, what: str = "model file") -> dict[s
         raise CheckpointError(f"{what} not found: '{path}'. Check the path, or put the file in the folder the loader lists.")
     if path.is_dir():
         return read_state_dict(find_weights_in_folder(path, what), what)
+    if not is_regular_file(path):  # a FIFO or device would hang or never end
+        raise CheckpointError(f"{what} '{path}' is not a regular file; point to the weight file itself.")
     name = path.name.lower()
     if name.endswith(INDEX_SUFFIX):
         return _read_index(path, what)

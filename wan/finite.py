@@ -52,7 +52,7 @@ def check_loaded_weights(module: torch.nn.Module, source, what: str) -> None:
 def check_input(t: torch.Tensor | None, name: str, fix: str) -> None:
     """An input tensor of a run must be finite."""
     if t is not None and torch.is_tensor(t) and not is_finite(t):
-        raise NonFiniteError(f"the {name} holds NaN or infinite values; {fix}")
+        raise NonFiniteError(f"NaN or infinite values in the {name}; {fix}")
 
 
 def check_output(t: torch.Tensor, stage: str, models: list[torch.nn.Module], dtype: torch.dtype,

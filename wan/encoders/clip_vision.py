@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from ..checkpoint import read_state_dict, wrong_kind_message
 from ..errors import CheckpointError, InputError
+from ..finite import check_output
 from .clip import ClipVisionConfig, ClipVisionTower, hf_config_extras
 from .clip_input import check_images, preprocess
 from .clip_keys import drop_last_block, normalize_keys
@@ -39,7 +40,9 @@ class ClipVision(nn.Module):
         images = check_images(images)
         with running_on(self.tower, self.run_device, stay=self.keep_loaded) as device:
             pixels = preprocess(images.to(device), self.tower.config.image_size)
-            return self.tower(pixels.to(self.compute_dtype)).float().cpu()
+            features = self.tower(pixels.to(self.compute_dtype)).float().cpu()
+        check_output(features, "the CLIP image encoder", [self.tower], self.compute_dtype)
+        return features
 
     def encode_pair(self, first: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
         first, last = check_images(first, "first images"), check_images(last, "last images")

@@ -15,6 +15,7 @@ import torch.nn as nn
 
 from ..checkpoint import read_state_dict, wrong_kind_message
 from ..errors import CheckpointError, InputError
+from ..finite import check_output
 from .placement import running_on
 from .t5 import UMT5Config, UMT5Encoder
 from .t5_keys import TOKENIZER_KEY, has_relative_bias_in_every_block, normalize_keys
@@ -57,6 +58,7 @@ class TextEncoder(nn.Module):
         with running_on(self.model, self.run_device, stay=self.keep_loaded) as device:
             ids, mask = tokens.ids[:, :longest].to(device), tokens.mask[:, :longest].to(device)
             states = self.model(ids, mask).float().cpu()
+        check_output(states, "the text encoder", [self.model], self.compute_dtype)
         out = torch.zeros(len(prompts), self.text_len, self.dim)
         for i, n in enumerate(tokens.lengths):
             out[i, :n] = states[i, :n]

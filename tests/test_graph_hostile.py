@@ -1,0 +1,70 @@
+"""A hostile API client's graphs (as ``POST /prompt`` would bring them), run through the test graph runner with its
+ComfyUI-style validation: NaN numbers, a FIFO and device paths as file inputs, an over-large size, a NUL in the
+prefix. Each ends with the pack's own error well under a second and leaves nothing in the output folder."""
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from graph_runner import GraphValidationError, run_graph
+from test_workflows_examples import WORKFLOWS, classes, shrink, tiny_models, write_models  # noqa: F401 (fixtures)
+
+WORKFLOW = WORKFLOWS / "api" / "wan2.1_t2v_1.3B_teacache.json"
+NAN = math.nan
+
+
+def node_of(graph: dict, class_type: str) -> dict:
+    (node,) = [n for n in graph.values() if n["class_type"] == class_type]
+    return node["inputs"]
+
+
+def fifo(folder: Path, name: str) -> str:
+    folder.mkdir(exist_ok=True)
+    os.mkfifo(folder / name)
+    return name
+
+
+CASES = {  # name -> (change to the graph, expected message)
+    "nan guidance": (lambda g, m: node_of(g, "WanExpertsSampler").update(cfg_high=NAN), "cfg_high nan is out of range"),
+    "nan shift": (lambda g, m: node_of(g, "WanExpertsSampler").update(shift=NAN), "shift nan is out of range"),
+    "inf denoise": (lambda g, m: node_of(g, "WanExpertsSampler").update(denoise=math.inf), "denoise inf"),
+    "nan threshold": (lambda g, m: node_of(g, "WanExpertsTeaCache").update(threshold=NAN), "threshold nan"),
+    "nan fps": (lambda g, m: node_of(g, "WanExpertsSaveVideo").update(fps=NAN), "fps nan is out of range"),
+    "fifo tokenizer": (lambda g, m: node_of(g, "WanExpertsLoadTextEncoder").update(
+        tokenizer=fifo(m / "text_encoders", "spiece.model")), "tokenizer 'spiece.model' is not available"),
+    "device tokenizer": (lambda g, m: node_of(g, "WanExpertsLoadTextEncoder").update(tokenizer="/dev/zero"),
+                         "tokenizer '/dev/zero' is not available"),
+    "device cache file": (lambda g, m: node_of(g, "WanExpertsTeaCache").update(coefficients_file="/dev/urandom"),
+                          "step-cache data file '/dev/urandom' is not available"),
+    "fifo cache file": (lambda g, m: node_of(g, "WanExpertsTeaCache").update(
+        coefficients_file=fifo(m / "wan_step_cache", "mine.json")), "step-cache data file 'mine.json' is not"),
+    "device as a model": (lambda g, m: node_of(g, "WanExpertsLoadDiT").update(model_name="/dev/zero"),
+                          "'/dev/zero' was not found in the diffusion_models folder"),
+    "size over the limit": (lambda g, m: node_of(g, "WanExpertsEmptyLatent").update(width=8192, height=8192),
+                            "width 8192 must be a whole number from 16 to 4096"),
+    "size over the ceiling": (lambda g, m: node_of(g, "WanExpertsEmptyLatent").update(
+        width=4096, height=4096, frames=1025), "4096x4096, 1025 frames, batch 1 is 4210688 DiT tokens"),
+    "NUL in prefix": (lambda g, m: node_of(g, "WanExpertsSaveVideo").update(filename_prefix="video/\0x"),
+                      r"filename_prefix contains '\x00'"),
+}
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX FIFOs")
+@pytest.mark.parametrize("case", list(CASES))
+def test_hostile_graph_ends_with_the_packs_error(case, pack, classes, models_dir, tiny_models):  # noqa: F811
+    graph = shrink(json.loads(WORKFLOW.read_text()))
+    write_models(graph, models_dir, tiny_models)
+    change, message = CASES[case]
+    change(graph, models_dir)
+    errors = pack.wan.errors
+    start = time.perf_counter()
+    with pytest.raises((errors.WanError, FileNotFoundError, GraphValidationError)) as info:
+        run_graph(graph, classes)
+    elapsed = time.perf_counter() - start
+    assert message in str(info.value)
+    assert elapsed < 1.0, f"{case}: {elapsed:.2f} s"
+    out = Path(os.environ["WAN_EXPERTS_OUTPUT"])
+    assert not out.exists() or not any(out.rglob("*")), list(out.rglob("*"))
