@@ -23,6 +23,7 @@ DIT_CASES = [  # (config, latent [C, T, h, w], dtype)
     (WanDiTConfig(**A14B, num_layers=2, in_dim=36, clip_dim=1280), (16, 21, 60, 104), torch.float16),
     (WanDiTConfig(dim=3072, ffn_dim=14336, num_heads=24, num_layers=2, in_dim=48, out_dim=48), (48, 31, 44, 80),
      torch.bfloat16),
+    (WanDiTConfig(**A14B, num_layers=2), (16, 1, 4, 4), torch.bfloat16),  # few tokens: the float32 time weights
 ]
 
 
@@ -48,6 +49,23 @@ def test_dit_activation_estimate_bounds_the_traced_peak(cfg, latent, dtype):
     context = torch.empty(1, 512, cfg.text_dim, device="meta")
     peak = traced_peak(lambda: model(x, steps, context, clip_fea=clip, y=y))
     estimate = budget.estimate_sampling(ExpertSet(model), (1, c, t, h, w), "meta").parts[0][1]
+    assert peak <= estimate <= 1.10 * peak, (peak, estimate)
+
+
+@pytest.mark.parametrize("latent", [(16, 1, 4, 4), (16, 21, 60, 104)])
+def test_fp8_weights_estimate_bounds_the_traced_peak(latent):
+    """fp8 Linear weights (scaled, as Comfy-Org's fp8_scaled files): the per-layer cast copies are counted.
+    Oracle and tolerance as above."""
+    from wan.ops import Linear
+
+    model = meta_dit(WanDiTConfig(**A14B, num_layers=2))
+    for layer in model.blocks.modules():
+        if isinstance(layer, Linear):
+            layer.weight = torch.nn.Parameter(layer.weight.to(torch.float8_e4m3fn), requires_grad=False)
+            layer.scale_weight = torch.ones((), device="meta")
+    x, context = torch.empty(1, *latent, device="meta"), torch.empty(1, 512, 4096, device="meta")
+    peak = traced_peak(lambda: model(x, torch.full((1,), 500.0, device="meta"), context))
+    estimate = budget.estimate_sampling(ExpertSet(model), (1, *latent), "meta").parts[0][1]
     assert peak <= estimate <= 1.10 * peak, (peak, estimate)
 
 

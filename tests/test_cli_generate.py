@@ -46,6 +46,10 @@ def no_loading(monkeypatch):
     (["--task", "t2v-1.3B"], "--ckpt_dir is required"),
     (["--demo", "--size", "100*64"], "multiples of 16"),
     (["--teacache", "-1", "--demo"], "threshold must be above 0"),
+    (["--magcache", "nan", "--demo"], "--magcache nan is out of range: it must be a finite number"),
+    (["--demo", "--sample_shift", "nan"], "--sample_shift nan is out of range"),
+    (["--demo", "--sample_guide_scale", "inf"], "--sample_guide_scale inf is out of range"),
+    (["--demo", "--frame_num", "4093", "--size", "1280*704"], "the ceiling is 262144 tokens per run"),
 ])
 def test_bad_flags_give_clear_errors(flags, message, capsys, no_loading):
     assert main(flags) == 2

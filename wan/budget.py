@@ -89,12 +89,19 @@ def _frames_text(frames: int) -> str:
 
 
 # -- sampling -----------------------------------------------------------------------------------------------------
-def dit_activation_bytes(config, dtype: torch.dtype, tokens: int, cached: bool = False) -> int:
-    """The live tensors of one DiT forward over ``tokens`` tokens (all batch items), one CFG branch at a time."""
+def dit_activation_bytes(config, dtype: torch.dtype, tokens: int, cached: bool = False,
+                         weight_dtype: torch.dtype | None = None) -> int:
+    """The live tensors of one DiT forward over ``tokens`` tokens (all batch items), one CFG branch at a time.
+
+    Besides the per-token working set: the float32 copy of the time-embedding weights (that part runs in float32,
+    before the blocks) and, for weights stored in another dtype (fp8), the cast copies of one layer in use."""
     es = torch.empty((), dtype=dtype).element_size()
     per_channel = STREAM_BYTES.get(es, 20) + (PER_TOKEN_TIME_BYTES if config.per_token_time else 0)
     per_token = config.dim * per_channel + 2 * config.ffn_dim * es + (config.dim * CACHE_BYTES if cached else 0)
-    return tokens * per_token
+    stored = weight_dtype or dtype
+    time_copy = 0 if stored == torch.float32 else 6 * config.dim * config.dim * 4  # the time projection's weight
+    layer_copy = 0 if stored == dtype else 2 * config.dim * config.ffn_dim * es
+    return max(tokens * per_token + layer_copy, time_copy)
 
 
 def module_bytes(module: torch.nn.Module) -> int:
@@ -125,8 +132,9 @@ def estimate_sampling(experts, shape, device, step_cache: bool = False, keep_bot
     es = torch.empty((), dtype=dtype).element_size()
     latents = LATENT_COPIES * b * cfg.in_dim * t * h * w * 4
     context = b * CONTEXT_TOKENS * cfg.dim * (4 + es)
+    stored = experts.high.blocks[0].ffn[0].weight.dtype if len(experts.high.blocks) else dtype
     return Estimate("sampling", device, (
-        ("activations", dit_activation_bytes(cfg, dtype, tokens, step_cache) + context),
+        ("activations", dit_activation_bytes(cfg, dtype, tokens, step_cache, stored) + context),
         ("weights", weights_to_move(experts.models, device, keep_both)), ("latents", latents)))
 
 

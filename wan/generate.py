@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from .checks import finite_number
 from .color import COLOR_MATCH
 from .distributed.options import ParallelOptions, check_options
 from .errors import InputError, WanError
@@ -115,14 +116,17 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     prompt = _prompt(args, variant, image)
     cache = ("teacache", args.teacache) if args.teacache is not None else (
         ("magcache", args.magcache) if args.magcache is not None else None)
-    if cache is not None and cache[1] <= 0:
-        raise InputError(f"--{cache[0]} {cache[1]}: the threshold must be above 0")
+    if cache is not None:
+        finite_number(cache[1], f"--{cache[0]}", 0.0, 1.0, low_open=True, hint="the threshold must be above 0")
     if args.dit_fsdp and (args.lora or args.lora_high or args.lora_low):
         raise InputError("--lora cannot be combined with --dit_fsdp (a LoRA patches whole weights, FSDP shards them): "
                          "drop --dit_fsdp and keep --ulysses_size to split the work over the GPUs")
+    shift = finite_number(_shift(args.sample_shift, variant, size), "--sample_shift", 0.0, low_open=True)
+    guidance = tuple(finite_number(g, "--sample_guide_scale", 0.0) for g in parse_guidance(args.sample_guide_scale,
+                                                                                           variant))
     return Settings(
         task=args.task, variant=variant, width=width, height=height, frames=frames, steps=steps,
-        shift=_shift(args.sample_shift, variant, size), guidance=parse_guidance(args.sample_guide_scale, variant),
+        shift=shift, guidance=guidance,
         solver=args.sample_solver, seed=_seed(args.base_seed), prompt=prompt,
         negative=args.neg_prompt or variant.default_negative_prompt, image=image, last_image=last_image,
         ckpt_dir=ckpt_dir, save_file=_save_file(args.save_file, args.task, size, prompt),
