@@ -66,7 +66,8 @@ def test_magcache_flf2v_has_no_curve_unless_fallback():
     (lambda: MagCache(-0.01), r"MagCache threshold -0.01 is out of range"),
     (lambda: MagCache(0.1, K=-1), r"MagCache K -1 must be a whole number from 0 to 20"),
     (lambda: MagCache(0.1, K=2.5), r"MagCache K 2.5"),
-    (lambda: MagCache(0.1, retention_ratio=1.0), r"retention_ratio 1.0 is out of range: it must be at least 0 and below 1"),
+    (lambda: MagCache(0.1, retention_ratio=1.0),
+     r"retention_ratio 1.0 is out of range: it must be at least 0 and below 1"),
 ])
 def test_settings_out_of_range(make, match):
     with pytest.raises(InputError, match=match):

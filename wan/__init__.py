@@ -10,6 +10,7 @@ Public API (imported lazily so that ``import wan`` stays cheap):
     load_lora, apply_lora                                 -- LoRA files of every scheme, per expert, any precision
     TextEmbeds, ImageCond, ClipEmbeds                     -- conditioning passed between those calls
     InputError, CheckpointError, WanError                 -- the errors raised for bad input and bad files
+    NonFiniteError, BudgetError                           -- NaN / infinity found; a run too large for its device
     estimate_sampling, MAX_TOKENS                         -- the memory budget checked before each run
     Settings, run                                         -- the whole generation (what python -m wan.generate runs)
     extend_prompt, ExtendedPrompt                         -- official prompt extension (Dashscope, local Qwen)
@@ -48,6 +49,8 @@ _EXPORTS = {
     "InputError": ".errors",
     "CheckpointError": ".errors",
     "WanError": ".errors",
+    "NonFiniteError": ".finite",
+    "BudgetError": ".budget",
     "estimate_sampling": ".budget",
     "MAX_TOKENS": ".budget",
     "save_video": ".video",

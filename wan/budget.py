@@ -164,7 +164,8 @@ def vae_estimates(vae, kind: str, shape, tiled: bool, tile_size: int, out_device
     area = min(height, tile_size) * min(width, tile_size) if tiled else height * width
     factor = VAE_DECODE[cfg.version] * cfg.dec_dim if decode else VAE_ENCODE[cfg.version] * cfg.dim
     video = 3 * frames * height * width
-    output = b * (video * 4 if decode else cfg.z_dim * (1 + (frames - 1) // T_STRIDE) * (height // s) * (width // s) * 4)
+    latent = cfg.z_dim * (1 + (frames - 1) // T_STRIDE) * (height // s) * (width // s)
+    output = b * 4 * (video if decode else latent)
     working = ("working set", factor * area * es + (0 if decode else video * es))
     if same_device(out_device, device):
         return [Estimate(f"VAE {kind}", device, (working, ("output", output)))]
