@@ -146,3 +146,20 @@ def test_image_cond_with_nan_is_named(tmp_path):
     y[0, 5] = NAN
     with pytest.raises(NonFiniteError, match=r"NaN or infinite values in the image conditioning \(y\)"):
         run(model, SamplerSettings(2, 5.0), image_cond=ImageCond("i2v", y=y))
+
+
+def test_zero_pixel_images_through_nodes(pack, tmp_path):
+    import importlib
+
+    from test_vae_tiny import official_vae, save_pth
+
+    errors = importlib.import_module(pack.__name__ + ".wan.errors")
+    vae = importlib.import_module(pack.__name__ + ".wan.vae.loader").load_vae(
+        save_pth(official_vae("2.1"), tmp_path / "vae.pth"))
+    sampling = importlib.import_module(pack.__name__ + ".nodes.sampling")
+    encoders = importlib.import_module(pack.__name__ + ".nodes.encoders")
+    for empty in (torch.zeros(1, 0, 0, 3), torch.zeros(0, 16, 16, 3)):
+        with pytest.raises(errors.InputError, match="start image has no pixels"):
+            sampling.WanExpertsImageToVideo().make(vae, empty, 16, 16, 5)
+        with pytest.raises(errors.InputError, match="start_image has no pixels"):
+            encoders.WanExpertsCLIPVisionEncode().encode(None, empty)

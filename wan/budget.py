@@ -122,8 +122,11 @@ def weights_to_move(models, device: torch.device, keep_both: bool) -> int:
 
 
 def estimate_sampling(experts, shape, device, step_cache: bool = False, keep_both: bool = False) -> Estimate:
-    """Device memory of a sampling run over latents of ``shape`` [B, C, T, h, w]."""
-    device = torch.device(device)
+    """Device memory of a sampling run of ``experts`` (an ExpertSet or one WanDiT) over latents of ``shape``
+    [B, C, T, h, w]."""
+    from .experts import as_expert_set
+
+    experts, device = as_expert_set(experts), torch.device(device)
     cfg = experts.config
     b, c, t, h, w = shape
     pt, ph, pw = cfg.patch_size

@@ -32,6 +32,8 @@ def finite_number(value, name: str, low: float | None = None, high: float | None
 def whole_number(value, name: str, low: int | None = None, high: int | None = None, hint: str = "") -> int:
     """``value`` as an int (a float with no fractional part is accepted); refuses NaN, fractions and the range."""
     number = _number(value, name)
+    if isinstance(value, numbers.Integral):  # exact, also beyond float precision (64-bit seeds)
+        number = int(value)
     outside = (low is not None and number < low) or (high is not None and number > high)
     if not math.isfinite(number) or number != int(number) or outside:
         span = (f" from {low} to {high}" if low is not None and high is not None else

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..conditioning import ClipEmbeds, ImageCond
-from ..checks import check_image
+from ..checks import check_image, whole_number
 from ..errors import InputError
 from ..latents import normalize
 from .shapes import check_frames
@@ -97,6 +97,7 @@ def image_condition(vae, start: torch.Tensor, width: int, height: int, frames: i
     check_image(start, "start image")
     if end is not None:
         check_image(end, "end image")
+    width, height = whole_number(width, "width", 1), whole_number(height, "height", 1)
     if vae.z_dim == 48:
         if end is not None:
             raise InputError("TI2V-5B (Wan 2.2 VAE) takes a start image only; disconnect the end image, or use a "

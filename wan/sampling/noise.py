@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from ..checks import whole_number
+
 SEED_RANGE = 2 ** 64
 
 
@@ -19,7 +21,9 @@ def sample_seed(seed: int, index: int) -> int:
 
 def make_noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
     """Noise [B, C, T, h, w]; sample k equals a single sample made with seed ``seed + k``."""
-    return torch.stack([_official_noise(tuple(shape[1:]), sample_seed(seed, k)) for k in range(shape[0])])
+    shape = tuple(whole_number(n, "noise shape", 1) for n in shape)
+    seed = whole_number(seed, "seed", -(1 << 63), SEED_RANGE - 1)
+    return torch.stack([_official_noise(shape[1:], sample_seed(seed, k)) for k in range(shape[0])])
 
 
 def _official_noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
