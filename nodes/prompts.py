@@ -2,7 +2,9 @@
 (models/LLM) or the Dashscope service, shown on the node and passed on as a STRING (e.g. into Wan Text Encode)."""
 from __future__ import annotations
 
+import re
 import sys
+from urllib.parse import urlsplit
 
 import torch
 
@@ -15,8 +17,11 @@ CATEGORY = "Wan Experts/conditioning"
 MODEL_TOOLTIP = (
     "Empty: the official default (local_qwen: Qwen2.5-14B-Instruct, or Qwen2.5-VL-7B-Instruct with an image; "
     "dashscope: qwen-plus, or qwen-vl-max with an image). local_qwen: a folder name in models/LLM (e.g. "
-    "Qwen2.5-7B-Instruct), an official short name (Qwen2.5_7B, QwenVL2.5_3B) or a full folder path; nothing is "
-    "downloaded. dashscope: a service model name (e.g. qwen-max).")
+    "Qwen2.5-7B-Instruct), an official short name (Qwen2.5_7B, QwenVL2.5_3B) or a Hugging Face repo id already in "
+    "the local cache; never a path; nothing is downloaded. dashscope: a service model name (e.g. qwen-max).")
+# A model is named, never given as a path: a folder in models/LLM, an official short name, a repo id, a service model
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
+DASHSCOPE_DOMAIN = ".aliyuncs.com"  # the service's addresses (Beijing, international)
 
 
 class WanExpertsPromptExtend:
@@ -67,12 +72,20 @@ class WanExpertsPromptExtend:
             },
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, model=None, base_url=None):
+        """No paths, no addresses outside the service, checked while ComfyUI validates the graph."""
+        return model_problem(model) or url_problem(base_url) or True
+
     def extend(self, prompt, method, model, target_lang, seed, image=None, end_image=None, style="wan2.2",
                decoding="sample", device="gpu", api_key="", base_url=""):
+        problem = model_problem(model) or url_problem(base_url)
+        if problem:
+            raise InputError(problem)
         host.check_interrupted()
         images = _images(image, end_image)
         local = LocalOptions(model_dirs=tuple(host.model_folders("LLM")), decoding=decoding,
-                             device=host.compute_device() if device == "gpu" else torch.device("cpu"))
+                             device=host.compute_device() if device == "gpu" else torch.device("cpu"), paths=False)
         service = DashscopeOptions(api_key=api_key.strip() or None, base_url=base_url.strip() or None)
         try:
             result = extend_prompt(prompt, method, model.strip() or None, target_lang, images, seed, style=style,
@@ -80,6 +93,33 @@ class WanExpertsPromptExtend:
         finally:
             host.free_memory()
         return {"ui": {"text": [result.prompt]}, "result": (result.prompt,)}
+
+
+def model_problem(model) -> str | None:
+    """A model from a graph must be a name, not a path on the server."""
+    name = model.strip() if isinstance(model, str) else model
+    if name in (None, "") or (isinstance(name, str) and MODEL_NAME.fullmatch(name) and ".." not in name):
+        return None
+    return (f"Wan Prompt Extend: model '{str(model)[:80]}' is not a model name; give a folder name in models/LLM, an "
+            f"official short name (Qwen2.5_7B), a Hugging Face repo id (Qwen/Qwen2.5-7B-Instruct) or a Dashscope "
+            f"model, never a path")
+
+
+def url_problem(base_url) -> str | None:
+    """The Dashscope address from a graph must be the service's own: the server's API key is sent there."""
+    url = base_url.strip() if isinstance(base_url, str) else base_url
+    if url in (None, ""):
+        return None
+    try:
+        parts = urlsplit(url)
+        official = parts.scheme == "https" and not parts.username and (parts.hostname or "").endswith(
+            DASHSCOPE_DOMAIN)
+    except (TypeError, ValueError, AttributeError):
+        official = False
+    if official:
+        return None
+    return (f"Wan Prompt Extend: base_url '{str(base_url)[:80]}' is not a Dashscope address (https://..."
+            f"{DASHSCOPE_DOMAIN}/...); the API key is sent there. Set DASH_API_URL on the server for other addresses")
 
 
 def _images(image, end_image) -> list:

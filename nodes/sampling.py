@@ -199,6 +199,11 @@ class WanExpertsSamplerBasic:
             **_schedule_inputs(),
         }, "optional": {**_conditioning_inputs(), **_context_input()}}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, cfg=None, shift=None):
+        """NaN / out-of-range numbers refused while ComfyUI validates the graph (see nodes/validation.py)."""
+        return verdict(number_problem(cls, cfg=cfg, shift=shift))
+
     def run(self, model, text, latent, seed, steps=0, cfg=0.0, shift=0.0, solver="unipc", image_cond=None,
             step_cache=None, context=None):
         return WanExpertsSampler().run(model, text, latent, seed, steps=steps, cfg_high=cfg, cfg_low=cfg, shift=shift,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..wan.errors import InputError
-from ..wan.video import FORMATS, prefix_problem, save_video, workflow_metadata
+from ..wan.video import FORMATS, check_fps, prefix_problem, save_video, workflow_metadata
 from . import host
 from .validation import number_problem, verdict
 
@@ -78,12 +78,15 @@ class WanExpertsCreateVideo:
                 "Frames per second: 16 for Wan 2.1 and the 2.2 A14B models, 24 for Wan 2.2 TI2V-5B.")}),
         }}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, fps=None):
+        return verdict(number_problem(cls, fps=fps))
+
     def create(self, images, fps=16.0):
         if not torch.is_tensor(images) or images.dim() != 4 or images.shape[-1] not in (3, 4) or not images.shape[0]:
             found = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
             raise InputError(f"images must be frames [N, H, W, 3] with at least one frame; got {found}")
-        if not 0 < float(fps) <= 1000:
-            raise InputError(f"fps {fps} must be above 0 and at most 1000 (Wan 2.1: 16, Wan 2.2 TI2V-5B: 24)")
+        check_fps(fps)
         return (host.make_video(images[..., :3], fps),)  # core's VIDEO holds RGB frames
 
 

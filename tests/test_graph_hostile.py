@@ -13,6 +13,7 @@ from graph_runner import GraphValidationError, run_graph
 from test_workflows_examples import WORKFLOWS, classes, shrink, tiny_models, write_models  # noqa: F401 (fixtures)
 
 WORKFLOW = WORKFLOWS / "api" / "wan2.1_t2v_1.3B_teacache.json"
+A14B_WORKFLOW = WORKFLOWS / "api" / "wan2.2_t2v_A14B_magcache.json"  # Wan Sampler (Advanced), MagCache
 NAN = math.nan
 
 
@@ -27,10 +28,10 @@ def fifo(folder: Path, name: str) -> str:
     return name
 
 
-CASES = {  # name -> (change to the graph, expected message)
-    "nan guidance": (lambda g, m: node_of(g, "WanExpertsSampler").update(cfg_high=NAN), "cfg_high nan is out of range"),
-    "nan shift": (lambda g, m: node_of(g, "WanExpertsSampler").update(shift=NAN), "shift nan is out of range"),
-    "inf denoise": (lambda g, m: node_of(g, "WanExpertsSampler").update(denoise=math.inf), "denoise inf"),
+CASES = {  # name -> (change to the graph, expected message[, workflow])
+    "nan guidance": (lambda g, m: node_of(g, "WanExpertsSamplerBasic").update(cfg=NAN), "cfg nan is out of range"),
+    "nan shift": (lambda g, m: node_of(g, "WanExpertsSamplerBasic").update(shift=NAN), "shift nan is out of range"),
+    "inf guidance": (lambda g, m: node_of(g, "WanExpertsSamplerBasic").update(cfg=math.inf), "cfg inf"),
     "nan threshold": (lambda g, m: node_of(g, "WanExpertsTeaCache").update(threshold=NAN), "threshold nan"),
     "nan fps": (lambda g, m: node_of(g, "WanExpertsSaveVideo").update(fps=NAN), "fps nan is out of range"),
     "fifo tokenizer": (lambda g, m: node_of(g, "WanExpertsLoadTextEncoder").update(
@@ -47,6 +48,12 @@ CASES = {  # name -> (change to the graph, expected message)
                             "width 8192 must be a whole number from 16 to 4096"),
     "size over the ceiling": (lambda g, m: node_of(g, "WanExpertsEmptyLatent").update(
         width=4096, height=4096, frames=1025), "4096x4096, 1025 frames, batch 1 is 4210688 DiT tokens"),
+    "inf denoise": (lambda g, m: node_of(g, "WanExpertsSampler").update(denoise=math.inf), "denoise inf",
+                    A14B_WORKFLOW),
+    "nan boundary": (lambda g, m: node_of(g, "WanExpertsSampler").update(boundary=NAN), "boundary nan",
+                     A14B_WORKFLOW),
+    "nan retention": (lambda g, m: node_of(g, "WanExpertsMagCache").update(retention_ratio=NAN),
+                      "retention_ratio nan", A14B_WORKFLOW),
     "NUL in prefix": (lambda g, m: node_of(g, "WanExpertsSaveVideo").update(filename_prefix="video/\0x"),
                       r"filename_prefix contains '\x00'"),
 }
@@ -55,9 +62,9 @@ CASES = {  # name -> (change to the graph, expected message)
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX FIFOs")
 @pytest.mark.parametrize("case", list(CASES))
 def test_hostile_graph_ends_with_the_packs_error(case, pack, classes, models_dir, tiny_models):  # noqa: F811
-    graph = shrink(json.loads(WORKFLOW.read_text()))
+    change, message, *workflow = CASES[case]
+    graph = shrink(json.loads((workflow[0] if workflow else WORKFLOW).read_text()))
     write_models(graph, models_dir, tiny_models)
-    change, message = CASES[case]
     change(graph, models_dir)
     errors = pack.wan.errors
     start = time.perf_counter()
@@ -68,3 +75,22 @@ def test_hostile_graph_ends_with_the_packs_error(case, pack, classes, models_dir
     assert elapsed < 1.0, f"{case}: {elapsed:.2f} s"
     out = Path(os.environ["WAN_EXPERTS_OUTPUT"])
     assert not out.exists() or not any(out.rglob("*")), list(out.rglob("*"))
+
+
+@pytest.mark.parametrize("inputs,message", [
+    ({"model": "/etc"}, "is not a model name"), ({"model": "../../secrets"}, "is not a model name"),
+    ({"model": "~/models/x"}, "is not a model name"), ({"model": "Qwen/../../x"}, "is not a model name"),
+    ({"base_url": "https://attacker.example/api/v1"}, "is not a Dashscope address"),
+    ({"base_url": "http://dashscope.aliyuncs.com/api/v1"}, "is not a Dashscope address"),
+    ({"base_url": "https://user@evil.aliyuncs.com.example/"}, "is not a Dashscope address"),
+])
+def test_prompt_extension_takes_names_and_the_services_address_only(pack, inputs, message):
+    """A graph cannot point the local model at a server path, nor send the server's API key elsewhere."""
+    node = pack.nodes.prompts.WanExpertsPromptExtend
+    verdict = node.VALIDATE_INPUTS(**{"model": None, "base_url": None, **inputs})
+    assert message in verdict
+    with pytest.raises(pack.wan.errors.InputError, match=message):
+        node().extend("a cat", "dashscope", inputs.get("model", ""), "en", 0, base_url=inputs.get("base_url", ""))
+    for good in ({"model": "Qwen2.5_7B"}, {"model": "Qwen/Qwen2.5-7B-Instruct"}, {"model": "qwen-vl-max"},
+                 {"base_url": "https://dashscope-intl.aliyuncs.com/api/v1"}, {"model": "", "base_url": ""}):
+        assert node.VALIDATE_INPUTS(**{"model": None, "base_url": None, **good}) is True

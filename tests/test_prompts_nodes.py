@@ -99,7 +99,7 @@ def test_ui_workflow_with_the_prompt_linked_into_text_encode_checks_clean(pack):
              "outputs": [{"name": "prompt", "type": "STRING", "links": [1]}], "widgets_values": extend_values},
             {"id": 2, "type": "WanExpertsLoadTextEncoder", "inputs": [],
              "outputs": [{"name": "text_encoder", "type": "WAN_TEXT_ENCODER", "links": [2]}],
-             "widgets_values": ["umt5_xxl_fp8_e4m3fn_scaled.safetensors", "default", "gpu", False, ""]},
+             "widgets_values": ["umt5_xxl_fp8_e4m3fn_scaled.safetensors", "default", "gpu", False, "auto"]},
             {"id": 3, "type": "WanExpertsTextEncode", "outputs": [{"name": "text", "type": "WAN_TEXT", "links": []}],
              "inputs": [{"name": "text_encoder", "type": "WAN_TEXT_ENCODER", "link": 2},
                         {"name": "positive", "type": "STRING", "widget": {"name": "positive"}, "link": 1}],

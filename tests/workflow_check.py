@@ -23,6 +23,8 @@ The rules, taken from ComfyUI core (``execution.py``) and the frontend (``useInt
   anything; combos travel as ``COMBO``). Required socket inputs must be linked (core refuses the prompt
   otherwise).
 - Core node types are allowed only from ``CORE_NODES`` (used on purpose: notes, image loading).
+- A combo input named in the node's ``VALIDATE_INPUTS`` is not checked against its choices by core
+  (``execution.py``): the node's own check decides (e.g. a tokenizer value '' saved by an earlier version).
 
 Layout (``check_layout``), with the frontend's geometry (litegraph ``LGraphNode.computeSize`` / ``measure``,
 ``LGraphGroup``): a node's ``pos`` is the top-left of its body; its title bar (30 px) sits above it. The smallest
@@ -94,7 +96,7 @@ def check_workflow(workflow: dict, mappings: dict, file_widgets: set | None = No
         if spec is None:
             problems.append(f"node {node['id']}: unknown node type '{node['type']}'")
             continue
-        problems += _check_widgets(node, spec[0], file_widgets)
+        problems += _check_widgets(node, spec[0], file_widgets, mappings.get(node["type"]))
         problems += _check_sockets(node, spec[0])
     for link in workflow.get("links", []):
         problems += _check_link(link, nodes, mappings)
@@ -156,7 +158,7 @@ def _has_control(name: str, type_name: str, options: dict) -> bool:
     return type_name == "FLOAT" and bool(options.get("control_after_generate"))
 
 
-def _check_widgets(node: dict, input_types: dict, file_widgets: set) -> list[str]:
+def _check_widgets(node: dict, input_types: dict, file_widgets: set, cls=None) -> list[str]:
     where = f"node {node['id']} ({node['type']})"
     slots = widget_slots(input_types)
     values = node.get("widgets_values", [])
@@ -165,6 +167,8 @@ def _check_widgets(node: dict, input_types: dict, file_widgets: set) -> list[str
     problems = []
     for slot, value in zip(slots, values):
         problem = _check_value(slot, value, (node["type"], slot.input) in file_widgets)
+        if problem and slot.type == "COMBO" and _validated_by_node(cls, slot.input, value):
+            problem = None
         if problem:
             problems.append(f"{where}.{slot.input}: {problem}")
     if len(values) > len(slots) or (len(values) < len(slots) and problems):
@@ -172,6 +176,14 @@ def _check_widgets(node: dict, input_types: dict, file_widgets: set) -> list[str
         read_as = f"; read as far as they go: {'; '.join(problems)}" if problems else ""
         return [f"{where}: {len(values)} widgets_values for {len(slots)} widget slots ({layout}){read_as}"]
     return problems
+
+
+def _validated_by_node(cls, name: str, value) -> bool:
+    """ComfyUI leaves an input named in the node's ``VALIDATE_INPUTS`` to that check (no choice check of its own)."""
+    import inspect
+
+    check = getattr(cls, "VALIDATE_INPUTS", None)
+    return check is not None and name in inspect.signature(check).parameters and check(**{name: value}) is True
 
 
 def _check_value(slot: Slot, value, is_file: bool) -> str | None:

@@ -90,7 +90,7 @@ def _write_through_temp(frames, folder: Path, stem: str, fps: float, fmt: VideoF
     (an OS error, an encoder error, a cancel), the temporary file and any folder made for it below ``keep`` are
     removed."""
     pixels = frames_to_uint8(frames)
-    _check_fps(fps)
+    check_fps(fps)
     created = _make_folder(folder, keep)
     tmp = folder / f".{stem}.{os.getpid()}.partial.{fmt.name}"
     final = None
@@ -258,5 +258,5 @@ def _check_format(format: str, crf: int) -> VideoFormat:
     return fmt
 
 
-def _check_fps(fps: float) -> None:
+def check_fps(fps: float) -> None:
     finite_number(fps, "fps", 0.0, 1000.0, low_open=True, hint="Wan 2.1: 16, Wan 2.2 TI2V-5B: 24")

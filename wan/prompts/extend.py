@@ -47,6 +47,7 @@ class LocalOptions:
     device: torch.device | str | None = None  # None: cuda when available, else cpu
     decoding: str = "sample"  # "sample" (the model's own sampling, seeded) | "greedy"
     max_new_tokens: int = MAX_NEW_TOKENS
+    paths: bool = True  # a model name may also be a folder path (False: names only, for names from a graph)
 
 
 def extend_prompt(prompt: str, method: str = "local_qwen", model: str | None = None, target_lang: str = "zh",
@@ -63,7 +64,7 @@ def extend_prompt(prompt: str, method: str = "local_qwen", model: str | None = N
         load_sdk()
         run = partial(ask_dashscope, name, system, prompt, images, seed, dashscope)
     else:
-        found = find_local_model(name, local.model_dirs, bool(images))
+        found = find_local_model(name, local.model_dirs, bool(images), local.paths)
         name = found.path
         run = partial(ask_local_qwen, found, system, prompt, images, seed, style, local.decoding, local.device,
                       local.max_new_tokens)

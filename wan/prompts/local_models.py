@@ -42,10 +42,11 @@ def default_model(method: str, with_images: bool) -> str:
     return DEFAULT_MODELS[(method, with_images)]
 
 
-def find_local_model(name: str, model_dirs, with_images: bool) -> LocalModel:
-    """The folder of ``name``; InputError naming the folder to create and the model to put there."""
+def find_local_model(name: str, model_dirs, with_images: bool, paths: bool = True) -> LocalModel:
+    """The folder of ``name``; InputError naming the folder to create and the model to put there. ``paths``: a
+    name may also be a folder path (else only folders inside ``model_dirs`` and the Hugging Face cache count)."""
     repo = OFFICIAL_LOCAL_MODELS.get(name, name)
-    folder = _existing_folder(name, repo, [Path(d) for d in model_dirs])
+    folder = _existing_folder(name, repo, [Path(d) for d in model_dirs], paths)
     if folder is None:
         raise InputError(_missing_message(name, repo, [Path(d) for d in model_dirs]))
     vision = _is_vision_model(folder)
@@ -55,8 +56,8 @@ def find_local_model(name: str, model_dirs, with_images: bool) -> LocalModel:
     return LocalModel(str(folder), vision)
 
 
-def _existing_folder(name: str, repo: str, dirs: list[Path]) -> Path | None:
-    candidates = [Path(name).expanduser()]
+def _existing_folder(name: str, repo: str, dirs: list[Path], paths: bool = True) -> Path | None:
+    candidates = [Path(name).expanduser()] if paths else []
     for d in dirs:
         candidates += [d / name, d / repo.split("/")[-1]]
     for folder in candidates:
