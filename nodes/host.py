@@ -125,12 +125,6 @@ def free_memory(device: torch.device | None = None) -> None:
         torch.cuda.empty_cache()
 
 
-def make_room(nbytes: int, device: torch.device) -> None:
-    """Ask the host to unload its own cached models until ``nbytes`` are free on ``device`` (ComfyUI only)."""
-    if IN_COMFY and torch.device(device).type != "cpu":
-        model_management.free_memory(nbytes, torch.device(device))
-
-
 def check_interrupted() -> None:
     """Raise the host's interruption exception when the user pressed cancel."""
     if IN_COMFY:

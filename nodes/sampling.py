@@ -7,7 +7,6 @@ import logging
 
 import torch
 
-from ..wan.budget import estimate_sampling
 from ..wan.errors import InputError
 from ..wan.latents import denormalize, normalize
 from ..wan.sampling import SOLVERS, SamplerSettings, image_condition, latent_shape, make_noise, sample
@@ -282,8 +281,6 @@ class WanExpertsSampler:
             keep_both_resident=keep_both_experts_on_device, context=context)
         host.check_interrupted()
         device = host.compute_device()
-        host.make_room(estimate_sampling(model, samples.shape, device, step_cache is not None,
-                                         keep_both_experts_on_device).total, device)
         progress = StepProgress()
         result = sample(model, normalize(samples), text, settings,
                         noise=make_noise(samples.shape, seed) if add_noise else None, image_cond=image_cond,

@@ -133,6 +133,46 @@ def test_weights_count_once_for_a_pair_and_twice_when_both_stay():
     assert budget.weights_to_move([high, low], torch.device("cpu"), keep_both=True) == 0
 
 
+def test_block_streaming_needs_only_the_resident_blocks_on_the_device():
+    """offload_blocks N: everything outside the blocks, the 40 - N resident blocks and two streaming buffers; auto:
+    no resident block is counted (auto streams what does not fit)."""
+    from wan.offload import set_block_streaming
+
+    model = meta_dit(WanDiTConfig(**A14B, num_layers=40), variant=VARIANTS["wan22_t2v_a14b"], role="high")
+    block, whole = budget.module_bytes(model.blocks[0]), budget.module_bytes(model)
+    rest = whole - 40 * block
+    cuda = torch.device("cuda")
+    set_block_streaming(model, 30)
+    assert budget.weights_to_move([model], cuda, False) == rest + 10 * block + 2 * block
+    set_block_streaming(model, "auto")
+    assert budget.weights_to_move([model], cuda, False) == rest + 2 * block
+    set_block_streaming(model, 0)
+    assert budget.weights_to_move([model], cuda, False) == whole
+
+
+def test_the_memory_host_is_asked_for_room_before_refusing(monkeypatch):
+    """Inside ComfyUI the host unloads its own models when asked (wan.memory.MemoryHost.make_room)."""
+    from wan.memory import MemoryHost, set_memory_host
+
+    model = meta_dit(WanDiTConfig(**A14B, num_layers=2), variant=VARIANTS["wan22_t2v_a14b"], role="high")
+    need = budget.estimate_sampling(model, (1, 16, 21, 60, 104), "cuda").total
+    free = [need // 2]
+    asked = []
+
+    class Host(MemoryHost):
+        def make_room(self, nbytes, device):
+            asked.append(nbytes)
+            free[0] = nbytes
+
+    monkeypatch.setattr(budget, "available_bytes", lambda device: free[0])
+    previous = set_memory_host(Host())
+    try:
+        budget.check_sampling(model, (1, 16, 21, 60, 104), "cuda")
+    finally:
+        set_memory_host(previous)
+    assert asked == [need]
+
+
 def test_sample_refuses_before_the_first_step(monkeypatch, tmp_path):
     """A real (tiny) run on the CPU with too little free memory stops before any model call."""
     from test_sampling_models import ours_from_official, prompts

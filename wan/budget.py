@@ -3,9 +3,10 @@
 Two limits apply. A fixed ceiling (``MAX_TOKENS`` DiT tokens per run, at most ``MAX_LATENT_FRAMES`` latent frames)
 bounds every request whatever the machine; then the estimate of a sampling run (DiT activations, the expert's
 weights still to be moved onto the device, latents, step-cache residuals) or of a VAE pass (its working set per
-frame or tile, the output video) must fit the memory free on its device: on CUDA the driver's free memory plus
-what PyTorch holds unused, on the CPU the available RAM (and the cgroup limit, in a container). Devices that report
-nothing (e.g. MPS) get the ceiling only.
+frame or tile, the output video) must fit the memory free on its device (``wan.memory.free_bytes``: on CUDA the
+driver's free memory plus what PyTorch holds unused; on the CPU the available RAM and the cgroup limit, in a
+container), after the memory host (ComfyUI) was asked to make room. Devices that report nothing (e.g. MPS) get the
+ceiling only.
 
 The estimates count the tensors the modules allocate, measured per token / per pixel from traces of the real
 forward passes (``tests/test_budget.py`` checks them against a trace of the live tensors on the meta device);
@@ -19,8 +20,10 @@ from typing import Callable
 
 import torch
 
-from .devices import module_device, same_device
+from .devices import same_device
 from .errors import InputError
+from .memory import free_bytes, memory_host
+from .memory_swap import nbytes, slots_of, unique_tensors
 
 GiB = 1 << 30
 MAX_TOKENS = 1 << 18  # DiT tokens per run (batch x tokens per video): e.g. 1280x720 x 285 frames, or 4 x 81 at 720p
@@ -104,9 +107,26 @@ def dit_activation_bytes(config, dtype: torch.dtype, tokens: int, cached: bool =
     return max(tokens * per_token + layer_copy, time_copy)
 
 
-def module_bytes(module: torch.nn.Module) -> int:
-    tensors = list(module.parameters()) + list(module.buffers())
-    return sum(t.numel() * t.element_size() for t in tensors)
+def module_bytes(module: torch.nn.Module, exclude=()) -> int:
+    """Bytes of every tensor of ``module`` (each counted once; LoRA patches included)."""
+    return nbytes(unique_tensors(slots_of(module, exclude)))
+
+
+def device_need(model: torch.nn.Module) -> int:
+    """Weight bytes ``model`` keeps on the device while it runs: all of them, or with block streaming
+    (``wan.offload``) the parts outside the blocks, the resident blocks (none counted for auto, which streams what
+    does not fit) and the two block-sized streaming buffers."""
+    streaming = getattr(model, "block_streaming", None)
+    if streaming is None:
+        return module_bytes(model)
+    blocks = [module_bytes(block) for block in model.blocks]
+    resident = 0 if streaming.auto else sum(blocks[:max(0, len(blocks) - streaming.blocks)])
+    return module_bytes(model, (model.blocks,)) + resident + 2 * max(blocks, default=0)
+
+
+def bytes_on(module: torch.nn.Module, device: torch.device) -> int:
+    """Bytes of ``module``'s tensors that are on ``device`` now (placed copies included)."""
+    return nbytes([t for t in unique_tensors(slots_of(module)) if same_device(t.device, device)])
 
 
 def weights_to_move(models, device: torch.device, keep_both: bool) -> int:
@@ -114,11 +134,10 @@ def weights_to_move(models, device: torch.device, keep_both: bool) -> int:
     ``keep_both``; on the CPU the weights are already in (or mapped into) memory."""
     if device.type == "cpu":
         return 0
-    sizes = [(module_bytes(m), same_device(module_device(m), device)) for m in models]
-    there = sum(n for n, on in sizes if on)
+    needs, there = [device_need(m) for m in models], [bytes_on(m, device) for m in models]
     if keep_both:
-        return sum(n for n, on in sizes if not on)
-    return max(0, max(n for n, _ in sizes) - there)
+        return sum(max(0, n - t) for n, t in zip(needs, there))
+    return max(0, max(needs) - sum(there))
 
 
 def estimate_sampling(experts, shape, device, step_cache: bool = False, keep_both: bool = False) -> Estimate:
@@ -191,12 +210,7 @@ def check_vae(vae, kind: str, shape, tiled: bool, tile_size: int, out_device) ->
 def available_bytes(device) -> int | None:
     """Memory free for new tensors on ``device``; None when the device does not say."""
     device = torch.device(device)
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    if device.type == "cpu":
-        return host_available_bytes()
-    return None
+    return host_available_bytes() if device.type == "cpu" else free_bytes(device)
 
 
 def host_available_bytes() -> int | None:
@@ -212,8 +226,12 @@ def host_available_bytes() -> int | None:
 
 def require(estimate: Estimate, at_frames: Callable[[int], Estimate], pixels: tuple[int, int], batch: int,
             advice: str = "") -> None:
-    """Raise when ``estimate`` exceeds the free memory; ``at_frames(latent_frames)`` re-estimates at another length
-    so the message can say how many frames would fit."""
+    """Raise when ``estimate`` exceeds the free memory, after asking the memory host (ComfyUI) to make room;
+    ``at_frames(latent_frames)`` re-estimates at another length so the message can say how many frames fit."""
+    free = available_bytes(estimate.device)
+    if free is None or estimate.total <= free:
+        return
+    memory_host().make_room(estimate.total, estimate.device)
     free = available_bytes(estimate.device)
     if free is None or estimate.total <= free:
         return
