@@ -1,4 +1,4 @@
-"""Memory budget accuracy: the estimates of ``wan/budget.py`` vs the peak of the live tensors the real modules
+"""Memory budget accuracy: the estimates of ``wan/estimates.py`` vs the peak of the live tensors the real modules
 create, traced on the meta device (``tests/meta_trace.py``) at the released models' full sizes. Nothing is
 computed or allocated, so the 14B at 720p runs on any machine.
 
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from meta_trace import flat_attention, traced_peak  # noqa: E402
-from wan import budget  # noqa: E402
+from wan import estimates  # noqa: E402
 from wan.dit.config import WanDiTConfig  # noqa: E402
 from wan.dit.model import WanDiT  # noqa: E402
 from wan.experts import ExpertSet  # noqa: E402
@@ -64,7 +64,7 @@ def dit_row(cfg: WanDiTConfig, latent, dtype) -> tuple[float, float]:
     steps = torch.full((1, t * (h // 2) * (w // 2)) if cfg.per_token_time else (1,), 500.0, **meta)
     clip = torch.empty(1, 257, cfg.clip_dim, **meta) if cfg.has_clip else None
     traced = traced_peak(lambda: model(x, steps, context, clip_fea=clip, y=y))
-    estimate = budget.estimate_sampling(ExpertSet(model), (1, c, t, h, w), "meta").parts[0][1]
+    estimate = estimates.estimate_sampling(ExpertSet(model), (1, c, t, h, w), "meta").parts[0][1]
     return estimate, traced
 
 
@@ -74,7 +74,7 @@ def vae_row(cfg: WanVAEConfig, kind: str, shape, dtype) -> tuple[float, float]:
     x = torch.empty(shape, device="meta", dtype=dtype)
     traced = traced_peak(lambda: (model.decode_chunks if kind == "decode" else model.encode_chunks)(x))
     vae = type("MetaVAE", (), {"config": cfg, "device": torch.device("meta"), "dtype": dtype})()
-    (estimate,) = budget.vae_estimates(vae, kind, shape, False, 512, "meta")
+    (estimate,) = estimates.vae_estimates(vae, kind, shape, False, 512, "meta")
     return estimate.total, traced
 
 

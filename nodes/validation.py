@@ -8,7 +8,7 @@ None and are checked when the node runs.
 """
 from __future__ import annotations
 
-from ..wan.budget import check_ceiling
+from ..wan.budget import check_video_size
 from ..wan.checks import finite_number, whole_number
 from ..wan.errors import InputError
 from .files import confined_file
@@ -43,13 +43,13 @@ def file_problem(kind: str, name, what: str, limit: int, unset: tuple = ("auto",
 
 
 def size_problem(width, height, frames, batch) -> str | None:
-    """The token ceiling for the most lenient VAE (the node's model decides the exact check when it runs)."""
+    """The video ceiling for the most lenient VAE (the node's model decides the exact check when it runs)."""
     try:
         width, height, frames, batch = (int(v) for v in (width, height, frames, batch))
     except (TypeError, ValueError, OverflowError):  # linked (None) or not a number (number_problem says so)
         return None
     grid = ((frames - 1) // 4 + 1, height // LENIENT_STRIDE, width // LENIENT_STRIDE)
-    return _problem(lambda: check_ceiling(batch, grid, (width, height)))
+    return _problem(lambda: check_video_size(batch, grid, (width, height)))
 
 
 def _problem(check) -> str | None:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from meta_trace import flat_attention, traced_peak
-from wan import budget
+from wan import budget, estimates
 from wan.dit.config import WanDiTConfig
 from wan.dit.model import WanDiT
 from wan.errors import InputError
@@ -48,7 +48,7 @@ def test_dit_activation_estimate_bounds_the_traced_peak(cfg, latent, dtype):
     clip = torch.empty(1, 257, 1280, device="meta") if cfg.has_clip else None
     context = torch.empty(1, 512, cfg.text_dim, device="meta")
     peak = traced_peak(lambda: model(x, steps, context, clip_fea=clip, y=y))
-    estimate = budget.estimate_sampling(ExpertSet(model), (1, c, t, h, w), "meta").parts[0][1]
+    estimate = estimates.estimate_sampling(ExpertSet(model), (1, c, t, h, w), "meta").parts[0][1]
     assert peak <= estimate <= 1.10 * peak, (peak, estimate)
 
 
@@ -65,7 +65,7 @@ def test_fp8_weights_estimate_bounds_the_traced_peak(latent):
             layer.scale_weight = torch.ones((), device="meta")
     x, context = torch.empty(1, *latent, device="meta"), torch.empty(1, 512, 4096, device="meta")
     peak = traced_peak(lambda: model(x, torch.full((1,), 500.0, device="meta"), context))
-    estimate = budget.estimate_sampling(ExpertSet(model), (1, *latent), "meta").parts[0][1]
+    estimate = estimates.estimate_sampling(ExpertSet(model), (1, *latent), "meta").parts[0][1]
     assert peak <= estimate <= 1.10 * peak, (peak, estimate)
 
 
@@ -84,22 +84,45 @@ def test_vae_estimate_bounds_the_traced_peak(cfg, kind):
         shape = (1, 3, 9, 480, 832)
         run = lambda: model.encode_chunks(torch.empty(shape, device="meta", dtype=torch.bfloat16))  # noqa: E731
     vae = type("MetaVAE", (), {"config": cfg, "device": torch.device("meta"), "dtype": torch.bfloat16})()
-    (estimate,) = budget.vae_estimates(vae, kind, shape, False, 512, "meta")
+    (estimate,) = estimates.vae_estimates(vae, kind, shape, False, 512, "meta")
     peak = traced_peak(run)
     assert peak <= estimate.total <= 1.25 * peak, (peak, estimate.total)
 
 
-def test_ceiling_refuses_huge_sizes_at_once():
-    with pytest.raises(budget.BudgetError, match=r"8192x8192, 1001 frames, batch 1 is 65798144 DiT tokens.*"
-                                                 r"at most 1 frame fits"):
+def test_video_ceiling_refuses_huge_sizes_at_once():
+    """The whole video (latent_shape, before anything is allocated): pixels, latent frames, tokens of one frame."""
+    with pytest.raises(budget.BudgetError, match=r"8192x8192, 1001 frames, batch 1 is 67175972864 pixels.*at most "
+                                                 r"29 frames fit"):
         latent_shape(8192, 8192, 1001, 16)
-    with pytest.raises(budget.BudgetError, match=r"9216x9216 is too large even for one frame"):
+    assert latent_shape(8192, 8192, 29, 16)[2] == 8
+    with pytest.raises(budget.BudgetError, match=r"9216x9216 with batch 1 is 331776 DiT tokens per frame"):
         latent_shape(9216, 9216, 1, 16)
-    with pytest.raises(budget.BudgetError, match=r"at 1280x720 with batch 1 at most 285 frames fit"):
-        latent_shape(1280, 720, 1001, 16)
-    assert latent_shape(1280, 720, 285, 16) == (1, 16, 72, 90, 160)
+    with pytest.raises(budget.BudgetError, match=r"at most 2329 frames fit"):
+        latent_shape(1280, 720, 2333, 16)
+    assert latent_shape(1280, 720, 2329, 16) == (1, 16, 583, 90, 160)
     with pytest.raises(budget.BudgetError, match="1024 latent frames"):
         latent_shape(16, 16, 4097, 16)
+
+
+def test_model_call_ceiling_and_context_windows():
+    """One model call sees at most MAX_TOKENS: a long 720p video runs only through context windows, and then the
+    activations are those of one window (the step cache keeps residuals for every window)."""
+    from wan.sampling.windows import ContextWindows
+
+    model = meta_dit(WanDiTConfig(**A14B, num_layers=2), variant=VARIANTS["wan22_t2v_a14b"], role="high")
+    shape = latent_shape(1280, 720, 481, 16)  # 121 latent frames
+    with pytest.raises(budget.BudgetError, match=r"the video at 1280x720 with batch 1 is 435600 DiT tokens per model "
+                                                 r"call.*at most 285 frames fit per call; use context windows"):
+        budget.check_sampling(model, shape, "meta")
+    windows = ContextWindows(context_frames=81, context_overlap=16)
+    budget.check_sampling(model, shape, "meta", context=windows)
+    whole = estimates.estimate_sampling(model, latent_shape(1280, 720, 81, 16), "meta")
+    windowed = estimates.estimate_sampling(model, shape, "meta", step_cache=True, context=windows)
+    parts = dict(windowed.parts)
+    assert parts["activations"] == dict(whole.parts)["activations"]
+    covered = sum(len(w) for w in __import__("wan.sampling.windows", fromlist=["x"]).context_windows(
+        121, windows.size, windows.overlap, "static", 0))
+    assert covered > 121 and parts["step cache"] == covered * 45 * 80 * 5120 * estimates.CACHE_BYTES
 
 
 def test_refusal_names_the_largest_frame_count_that_fits(monkeypatch):
@@ -117,8 +140,8 @@ def test_refusal_names_the_largest_frame_count_that_fits(monkeypatch):
     assert "sampling needs about" in message and "weights 26.6" in message and "only 40.0 GiB is free" in message
     frames = int(message.split("at most ")[1].split(" frames")[0])
     latent_frames = (frames - 1) // 4 + 1
-    fits = budget.estimate_sampling(experts, shape[:2] + (latent_frames,) + shape[3:], "cuda").total
-    too_many = budget.estimate_sampling(experts, shape[:2] + (latent_frames + 1,) + shape[3:], "cuda").total
+    fits = estimates.estimate_sampling(experts, shape[:2] + (latent_frames,) + shape[3:], "cuda").total
+    too_many = estimates.estimate_sampling(experts, shape[:2] + (latent_frames + 1,) + shape[3:], "cuda").total
     assert fits <= free < too_many
     budget.check_sampling(experts, shape[:2] + (latent_frames,) + shape[3:], "cuda")
 
@@ -126,11 +149,11 @@ def test_refusal_names_the_largest_frame_count_that_fits(monkeypatch):
 def test_weights_count_once_for_a_pair_and_twice_when_both_stay():
     high = meta_dit(WanDiTConfig(**A14B, num_layers=2), variant=VARIANTS["wan22_t2v_a14b"], role="high")
     low = meta_dit(WanDiTConfig(**A14B, num_layers=2), variant=VARIANTS["wan22_t2v_a14b"], role="low")
-    one = budget.module_bytes(high)
+    one = estimates.module_bytes(high)
     assert one == sum(p.numel() * p.element_size() for p in high.parameters())
-    assert budget.weights_to_move([high, low], torch.device("cuda"), keep_both=False) == one
-    assert budget.weights_to_move([high, low], torch.device("cuda"), keep_both=True) == 2 * one
-    assert budget.weights_to_move([high, low], torch.device("cpu"), keep_both=True) == 0
+    assert estimates.weights_to_move([high, low], torch.device("cuda"), keep_both=False) == one
+    assert estimates.weights_to_move([high, low], torch.device("cuda"), keep_both=True) == 2 * one
+    assert estimates.weights_to_move([high, low], torch.device("cpu"), keep_both=True) == 0
 
 
 def test_block_streaming_needs_only_the_resident_blocks_on_the_device():
@@ -139,15 +162,15 @@ def test_block_streaming_needs_only_the_resident_blocks_on_the_device():
     from wan.offload import set_block_streaming
 
     model = meta_dit(WanDiTConfig(**A14B, num_layers=40), variant=VARIANTS["wan22_t2v_a14b"], role="high")
-    block, whole = budget.module_bytes(model.blocks[0]), budget.module_bytes(model)
+    block, whole = estimates.module_bytes(model.blocks[0]), estimates.module_bytes(model)
     rest = whole - 40 * block
     cuda = torch.device("cuda")
     set_block_streaming(model, 30)
-    assert budget.weights_to_move([model], cuda, False) == rest + 10 * block + 2 * block
+    assert estimates.weights_to_move([model], cuda, False) == rest + 10 * block + 2 * block
     set_block_streaming(model, "auto")
-    assert budget.weights_to_move([model], cuda, False) == rest + 2 * block
+    assert estimates.weights_to_move([model], cuda, False) == rest + 2 * block
     set_block_streaming(model, 0)
-    assert budget.weights_to_move([model], cuda, False) == whole
+    assert estimates.weights_to_move([model], cuda, False) == whole
 
 
 def test_the_memory_host_is_asked_for_room_before_refusing(monkeypatch):
@@ -155,7 +178,7 @@ def test_the_memory_host_is_asked_for_room_before_refusing(monkeypatch):
     from wan.memory import MemoryHost, set_memory_host
 
     model = meta_dit(WanDiTConfig(**A14B, num_layers=2), variant=VARIANTS["wan22_t2v_a14b"], role="high")
-    need = budget.estimate_sampling(model, (1, 16, 21, 60, 104), "cuda").total
+    need = estimates.estimate_sampling(model, (1, 16, 21, 60, 104), "cuda").total
     free = [need // 2]
     asked = []
 

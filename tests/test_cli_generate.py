@@ -49,7 +49,8 @@ def no_loading(monkeypatch):
     (["--magcache", "nan", "--demo"], "--magcache nan is out of range: it must be a finite number"),
     (["--demo", "--sample_shift", "nan"], "--sample_shift nan is out of range"),
     (["--demo", "--sample_guide_scale", "inf"], "--sample_guide_scale inf is out of range"),
-    (["--demo", "--frame_num", "4093", "--size", "1280*704"], "the ceiling is 262144 tokens per run"),
+    (["--demo", "--frame_num", "4093", "--size", "1280*704"], "the ceiling is 2147483648 pixels"),
+    (["--demo", "--frame_num", "401", "--size", "1280*704"], "DiT tokens per model call; the ceiling is 262144"),
 ])
 def test_bad_flags_give_clear_errors(flags, message, capsys, no_loading):
     assert main(flags) == 2

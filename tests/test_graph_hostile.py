@@ -47,7 +47,7 @@ CASES = {  # name -> (change to the graph, expected message[, workflow])
     "size over the limit": (lambda g, m: node_of(g, "WanExpertsEmptyLatent").update(width=8192, height=8192),
                             "width 8192 must be a whole number from 16 to 4096"),
     "size over the ceiling": (lambda g, m: node_of(g, "WanExpertsEmptyLatent").update(
-        width=4096, height=4096, frames=1025), "4096x4096, 1025 frames, batch 1 is 4210688 DiT tokens"),
+        width=4096, height=4096, frames=1025), "4096x4096, 1025 frames, batch 1 is 17196646400 pixels"),
     "inf denoise": (lambda g, m: node_of(g, "WanExpertsSampler").update(denoise=math.inf), "denoise inf",
                     A14B_WORKFLOW),
     "nan boundary": (lambda g, m: node_of(g, "WanExpertsSampler").update(boundary=NAN), "boundary nan",

@@ -51,7 +51,7 @@ _EXPORTS = {
     "WanError": ".errors",
     "NonFiniteError": ".finite",
     "BudgetError": ".budget",
-    "estimate_sampling": ".budget",
+    "estimate_sampling": ".estimates",
     "MAX_TOKENS": ".budget",
     "save_video": ".video",
     "write_video": ".video",

@@ -139,6 +139,7 @@ def sample_latents(s: Settings) -> Sampled:
     """Every stage up to the denoised latents (with several processes, on every rank)."""
     import torch
 
+    from .budget import check_call
     from .distributed.ranks import is_main, share_from_main
     from .sampling import latent_shape, make_noise
 
@@ -146,6 +147,7 @@ def sample_latents(s: Settings) -> Sampled:
     width, height = output_size(s, images[0] if images else None)
     z_dim, stride = (48, (4, 16, 16)) if s.variant.vae == "2.2" else (16, (4, 8, 8))
     shape = latent_shape(width, height, s.frames, z_dim, stride=stride)
+    check_call(1, (shape[2], shape[3] // 2, shape[4] // 2), (width, height), False, s.ulysses_size)  # before loading
     files = official_files(s.ckpt_dir, s.task, s.variant)
     par = parallel_setup(s, files)
     if s.prompt_extend is not None:  # rank 0 extends the prompt, every rank encodes the same one (official)

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..checks import finite_number, whole_number
-from ..errors import InputError
 from ..variants import VARIANTS
 from .base import BranchState, Call, StepCache, check_threshold
 from .select import choose_for_model, input_facts

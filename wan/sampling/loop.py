@@ -108,7 +108,7 @@ def sample(experts: ExpertSet, latents: torch.Tensor, text: TextEmbeds, settings
     device = torch.device(device) if device is not None else getattr(latents, "device", torch.device("cpu"))
     run = _plan_run(experts, latents, text, s, noise, image_cond, device)
     run.cfg_parallel = cfg_parallel
-    check_sampling(run.experts, latents.shape, device, step_cache is not None, s.keep_both_resident)
+    check_sampling(run.experts, latents.shape, device, step_cache is not None, s.keep_both_resident, s.context)
     if run.windows is not None:
         noise, step_cache = run.windows.prepare(noise, step_cache)
     _restore(run.solver, solver_state, s, run.schedule, run.start, device, latents.shape)

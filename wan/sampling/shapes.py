@@ -1,7 +1,7 @@
 """Pixel size and frame count -> latent shape, with the rules the models impose (checked before any work)."""
 from __future__ import annotations
 
-from ..budget import check_ceiling
+from ..budget import check_video_size
 from ..checks import whole_number
 from ..errors import InputError
 
@@ -29,7 +29,7 @@ def latent_shape(width: int, height: int, frames: int, z_dim: int, batch: int = 
     if batch < 1:
         raise InputError(f"batch must be at least 1; got {batch}")
     shape = batch, z_dim, (frames - 1) // stride[0] + 1, height // stride[1], width // stride[2]
-    check_ceiling(batch, (shape[2], shape[3] // PATCH, shape[4] // PATCH), (width, height))
+    check_video_size(batch, (shape[2], shape[3] // PATCH, shape[4] // PATCH), (width, height))
     return shape
 
 
