@@ -156,6 +156,20 @@ def test_weights_count_once_for_a_pair_and_twice_when_both_stay():
     assert estimates.weights_to_move([high, low], torch.device("cpu"), keep_both=True) == 0
 
 
+def test_sequence_parallel_splits_the_tokens_of_a_call():
+    """With Ulysses over 4 processes each holds a quarter of the tokens: the 121-latent-frame 720p call that one
+    process may not make passes, and the activations per process are a quarter (the weights, all of them)."""
+    from types import SimpleNamespace
+
+    model = meta_dit(WanDiTConfig(**A14B, num_layers=2), variant=VARIANTS["wan22_t2v_a14b"], role="high")
+    shape = latent_shape(1280, 720, 481, 16)
+    alone = dict(estimates.estimate_sampling(model, shape, "meta").parts)["activations"]
+    model.sequence_parallel = SimpleNamespace(size=4)
+    budget.check_sampling(model, shape, "meta")
+    split = dict(estimates.estimate_sampling(model, shape, "meta").parts)["activations"]
+    assert split < alone / 3.5
+
+
 def test_block_streaming_needs_only_the_resident_blocks_on_the_device():
     """offload_blocks N: everything outside the blocks, the 40 - N resident blocks and two streaming buffers; auto:
     no resident block is counted (auto streams what does not fit)."""

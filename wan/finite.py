@@ -22,7 +22,9 @@ class NonFiniteError(InputError):
 
 
 def is_finite(t: torch.Tensor) -> bool:
-    """True when every element of ``t`` is finite (any dtype, scanned in chunks so fp8 needs no full copy)."""
+    """True when every element of ``t`` is finite (any dtype, scanned in chunks so fp8 needs no full copy). A
+    sharded tensor (FSDP) is checked in this process's shard."""
+    t = _local(t)
     if not t.is_floating_point():
         return True
     flat = t.detach().reshape(-1)
@@ -32,6 +34,7 @@ def is_finite(t: torch.Tensor) -> bool:
 def first_nonfinite(named: Iterable[tuple[str, torch.Tensor]], max_numel: int | None = None) -> str | None:
     """The name of the first tensor holding NaN/inf (tensors above ``max_numel`` elements skipped), else None."""
     for name, t in named:
+        t = _local(t)
         if t.device.type == "meta" or (max_numel is not None and t.numel() > max_numel):
             continue
         if not is_finite(t):
@@ -80,6 +83,11 @@ def explain(models: list[torch.nn.Module], dtype: torch.dtype, attention: str | 
                 f"in the loader")
     return ("the weights are finite, so the computation overflowed; try dtype fp32 and attention 'sdpa', and "
             "check that the inputs (images, prompts, settings) are sensible")
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This process's shard of a distributed tensor (DTensor), or the tensor itself."""
+    return t.to_local() if hasattr(t, "to_local") else t
 
 
 def _named_tensors(module: torch.nn.Module):
