@@ -5,6 +5,7 @@ from ..wan.errors import InputError
 from ..wan.experts import ExpertSet
 from ..wan.lora import EXPERTS, apply_lora, load_lora
 from . import host
+from .validation import number_problem, verdict
 
 CATEGORY = "Wan Experts/loaders"
 STRENGTH_TOOLTIP = ("How strongly the LoRA changes the model: 1 = as trained, 0 = off, negative values invert it. "
@@ -42,6 +43,10 @@ class WanExpertsLoRA:
                 "published as a HIGH / LOW pair go to their own expert). A single model takes 'both'.")}),
         }}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, strength=None):
+        return verdict(number_problem(cls, strength=strength))
+
     def apply(self, model, lora_name, strength=1.0, expert="both"):
         return (apply_lora(model, host.model_path("loras", lora_name), strength, expert),)
 
@@ -66,6 +71,10 @@ class WanExpertsLoRAPair:
             "low_noise_lora": _lora_list() + ({"tooltip": "The LOW (low-noise) file of the pair, in models/loras."},),
             "low_strength": _strength("Strength on the low-noise expert (1 = as trained, 0 = off)."),
         }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, high_strength=None, low_strength=None):
+        return verdict(number_problem(cls, high_strength=high_strength, low_strength=low_strength))
 
     def apply(self, model, high_noise_lora, high_strength=1.0, low_noise_lora="", low_strength=1.0):
         if not (isinstance(model, ExpertSet) and model.is_moe):

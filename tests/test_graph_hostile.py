@@ -14,6 +14,7 @@ from test_workflows_examples import WORKFLOWS, classes, shrink, tiny_models, wri
 
 WORKFLOW = WORKFLOWS / "api" / "wan2.1_t2v_1.3B_teacache.json"
 A14B_WORKFLOW = WORKFLOWS / "api" / "wan2.2_t2v_A14B_magcache.json"  # Wan Sampler (Advanced), MagCache
+LORA_WORKFLOW = WORKFLOWS / "api" / "wan2.2_t2v_A14B_4steps_lora.json"  # Wan 2.2 LoRA Pair
 NAN = math.nan
 
 
@@ -54,6 +55,8 @@ CASES = {  # name -> (change to the graph, expected message[, workflow])
                      A14B_WORKFLOW),
     "nan retention": (lambda g, m: node_of(g, "WanExpertsMagCache").update(retention_ratio=NAN),
                       "retention_ratio nan", A14B_WORKFLOW),
+    "nan LoRA strength": (lambda g, m: node_of(g, "WanExpertsLoRAPair").update(high_strength=NAN),
+                          "high_strength nan is out of range", LORA_WORKFLOW),
     "NUL in prefix": (lambda g, m: node_of(g, "WanExpertsSaveVideo").update(filename_prefix="video/\0x"),
                       r"filename_prefix contains '\x00'"),
 }
