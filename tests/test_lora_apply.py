@@ -27,13 +27,14 @@ def base(tmp_path_factory):
     path = save_safetensors(sd, folder / "dit.safetensors")
     shapes = {k: v.shape for k, v in sd.items()}
     loras = [write("comfy", random_lora(shapes, MODULES, seed=s), folder / f"l{s}.safetensors") for s in (1, 2)]
-    return path, sd, shapes, loras
+    low = save_safetensors(state_dict_of(official_dit("t2v", seed=1)), folder / "dit_low.safetensors")
+    return path, sd, shapes, loras, low
 
 
 @pytest.fixture(scope="module")
 def experts(base):
-    path = base[0]
-    return wan.ExpertSet(wan.load_dit(path, role="high"), wan.load_dit(path, role="low"))
+    """Two different experts (a pair of one file twice is refused as the same expert given twice)."""
+    return wan.ExpertSet(wan.load_dit(base[0], role="high"), wan.load_dit(base[4], role="low"))
 
 
 def _out(model):
@@ -60,7 +61,7 @@ def test_reapplying_replaces_never_stacks(experts, base):
 
 
 def test_two_loras_stack_each_with_its_strength(experts, base):
-    _, sd, shapes, (a, b) = base
+    _, sd, shapes, (a, b), _ = base
     model = wan.apply_lora(wan.apply_lora(experts, a, 0.7), b, -0.3).high
     expected = merged_by_hand(merged_by_hand(sd, random_lora(shapes, MODULES, seed=1), 0.7),
                               random_lora(shapes, MODULES, seed=2), -0.3)
@@ -87,7 +88,7 @@ def test_single_model_takes_both_only(base):
 
 # -- mismatches ----------------------------------------------------------------------------------------------------
 def test_i2v_lora_on_t2v_applies_what_fits_and_names_the_skipped(experts, base, tmp_path, caplog):
-    _, sd, shapes, _ = base
+    _, sd, shapes, _, _ = base
     img = {f"blocks.{i}.cross_attn.{n}.weight": shapes["blocks.0.cross_attn.k.weight"]
            for i in range(LAYERS) for n in ("k_img", "v_img")}
     lora = random_lora({**shapes, **img}, MODULES + [k[: -len(".weight")] for k in img])
@@ -98,7 +99,7 @@ def test_i2v_lora_on_t2v_applies_what_fits_and_names_the_skipped(experts, base, 
     assert len(warnings) == 1 and "k_img" in warnings[0] and "blocks.0.cross_attn.k_img.weight" in warnings[0]
     only_fitting = random_lora(shapes, MODULES)  # same seed: the same tensors for the layers that fit
     expected = merged_by_hand(sd, only_fitting, 0.6)
-    assert_close(model.low.get_parameter("blocks.1.ffn.2.weight"), expected["blocks.1.ffn.2.weight"], rel=1e-6,
+    assert_close(model.high.get_parameter("blocks.1.ffn.2.weight"), expected["blocks.1.ffn.2.weight"], rel=1e-6,
                  abs_=0)
 
 
