@@ -128,9 +128,10 @@ def test_malformed_tokenizer_json_and_model(tmp_path):
 def test_weights_loader_refuses_a_fifo(tmp_path):
     import wan
 
-    os.mkfifo(tmp_path / "model.safetensors")
-    with pytest.raises(CheckpointError, match="is not a regular file"):
-        wan.load_dit(tmp_path / "model.safetensors")
+    for name in ("model.safetensors", "model.gguf"):
+        os.mkfifo(tmp_path / name)
+        with pytest.raises(CheckpointError, match="is not a regular file"):
+            wan.load_dit(tmp_path / name)
 
 
 def test_standalone_model_names_stay_in_their_folder(pack, models_dir):

@@ -34,8 +34,7 @@ def read_state_dict(path: str | os.PathLike, what: str = "model file") -> dict[s
         raise CheckpointError(f"{what} not found: '{path}'. Check the path, or put the file in the folder the loader lists.")
     if path.is_dir():
         return read_state_dict(find_weights_in_folder(path, what), what)
-    if not is_regular_file(path):  # a FIFO or device would hang or never end
-        raise CheckpointError(f"{what} '{path}' is not a regular file; point to the weight file itself.")
+    require_regular_file(path, what)
     name = path.name.lower()
     if name.endswith(INDEX_SUFFIX):
         return _read_index(path, what)
@@ -50,6 +49,12 @@ def read_state_dict(path: str | os.PathLike, what: str = "model file") -> dict[s
         f"{what} '{path.name}' has an unknown file type. Use a .safetensors file, a sharded "
         f"*.safetensors.index.json, a .pth/.pt/.bin checkpoint, a .gguf diffusion model, or a model folder."
     )
+
+
+def require_regular_file(path: Path, what: str) -> None:
+    """A weight file must be a regular file: a FIFO or a device would hang the reader or never end."""
+    if not is_regular_file(path):
+        raise CheckpointError(f"{what} '{path}' is not a regular file; point to the weight file itself.")
 
 
 def is_gguf(path) -> bool:

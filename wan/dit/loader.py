@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import find_weights_in_folder, is_gguf, read_state_dict, wrong_kind_message
+from ..checkpoint import find_weights_in_folder, is_gguf, read_state_dict, require_regular_file, wrong_kind_message
 from ..errors import CheckpointError, InputError
 from ..offload import parse_offload_blocks, set_block_streaming
 from ..quant.comfy_quant import format_counts, split_quantized_layers, with_header_markers
@@ -73,6 +73,7 @@ def read_dit_weights(source: Path) -> tuple[dict, dict, dict, str]:
     if is_gguf(source):
         from .gguf import read_gguf_dit
 
+        require_regular_file(source, "DiT file")
         sd, quantized, layout = read_gguf_dit(source)
         return sd, {}, quantized, layout
     sd = with_header_markers(read_state_dict(source, what="DiT file"), source)
