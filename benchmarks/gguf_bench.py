@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,6 +30,7 @@ from wan.dit.config import WanDiTConfig  # noqa: E402
 from wan.dit.model import WanDiT  # noqa: E402
 from wan.quant.gguf_write import write_gguf  # noqa: E402
 from benchmarks.dit_forward import random_official_weights  # noqa: E402
+from benchmarks.interleaved import interleaved_forwards  # noqa: E402
 
 
 def shapes_of(cfg: WanDiTConfig) -> dict[str, tuple[int, ...]]:
@@ -62,15 +61,8 @@ def _time_models(cfg, grid, repeats, dtype, plain, q8, q4k) -> dict:
     x = torch.randn(1, cfg.in_dim, f, 2 * h, 2 * w, generator=g).to(compute)
     ctx = torch.randn(1, cfg.text_len, cfg.text_dim, generator=g).to(compute)
     t = torch.tensor([700.0])
-    times: dict[str, list[float]] = {k: [] for k in models}
-    with torch.no_grad():
-        outs = {k: m(x, t, ctx).float() for k, m in models.items()}  # warm-up, and an agreement check for Q8_0
-        for _ in range(repeats):
-            for name, model in models.items():
-                start = time.perf_counter()
-                model(x, t, ctx)
-                times[name].append(time.perf_counter() - start)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    outs, med = interleaved_forwards(models, (x, t, ctx), repeats)  # the warm-up outputs check Q8_0 agreement
+    outs = {k: v.float() for k, v in outs.items()}
     err = ((outs["Q8_0"] - outs["plain"]).abs().max() / outs["plain"].abs().max()).item()
     return {"tokens": f * h * w, **{f"{k}_s": v for k, v in med.items()},
             "Q8_0_ratio": med["Q8_0"] / med["plain"], "Q4_K_ratio": med["Q4_K"] / med["plain"], "q8_rel_err": err}

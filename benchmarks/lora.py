@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -27,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 from dit_forward import random_official_weights  # noqa: E402
+from interleaved import interleaved_forwards  # noqa: E402
 from wan.dit.config import WanDiTConfig  # noqa: E402
 
 RANK = 32
@@ -62,15 +61,7 @@ def time_forward(cfg: WanDiTConfig, grid: tuple[int, int, int], repeats: int) ->
                   "merged": wan.apply_lora(base, lora)}
         f, h, w = grid
         x, t, ctx = torch.randn(1, cfg.in_dim, f, 2 * h, 2 * w), torch.tensor([700.0]), torch.randn(1, 512, cfg.text_dim)
-        times: dict[str, list[float]] = {k: [] for k in models}
-        with torch.no_grad():
-            outs = {k: m(x, t, ctx) for k, m in models.items()}  # warm-up
-            for _ in range(repeats):
-                for name, model in models.items():
-                    start = time.perf_counter()
-                    model(x, t, ctx)
-                    times[name].append(time.perf_counter() - start)
-    med = {k: statistics.median(v) for k, v in times.items()}
+        outs, med = interleaved_forwards(models, (x, t, ctx), repeats)
     agree = ((outs["unmerged"] - outs["merged"]).abs().max() / outs["merged"].abs().max()).item()
     return {"tokens": f * h * w, **med, "agree": agree}
 
