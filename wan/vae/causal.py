@@ -41,7 +41,7 @@ class CausalConv3d(nn.Conv3d):
 
     def forward(self, x: torch.Tensor, stream: TimeStream | None = None) -> torch.Tensor:
         if not self.past_frames:
-            return super().forward(x)
+            return self._conv(x, self.weight)
         past = stream.get(self) if stream is not None else None
         if stream is not None:
             stream.put(self, last_frames(past, x, self.past_frames))
@@ -51,10 +51,18 @@ class CausalConv3d(nn.Conv3d):
         if missing > 0 and x.shape[2] == 1:
             # One output frame whose first taps meet only zero padding: skip those taps (same sum, less work).
             frames = x if past is None else torch.cat(parts, dim=2)
-            return F.conv3d(frames, self.weight[:, :, missing:], self.bias, self.stride, self.padding)
+            return self._conv(frames, self.weight[:, :, missing:])
         if missing > 0:
             parts.insert(0, x.new_zeros(x.shape[0], x.shape[1], missing, *x.shape[3:]))
-        return super().forward(torch.cat(parts, dim=2))
+        return self._conv(torch.cat(parts, dim=2), self.weight)
+
+    def _conv(self, frames: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The 3-D convolution; one time tap over one frame runs as the equal 2-D convolution, which PyTorch's CPU
+        backend computes several times faster than a one-frame 3-D one."""
+        if weight.shape[2] == 1 and frames.shape[2] == 1:
+            out = F.conv2d(frames[:, :, 0], weight[:, :, 0].contiguous(), self.bias, self.stride[1:], self.padding[1:])
+            return out.unsqueeze(2)
+        return F.conv3d(frames, weight, self.bias, self.stride, self.padding)
 
 
 def last_frames(past: torch.Tensor | None, x: torch.Tensor, n: int) -> torch.Tensor:
