@@ -19,6 +19,7 @@ from ..quant.comfy_quant import format_counts, split_quantized_layers, with_head
 from ..variants import ROLES, detect_variant
 from ..weights import build_with_weights, compute_dtype
 from .config import WanDiTConfig
+from .islands import keep_float32_islands
 from .keys import normalize_keys
 from .model import WanDiT
 
@@ -56,6 +57,8 @@ def load_dit(path, dtype=None, device="cpu", role: str | None = None, num_heads:
     compute = resolve_dtype(dtype, shapes)
     model = build_with_weights(lambda: WanDiT(config, variant, role, attention), sd, scales, compute, source,
                                "Wan DiT", quantized, sharding=sharding)
+    if sharding is None:  # FSDP manages sharded parameters itself: they stay as assigned, cast per use
+        keep_float32_islands(model, sd)
     model.compute_dtype = compute
     model.source, model.layout = str(path), layout
     set_block_streaming(model, offload_blocks)
