@@ -21,8 +21,12 @@ class RMSNorm(nn.Module):
         self.scale = dim ** 0.5
         self.gamma = nn.Parameter(torch.ones(dim, *([1] * spatial_dims)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(x, dim=1).mul_(self.gamma * self.scale)
+    def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        return F.normalize(x, dim=1, out=out).mul_(self.gamma * self.scale)
+
+    def with_silu(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """SiLU(norm(x)), written into ``out`` when given (a causal conv's input buffer)."""
+        return F.silu(self(x, out=out), inplace=True)
 
 
 class ResidualBlock(nn.Module):
@@ -41,9 +45,10 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, stream: TimeStream) -> torch.Tensor:
         r = self.residual
-        h = r[2](F.silu(r[0](x), inplace=True), stream)
-        h = F.silu(r[3](h), inplace=True)  # rebinding frees the first conv's output before the second conv runs
-        return r[6](h, stream).add_(self.shortcut(x))
+        h = r[2](x, stream, r[0].with_silu)
+        gathered = r[6].gather(h, stream, r[3].with_silu)
+        del h  # the first conv's output is not needed once normalised into the second conv's input
+        return r[6].convolve(gathered).add_(self.shortcut(x))
 
 
 class AttentionBlock(nn.Module):

@@ -7,6 +7,8 @@ Those remembered frames live in a ``TimeStream``: one per pass (and per spatial 
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -28,10 +30,15 @@ class TimeStream:
         self._state[module] = None if frames is None else frames.clone()
 
 
+Prepare = Callable[..., torch.Tensor]  # prepare(x, out=view) -> out: elementwise work writing straight into the input
+
+
 class CausalConv3d(nn.Conv3d):
     """A Conv3d whose ``2 * padding[0]`` time padding is all in the past, filled from the stream when it has history.
 
     ``padding`` is (time, height, width) like ``nn.Conv3d``; the spatial part stays symmetric zero padding.
+    ``forward(x, stream, prepare)`` = ``convolve(gather(x, stream, prepare))``; callers that hold on to ``x`` may
+    call the two halves themselves and drop ``x`` in between.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0):
@@ -39,34 +46,47 @@ class CausalConv3d(nn.Conv3d):
         self.past_frames = 2 * self.padding[0]
         self.padding = (0, self.padding[1], self.padding[2])
 
-    def forward(self, x: torch.Tensor, stream: TimeStream | None = None) -> torch.Tensor:
-        if not self.past_frames:
-            return self._conv(x, self.weight)
-        past = stream.get(self) if stream is not None else None
-        if stream is not None:
-            stream.put(self, last_frames(past, x, self.past_frames))
-        have = 0 if past is None else past.shape[2]
-        missing = self.past_frames - have
-        parts = [x] if past is None else [past, x]
-        if missing > 0 and x.shape[2] == 1:
-            # One output frame whose first taps meet only zero padding: skip those taps (same sum, less work).
-            frames = x if past is None else torch.cat(parts, dim=2)
-            return self._conv(frames, self.weight[:, :, missing:])
-        if missing > 0:
-            parts.insert(0, x.new_zeros(x.shape[0], x.shape[1], missing, *x.shape[3:]))
-        return self._conv(torch.cat(parts, dim=2), self.weight)
+    def forward(self, x: torch.Tensor, stream: TimeStream | None = None,
+                prepare: Prepare | None = None) -> torch.Tensor:
+        return self.convolve(self.gather(x, stream, prepare))
 
-    def _conv(self, frames: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    def gather(self, x: torch.Tensor, stream: TimeStream | None = None,
+               prepare: Prepare | None = None) -> tuple[torch.Tensor, int]:
+        """The convolution's input in one new tensor, [zero padding | remembered frames | prepare(x)], and how
+        many leading taps to skip; the stream keeps the last frames of it for the next chunk."""
+        past = stream.get(self) if stream is not None and self.past_frames else None
+        have = 0 if past is None else past.shape[2]
+        missing = max(0, self.past_frames - have)
+        # One output frame whose first taps meet only zero padding: skip those taps (same sum, less work).
+        skip = missing if x.shape[2] == 1 else 0
+        frames = _joined(x, past, missing - skip, prepare)
+        if stream is not None and self.past_frames:
+            stream.put(self, frames[:, :, max(missing - skip, frames.shape[2] - self.past_frames):])
+        return frames, skip
+
+    def convolve(self, gathered: tuple[torch.Tensor, int]) -> torch.Tensor:
         """The 3-D convolution; one time tap over one frame runs as the equal 2-D convolution, which PyTorch's CPU
         backend computes several times faster than a one-frame 3-D one."""
+        frames, skip = gathered
+        weight = self.weight[:, :, skip:] if skip else self.weight
         if weight.shape[2] == 1 and frames.shape[2] == 1:
-            out = F.conv2d(frames[:, :, 0], weight[:, :, 0].contiguous(), self.bias, self.stride[1:], self.padding[1:])
+            out = F.conv2d(frames[:, :, 0], weight[:, :, 0], self.bias, self.stride[1:], self.padding[1:])
             return out.unsqueeze(2)
         return F.conv3d(frames, weight, self.bias, self.stride, self.padding)
 
 
-def last_frames(past: torch.Tensor | None, x: torch.Tensor, n: int) -> torch.Tensor:
-    """The last ``n`` frames of ``past`` followed by ``x`` (fewer when the sequence is shorter)."""
-    if past is None or x.shape[2] >= n:
-        return x[:, :, -n:]
-    return torch.cat([past[:, :, -(n - x.shape[2]):], x], dim=2)
+def _joined(x: torch.Tensor, past: torch.Tensor | None, zeros: int, prepare: Prepare | None) -> torch.Tensor:
+    """[``zeros`` zero frames | past | prepare(x)] along time, written once into a new tensor (x itself when there
+    is nothing to join and nothing to prepare)."""
+    if past is None and not zeros:
+        return x if prepare is None else prepare(x)
+    have = 0 if past is None else past.shape[2]
+    out = x.new_empty(x.shape[0], x.shape[1], zeros + have + x.shape[2], *x.shape[3:])
+    out[:, :, :zeros].zero_()
+    if past is not None:
+        out[:, :, zeros:zeros + have] = past
+    if prepare is None:
+        out[:, :, zeros + have:] = x
+    else:
+        prepare(x, out=out[:, :, zeros + have:])
+    return out

@@ -34,8 +34,9 @@ def _run(x: torch.Tensor, conv1: CausalConv3d, stages, middle, head, stream: Tim
     x = conv1(x, stream)
     for layer in (*stages, *middle):
         x = layer(x, stream)
-    x = F.silu(head[0](x), inplace=True)
-    return head[2](x, stream)
+    gathered = head[2].gather(x, stream, head[0].with_silu)
+    del x
+    return head[2].convolve(gathered)
 
 
 class Encoder(nn.Module):
