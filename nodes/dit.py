@@ -23,8 +23,9 @@ OFFLOAD_TOOLTIP = ("Block streaming for GPUs too small for the whole model: this
                    "have 40 blocks, 1.3B and 5B 30. Slower as N grows; the model is not copied in system memory (two "
                    "block-sized buffers are).")
 OFFLOAD_INPUT = ("INT", {"default": 0, "min": -1, "max": 64, "tooltip": OFFLOAD_TOOLTIP})
-ATTENTION_TOOLTIP = ("Attention kernel. 'sdpa' (PyTorch) always works; 'sage' and 'flash' need the sageattention / "
-                     "flash-attn package and a CUDA GPU.")
+ATTENTION_TOOLTIP = ("Attention kernel. 'auto' picks the fastest exact one measured for the device and precision "
+                     "(CPU bf16: 'split', otherwise 'sdpa'); 'sdpa' is PyTorch's; 'split' computes it as chunked "
+                     "matrix products; 'sage' and 'flash' need the sageattention / flash-attn package and a CUDA GPU.")
 
 
 def _model_list():
@@ -51,11 +52,11 @@ class WanExpertsLoadDiT:
             "role": (["auto", "single", "high", "low"], {"default": "auto", "tooltip": (
                 "For a Wan 2.2 A14B expert loaded alone: which noise range it serves. 'auto' reads a high_noise / "
                 "low_noise hint in the file name, else 'single'.")}),
-            "attention": (list(BACKENDS), {"default": "sdpa", "tooltip": ATTENTION_TOOLTIP}),
+            "attention": (list(BACKENDS), {"default": "auto", "tooltip": ATTENTION_TOOLTIP}),
             "offload_blocks": OFFLOAD_INPUT,
         }}
 
-    def load(self, model_name, dtype="default", role="auto", attention="sdpa", offload_blocks=0):
+    def load(self, model_name, dtype="default", role="auto", attention="auto", offload_blocks=0):
         path = host.model_path("diffusion_models", model_name)
         model = load_dit(path, dtype=dtype, device=host.offload_device(), role=role, attention=attention,
                          offload_blocks=offload_blocks)
@@ -83,7 +84,7 @@ class WanExpertsLoadMoE:
             "boundary": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 0.999, "step": 0.005, "tooltip": (
                 "Switch to the low-noise expert when timestep < boundary x 1000. 0 = auto: 0.875 for T2V, "
                 "0.900 for I2V (the official values).")}),
-            "attention": (list(BACKENDS), {"default": "sdpa", "tooltip": ATTENTION_TOOLTIP}),
+            "attention": (list(BACKENDS), {"default": "auto", "tooltip": ATTENTION_TOOLTIP}),
             "offload_blocks": OFFLOAD_INPUT,
         }}
 
@@ -91,7 +92,7 @@ class WanExpertsLoadMoE:
     def VALIDATE_INPUTS(cls, boundary=None):
         return verdict(number_problem(cls, boundary=boundary))
 
-    def load(self, high_noise_model, low_noise_model, dtype="default", boundary=0.0, attention="sdpa",
+    def load(self, high_noise_model, low_noise_model, dtype="default", boundary=0.0, attention="auto",
              offload_blocks=0):
         high = host.model_path("diffusion_models", high_noise_model)
         low = host.model_path("diffusion_models", low_noise_model)

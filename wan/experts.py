@@ -108,7 +108,7 @@ def check_wan22_file(model: WanDiT, source: Path) -> None:
                          f"is a Wan 2.2 expert, keep 'high_noise' / 'low_noise' in its name")
 
 
-def load_moe(high_path, low_path, dtype=None, device="cpu", boundary="auto", attention: str = "sdpa",
+def load_moe(high_path, low_path, dtype=None, device="cpu", boundary="auto", attention: str = "auto",
              offload_blocks=0, sharding=None) -> ExpertSet:
     """Load the two Wan 2.2 A14B experts (files, or the same official folder twice) as one ExpertSet;
     ``offload_blocks`` (block streaming) and ``sharding`` (FSDP) apply to each expert (see ``load_dit``)."""

@@ -18,6 +18,7 @@ from ..offload import parse_offload_blocks, set_block_streaming
 from ..quant.comfy_quant import format_counts, split_quantized_layers, with_header_markers
 from ..variants import ROLES, detect_variant
 from ..weights import build_with_weights, compute_dtype
+from .attention import describe
 from .config import WanDiTConfig
 from .islands import keep_float32_islands
 from .keys import normalize_keys
@@ -29,14 +30,15 @@ EXPERT_FOLDERS = {"high": "high_noise_model", "low": "low_noise_model"}
 
 
 def load_dit(path, dtype=None, device="cpu", role: str | None = None, num_heads: int | None = None,
-             attention: str = "sdpa", offload_blocks=0, sharding=None) -> WanDiT:
+             attention: str = "auto", offload_blocks=0, sharding=None) -> WanDiT:
     """Load a DiT from a ``.safetensors``/``.pth`` file, a sharded index, or an official/diffusers folder.
 
     ``dtype``: compute dtype (None/"default": the file's own, bf16 for fp8 files). ``role``: "high", "low" or
     "single"; None guesses it from a ``high_noise``/``low_noise`` name hint. ``offload_blocks``: block streaming
     (``wan.offload``): 0 = off, N = the last N blocks stay on the offload device and are streamed to the GPU as they
     run, "auto" (or -1) = N chosen from the free GPU memory when the model first runs. ``sharding``: a
-    ``wan.distributed.fsdp.FsdpSharding`` to load only this rank's shard of every weight (FSDP; no block streaming).
+    ``wan.distributed.fsdp.FsdpSharding`` to load only this rank's shard of every weight (FSDP; no block streaming). ``attention``: a backend of ``wan.dit.attention`` ("auto": the fastest
+    exact one for the device and dtype of each call).
     """
     path = Path(path)
     role = resolve_role(role, path)
@@ -64,8 +66,9 @@ def load_dit(path, dtype=None, device="cpu", role: str | None = None, num_heads:
     set_block_streaming(model, offload_blocks)
     if torch.device(device) != torch.device("cpu"):
         model.to(device)
-    log.info("Loaded %s (%s, role %s) from %s [%s], compute %s%s", variant.id, _size(config), role, path.name,
-             layout, str(compute).replace("torch.", ""), _streaming(model))
+    log.info("Loaded %s (%s, role %s) from %s [%s], compute %s, attention %s%s", variant.id, _size(config), role,
+             path.name, layout, str(compute).replace("torch.", ""),
+             describe(attention, torch.device(device).type, compute), _streaming(model))
     return model
 
 

@@ -162,7 +162,7 @@ class DiTState:
 
 class WanDiT(nn.Module):
     def __init__(self, config: WanDiTConfig, variant: Variant | None = None, role: str = "single",
-                 attention: str = "sdpa"):
+                 attention: str = "auto"):
         super().__init__()
         cfg = self.config = config
         self.variant_info = variant
