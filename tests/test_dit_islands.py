@@ -71,8 +71,9 @@ def test_a_bf16_forward_converts_no_weight(weights, tmp_path):
     assert log.converted == []
 
 
-def test_scaled_fp8_island_weights_are_dequantised_once(weights, tmp_path):
-    """Comfy scaled fp8: an island Linear weight becomes fp8 x scale in float32; other Linear weights stay fp8."""
+def test_compact_island_weights_stay_compact(weights, tmp_path):
+    """Comfy scaled fp8: an island Linear weight stays fp8 with its scale (dequantised per forward like every compact
+    layer); the float-stored islands of the same file are float32."""
     f8 = torch.float8_e4m3fn
     sd = dict(weights)
     for key in ("time_projection.1.weight", "blocks.0.ffn.0.weight"):
@@ -83,7 +84,7 @@ def test_scaled_fp8_island_weights_are_dequantised_once(weights, tmp_path):
     save_file({"scaled_fp8": torch.empty(0, dtype=f8), **{k: v.contiguous() for k, v in sd.items()}}, str(path))
     model = wan.load_dit(path, dtype="bf16")
     layer = model.time_projection[1]
-    expected = sd["time_projection.1.weight"].float() * sd["time_projection.1.scale_weight"]
-    assert layer.weight.dtype == torch.float32 and layer.scale_weight is None
-    assert torch.equal(layer.weight, expected)
+    assert layer.weight.dtype == f8 and layer.weight_format is not None
+    assert torch.equal(layer.scale_weight, sd["time_projection.1.scale_weight"])
+    assert model.time_projection[1].bias.dtype == model.blocks[0].modulation.dtype == torch.float32
     assert model.blocks[0].ffn[0].weight.dtype == f8

@@ -1,5 +1,6 @@
-"""LoRAs on every weight precision: fp16 / bf16 / fp32 merged in float32 and stored in the weight's dtype; fp8 and
-Comfy scaled fp8 weights kept fp8 and patched on the fly (dequantised base, then the exact delta).
+"""LoRAs on every weight precision: fp16 / bf16 / fp32 merged in float32 and stored in the weight's dtype (float32 for
+the DiT's float32 islands, e.g. the head); fp8 and Comfy scaled fp8 weights kept fp8 and patched on the fly
+(dequantised base, then the exact delta).
 
 Oracles: a hand computation ``(W.float() + s · (α/r) · up @ down).to(dtype)`` (bit equality) for float weights; for
 fp8, the official Wan ``WanModel`` (PyPI ``wan22``) run in float32 with the dequantised weights plus the exact
@@ -12,6 +13,7 @@ import torch
 import wan
 from lora_schemes import BLOCK_LINEARS, merged_by_hand, official_forward, random_lora, write
 from tiny_dit import LAYERS, assert_close, inputs, official_dit, save_safetensors, state_dict_of
+from wan.dit.islands import is_float32_island
 from wan.ops import FP8_DTYPES, Linear
 
 STRENGTH = 0.9
@@ -33,10 +35,11 @@ def test_half_weights_are_merged_in_float32_and_stored_in_their_dtype(official, 
     patched = wan.apply_lora(model, write("comfy", lora, tmp_path / "l.safetensors"), STRENGTH)
     for m in MODULES:
         w = half[f"{m}.weight"].float()
+        stored = torch.float32 if is_float32_island(f"{m}.weight") else dtype  # islands: wan/dit/islands.py
         expected = (w + STRENGTH * (lora.alpha.get(m, lora.down[m].shape[0]) / lora.down[m].shape[0])
-                    * (lora.up[m] @ lora.down[m])).to(dtype)
+                    * (lora.up[m] @ lora.down[m])).to(stored)
         got = patched.get_parameter(f"{m}.weight")
-        assert got.dtype == dtype and torch.equal(got, expected), m
+        assert got.dtype == stored and torch.equal(got, expected), m
 
 
 def _fp8_state_dict(sd: dict, scaled: bool) -> dict:

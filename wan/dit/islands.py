@@ -3,17 +3,17 @@
 The official model keeps every parameter in float32 and runs these under ``autocast(float32)``: the time embedding
 and projection, the modulation tables, the cross-attention LayerNorm (``norm3``), the head, and the image
 projection's LayerNorms and FLF2V position table. Stored in the compute dtype they would be converted on every
-forward; the DiT loader keeps them in float32 instead, taken from the file at its own precision (fp8 weights
-dequantised once with their scale).
+forward; the DiT loader keeps them in float32 instead, taken from the file at its own precision.
 
-Memory cost over storing them in bf16/fp16: 2 bytes per island parameter (fp8 files: 3 bytes per parameter of
-the island Linear weights, which the file stores in fp8). Counted by ``island_parameters`` on each released config:
+Memory cost over storing them in bf16/fp16, 2 bytes per island parameter, counted by ``island_parameters`` on each
+released config (compact Linear weights — fp8, GGUF, comfy_quant — stay compact, so fp8 and GGUF files pay only for
+their few float-stored island tensors):
 
-    variant                             island parameters   extra (bf16/fp16 file)   extra (fp8 file)   model (bf16)
-    Wan 2.1 T2V-1.3B                          17.4 M               +34.8 MB              +51.8 MB          2.8 GB
-    Wan 2.2 TI2V-5B                           68.2 M              +136.4 MB             +203.8 MB         10.0 GB
-    Wan 2.1 T2V/I2V-14B, 2.2 A14B expert     186.8 M              +373.7 MB             +558.8 MB    28.6-32.8 GB
-    Wan 2.1 FLF2V-14B                        187.5 M              +375.0 MB             +560.1 MB         32.8 GB
+    variant                               island parameters   extra memory (bf16/fp16 file)   model (bf16)
+    Wan 2.1 T2V-1.3B                            17.4 M                 +34.8 MB                  2.8 GB
+    Wan 2.2 TI2V-5B                             68.2 M                +136.4 MB                 10.0 GB
+    Wan 2.1 T2V/I2V-14B, 2.2 A14B expert       186.8 M                +373.7 MB           28.6-32.8 GB
+    Wan 2.1 FLF2V-14B                          187.5 M                +375.0 MB                 32.8 GB
 
 The time projection (dim x 6 dim) is nearly all of it; converting it per forward needed a transient float32 copy
 of the same size anyway (e.g. 629 MB for a 14B model).
@@ -44,21 +44,19 @@ def island_parameters(model: nn.Module) -> int:
 
 
 def keep_float32_islands(model: nn.Module, sd: dict[str, torch.Tensor]) -> None:
-    """After the weights are assigned: make every island parameter float32, from the file's tensor ``sd[name]``
-    (a compact Linear weight: dequantised once, its format and scale buffers dropped; patches are untouched)."""
+    """After the weights are assigned: make every float-stored island parameter float32, from the file's tensor
+    ``sd[name]``. Compact Linear weights (fp8, GGUF, comfy_quant) stay compact: like every compact layer they are
+    dequantised per forward, which costs far less than holding them in float32."""
     for name, param in list(model.named_parameters()):
         if not is_float32_island(name) or param.dtype == torch.float32:
             continue
         owner_name, _, attr = name.rpartition(".")
         owner = model.get_submodule(owner_name)
-        stored = sd.get(name)
         if isinstance(owner, Linear) and attr == "weight" and (owner.weight_format is not None
                                                                or param.dtype in FP8_DTYPES):
-            value = owner.dequantize(torch.float32, param.device)
-            owner.weight_format = None
-            for buffer in list(owner._buffers):
-                owner.register_buffer(buffer, None, persistent=False)
-        elif stored is not None and stored.dtype in FLOAT_DTYPES:
+            continue
+        stored = sd.get(name)
+        if stored is not None and stored.dtype in FLOAT_DTYPES:
             value = stored.to(device=param.device, dtype=torch.float32)
         else:
             value = param.float()  # the loader already dequantised it to the compute dtype
