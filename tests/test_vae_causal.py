@@ -9,7 +9,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from oracles import official
-from wan.vae.causal import CausalConv3d, TimeStream
+from wan.vae.causal import CausalConv3d, TimeStream, slow_conv3d
 
 CASES = {  # name -> (in, out, kernel, padding): the causal convs of the Wan VAEs
     "3x3x3": (6, 5, 3, 1),
@@ -69,13 +69,31 @@ def test_chunks_one_then_four_frames_equal_the_official_whole_sequence(case):
         _assert_rounding_close(torch.cat(chunks, dim=2), ref(x))
 
 
-def test_a_second_one_frame_chunk_with_one_past_frame_keeps_two_taps():
-    """With one remembered frame the conv has two live taps: still a 3-D convolution, still the official result."""
-    ours, ref = _pair("3x3x3", seed=2)
-    x = torch.randn(1, 6, 2, 5, 6)
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_one_frame_chunks_equal_the_official_whole_sequence(case):
+    """The decoder's pattern: one frame per chunk, so the second chunk has two live taps and later ones three,
+    each giving one output frame (a 2-D convolution over the frames stacked as channels at this small size)."""
+    ours, ref = _pair(case, seed=2)
+    x = torch.randn(1, 6, 4, 5, 6)
     stream = TimeStream()
     with torch.no_grad(), _ConvWeights() as convs:
-        chunks = [ours(x[:, :, :1], stream), ours(x[:, :, 1:], stream)]
-    assert convs.ranks == [4, 5]
+        chunks = [ours(x[:, :, i:i + 1], stream) for i in range(4)]
+    assert convs.ranks == [4] * 4
     with torch.no_grad():
         _assert_rounding_close(torch.cat(chunks, dim=2), ref(x))
+
+
+def test_slow_path_rule_is_pytorchs():
+    """PyTorch's CPU rule for float32, batch 1: oneDNN only when N·C·D·H > 20480; bf16 always takes oneDNN."""
+    assert slow_conv3d(torch.empty(1, 384, 3, 16, 16)) and not slow_conv3d(torch.empty(1, 384, 3, 60, 104))
+    assert not slow_conv3d(torch.empty(1, 384, 3, 16, 16, dtype=torch.bfloat16))
+
+
+def test_several_output_frames_stay_a_3d_convolution_with_the_official_result():
+    ours, ref = _pair("3x3x3", seed=3)
+    x = torch.randn(1, 6, 3, 8, 9)  # no stream: two zero frames in front, three output frames
+    with torch.no_grad(), _ConvWeights() as convs:
+        out = ours(x)
+    assert convs.ranks == [5]
+    with torch.no_grad():
+        _assert_rounding_close(out, ref(x))

@@ -17,8 +17,9 @@ import torch.nn.functional as F
 class TimeStream:
     """Per-pass memory of the modules that look back in time, keyed by module."""
 
-    def __init__(self):
+    def __init__(self, memory_format: torch.memory_format = torch.contiguous_format):
         self._state: dict[nn.Module, torch.Tensor | None] = {}
+        self.memory_format = memory_format  # of the tensors the causal convs gather their inputs into
 
     def get(self, module: nn.Module) -> torch.Tensor | None:
         return self._state.get(module)
@@ -30,6 +31,7 @@ class TimeStream:
         self._state[module] = None if frames is None else frames.clone()
 
 
+SLOW_CONV3D_LIMIT = 20480  # see slow_conv3d
 Prepare = Callable[..., torch.Tensor]  # prepare(x, out=view) -> out: elementwise work writing straight into the input
 
 
@@ -59,29 +61,45 @@ class CausalConv3d(nn.Conv3d):
         missing = max(0, self.past_frames - have)
         # One output frame whose first taps meet only zero padding: skip those taps (same sum, less work).
         skip = missing if x.shape[2] == 1 else 0
-        frames = _joined(x, past, missing - skip, prepare)
+        fmt = stream.memory_format if stream is not None else torch.contiguous_format
+        frames = _joined(x, past, missing - skip, prepare, fmt)
         if stream is not None and self.past_frames:
             stream.put(self, frames[:, :, max(missing - skip, frames.shape[2] - self.past_frames):])
         return frames, skip
 
     def convolve(self, gathered: tuple[torch.Tensor, int]) -> torch.Tensor:
-        """The 3-D convolution; one time tap over one frame runs as the equal 2-D convolution, which PyTorch's CPU
-        backend computes several times faster than a one-frame 3-D one."""
+        """The 3-D convolution. One output frame computed from exactly as many frames as the kernel has (live)
+        taps runs as the equal 2-D convolution over those frames stacked as channels: always for one frame (the
+        first chunk), else where PyTorch's CPU backend would take its slow 3-D path (see ``slow_conv3d``)."""
         frames, skip = gathered
         weight = self.weight[:, :, skip:] if skip else self.weight
-        if weight.shape[2] == 1 and frames.shape[2] == 1:
-            out = F.conv2d(frames[:, :, 0], weight[:, :, 0], self.bias, self.stride[1:], self.padding[1:])
+        taps = weight.shape[2]
+        if frames.shape[2] == taps and (taps == 1 or slow_conv3d(frames)):
+            n, c, _, h, w = frames.shape
+            out = F.conv2d(frames.reshape(n, c * taps, h, w), weight.reshape(weight.shape[0], -1, *weight.shape[3:]),
+                           self.bias, self.stride[1:], self.padding[1:])
             return out.unsqueeze(2)
         return F.conv3d(frames, weight, self.bias, self.stride, self.padding)
 
 
-def _joined(x: torch.Tensor, past: torch.Tensor | None, zeros: int, prepare: Prepare | None) -> torch.Tensor:
-    """[``zeros`` zero frames | past | prepare(x)] along time, written once into a new tensor (x itself when there
-    is nothing to join and nothing to prepare)."""
-    if past is None and not zeros:
-        return x if prepare is None else prepare(x)
+def slow_conv3d(x: torch.Tensor) -> bool:
+    """Whether PyTorch's CPU backend runs a 3-D convolution of ``x`` through its slow unfold path rather than
+    oneDNN: for a float32 batch of one it takes oneDNN only when N·C·D·H > 20480 (``use_mkldnn`` in
+    aten/src/ATen/native/Convolution.cpp), e.g. not for 384 channels x 3 frames x 16 rows (a 128-pixel Wan 2.1
+    latent), where the stacked 2-D convolution is twice as fast; above it the two are within a few percent."""
+    n, c, d, h = x.shape[:4]
+    return x.device.type == "cpu" and x.dtype == torch.float32 and n == 1 and n * c * d * h <= SLOW_CONV3D_LIMIT
+
+
+def _joined(x: torch.Tensor, past: torch.Tensor | None, zeros: int, prepare: Prepare | None,
+            memory_format: torch.memory_format) -> torch.Tensor:
+    """[``zeros`` zero frames | past | prepare(x)] along time, written once into a new tensor in ``memory_format``
+    (x itself when there is nothing to join, nothing to prepare and x has that layout already)."""
+    if past is None and not zeros and prepare is None:
+        return x.contiguous(memory_format=memory_format)
     have = 0 if past is None else past.shape[2]
-    out = x.new_empty(x.shape[0], x.shape[1], zeros + have + x.shape[2], *x.shape[3:])
+    out = torch.empty(x.shape[0], x.shape[1], zeros + have + x.shape[2], *x.shape[3:], dtype=x.dtype,
+                      device=x.device, memory_format=memory_format)
     out[:, :, :zeros].zero_()
     if past is not None:
         out[:, :, zeros:zeros + have] = past
