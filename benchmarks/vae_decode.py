@@ -224,6 +224,7 @@ def parse_args():
     parser.add_argument("--comfyui", default=None, help="path of a ComfyUI checkout: adds its VAEs as peers")
     parser.add_argument("--memory-runs", type=int, default=None,
                         help="fresh processes per peer for the growth, median taken (default 3; tiny 1)")
+    parser.add_argument("--no-official", action="store_true", help="leave the official code out (quicker)")
     parser.add_argument("--tiled", action="store_true", help="also compare tiled and whole-frame decode memory")
     add_timing_options(parser)
     parser.add_argument("--probe", choices=PEERS, help=argparse.SUPPRESS)
@@ -248,7 +249,7 @@ def main() -> None:
         return probe(args)
     print(f"timing: {timing}")
     device = torch.device(args.device)
-    peers = ["ours", "diffusers", "official"] + (["ComfyUI"] if args.comfyui else [])
+    peers = ["ours", "diffusers"] + ([] if args.no_official else ["official"]) + (["ComfyUI"] if args.comfyui else [])
     for version in args.versions:
         args.base = args.base_dim or (8 if args.tiny else RELEASED_BASE[version])
         with tempfile.TemporaryDirectory() as tmp:

@@ -101,7 +101,7 @@ class WanVAEModel(nn.Module):
         """Video [B, 3, 1 + 4n, H, W] in the model dtype -> latent means [B, z, 1 + n, H/s, W/s]."""
         x = _patchify(video, self.config.patch)
         step = self.config.stride[0]
-        stream = TimeStream()
+        stream = TimeStream(_layout(x))
         outs = []
         for start in _chunk_starts(x.shape[2], step):
             outs.append(self.encoder(x[:, :, start:start + (1 if start == 0 else step)], stream))
@@ -116,7 +116,7 @@ class WanVAEModel(nn.Module):
 
         ``out_device``: where the video is assembled (e.g. the CPU, so a long video never sits on the GPU)."""
         x = self.conv2(latents)
-        stream = TimeStream()
+        stream = TimeStream(_layout(x))
         out, filled = None, 0
         for t in range(x.shape[2]):
             frames = self.decoder(x[:, :, t:t + 1], stream)
@@ -130,6 +130,11 @@ class WanVAEModel(nn.Module):
             if on_chunk is not None:
                 on_chunk()
         return _unpatchify(out, self.config.patch)
+
+
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    """Channels-last on the CPU: oneDNN convolves it without reordering every input and output."""
+    return torch.channels_last_3d if x.device.type == "cpu" else torch.contiguous_format
 
 
 def _chunk_starts(frames: int, step: int) -> list[int]:
