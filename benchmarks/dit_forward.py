@@ -30,8 +30,9 @@ from pathlib import Path
 
 import torch
 
-from common import (DTYPES, ROOT, add_timing_options, apply_timing_options, import_comfyui, interleaved_medians,
-                    ratio_line)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # harness.py, also when imported as benchmarks.*
+from harness import (DTYPES, ROOT, add_timing_options, apply_timing_options, import_comfyui,  # noqa: E402
+                     interleaved_medians, ratio_line)
 
 sys.path.insert(0, str(ROOT))
 

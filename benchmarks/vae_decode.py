@@ -29,8 +29,9 @@ from typing import Callable
 
 import torch
 
-from common import (ROOT, add_timing_options, apply_timing_options, import_comfyui, interleaved_medians, ratio_line,
-                    rss_kb, run_probe)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # harness.py, also when imported as benchmarks.*
+from harness import (ROOT, add_timing_options, apply_timing_options, import_comfyui,  # noqa: E402
+                     interleaved_medians, ratio_line, rss_kb, run_probe)
 
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
