@@ -163,3 +163,14 @@ def test_zero_pixel_images_through_nodes(pack, tmp_path):
             sampling.WanExpertsImageToVideo().make(vae, empty, 16, 16, 5)
         with pytest.raises(errors.InputError, match="start_image has no pixels"):
             encoders.WanExpertsCLIPVisionEncode().encode(None, empty)
+
+
+@pytest.mark.parametrize("attention,blamed", [("auto", False), ("sdpa", False), ("split", False), ("sage", True),
+                                              ("flash", True)])
+def test_only_inexact_or_external_attention_kernels_are_blamed(attention, blamed):
+    """The exact built-in backends are never named as the cause of an overflow; external kernels are."""
+    from wan.finite import explain
+
+    message = explain([], torch.bfloat16, attention)
+    assert (f"the '{attention}' attention kernel most likely failed" in message) is blamed
+    assert "attention 'auto'" in message

@@ -78,10 +78,10 @@ def explain(models: list[torch.nn.Module], dtype: torch.dtype, attention: str | 
     if dtype == torch.float16:
         return ("float16 most likely overflowed; choose dtype bf16 (or fp32) in the loader; bf16 has the range "
                 "of fp32")
-    if attention not in (None, "sdpa"):
-        return (f"the '{attention}' attention kernel most likely failed on these inputs; choose attention 'sdpa' "
+    if attention not in (None, "auto", "sdpa", "split"):  # the exact built-in backends
+        return (f"the '{attention}' attention kernel most likely failed on these inputs; choose attention 'auto' "
                 f"in the loader")
-    return ("the weights are finite, so the computation overflowed; try dtype fp32 and attention 'sdpa', and "
+    return ("the weights are finite, so the computation overflowed; try dtype fp32 and attention 'auto', and "
             "check that the inputs (images, prompts, settings) are sensible")
 
 
