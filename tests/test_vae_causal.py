@@ -97,3 +97,28 @@ def test_several_output_frames_stay_a_3d_convolution_with_the_official_result():
     assert convs.ranks == [5]
     with torch.no_grad():
         _assert_rounding_close(out, ref(x))
+
+
+@pytest.mark.parametrize("version", ["2.1", "2.2"])
+def test_cpu_passes_keep_conv_weights_channels_last_with_unchanged_values(version, tmp_path):
+    """Every conv weight is in the channels-last layout of the CPU passes (oneDNN would otherwise reorder each
+    weight on every call), put back in it by a pass when something changed it; the values stay as loaded (the
+    official-parity tests check those against the file), and a second decode is identical."""
+    from test_vae_tiny import official_vae, save_pth
+
+    import wan.vae as wv
+
+    reference = official_vae(version)
+    vae = wv.load_vae(save_pth(reference, tmp_path / "vae.pth"))
+    convs = {n: m for n, m in vae.model.named_modules() if isinstance(m, torch.nn.Conv3d)}
+    big = [m for m in convs.values() if m.weight.shape[2:].numel() > 1]
+    assert big and all(m.weight.is_contiguous(memory_format=torch.channels_last_3d) for m in convs.values())
+    vae.model.use_layout(torch.contiguous_format)  # as after a pass on a GPU
+    assert not any(m.weight.is_contiguous(memory_format=torch.channels_last_3d) for m in big)
+    before = {name: m.weight.detach().clone() for name, m in convs.items()}
+    z = torch.randn(1, vae.z_dim, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    first = vae.decode(z)
+    assert all(m.weight.is_contiguous(memory_format=torch.channels_last_3d) for m in convs.values())
+    for name, module in convs.items():
+        assert torch.equal(module.weight, before[name]), name
+    assert torch.equal(vae.decode(z), first)

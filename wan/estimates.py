@@ -25,7 +25,7 @@ CONTEXT_TOKENS = 1024  # text (512) and image (up to 514) tokens, float32 and co
 LATENT_COPIES = 12  # latents, noise, both guidance outputs, x0, solver history (float32)
 # Elements per pixel per channel of base width of one VAE pass (one time chunk; chunks run one after another).
 VAE_DECODE = {"2.1": 45, "2.2": 16}  # per output pixel, x decoder width
-VAE_ENCODE = {"2.1": 36, "2.2": 12}  # per input pixel, x encoder width
+VAE_ENCODE = {"2.1": 36, "2.2": 10}  # per input pixel, x encoder width
 
 
 @dataclass(frozen=True)

@@ -101,7 +101,7 @@ class WanVAEModel(nn.Module):
         """Video [B, 3, 1 + 4n, H, W] in the model dtype -> latent means [B, z, 1 + n, H/s, W/s]."""
         x = _patchify(video, self.config.patch)
         step = self.config.stride[0]
-        stream = TimeStream(_layout(x))
+        stream = TimeStream(self.layout_for(x))
         outs = []
         for start in _chunk_starts(x.shape[2], step):
             outs.append(self.encoder(x[:, :, start:start + (1 if start == 0 else step)], stream))
@@ -115,8 +115,8 @@ class WanVAEModel(nn.Module):
         """Latents [B, z, T, h, w] in the model dtype -> video [B, 3, 1 + 4(T-1), h*s, w*s] (not clamped).
 
         ``out_device``: where the video is assembled (e.g. the CPU, so a long video never sits on the GPU)."""
+        stream = TimeStream(self.layout_for(latents))
         x = self.conv2(latents)
-        stream = TimeStream(_layout(x))
         out, filled = None, 0
         for t in range(x.shape[2]):
             frames = self.decoder(x[:, :, t:t + 1], stream)
@@ -132,9 +132,24 @@ class WanVAEModel(nn.Module):
         return _unpatchify(out, self.config.patch)
 
 
-def _layout(x: torch.Tensor) -> torch.memory_format:
-    """Channels-last on the CPU: oneDNN convolves it without reordering every input and output."""
-    return torch.channels_last_3d if x.device.type == "cpu" else torch.contiguous_format
+    def layout_for(self, x: torch.Tensor) -> torch.memory_format:
+        """The memory layout of a pass over ``x``, with every conv weight put in it first (see ``use_layout``).
+
+        Channels-last on the CPU: oneDNN convolves it without reordering every input and output, and a weight
+        in the same layout is not reordered on every call either (a copy of each weight per chunk otherwise:
+        12% of a Wan 2.2 decode). Weights keep their layout when moved, so a model going to the GPU is put back
+        to the contiguous layout on its first pass there."""
+        fmt = torch.channels_last_3d if x.device.type == "cpu" else torch.contiguous_format
+        self.use_layout(fmt)
+        return fmt
+
+    def use_layout(self, fmt: torch.memory_format) -> None:
+        """Every conv weight in layout ``fmt``, one weight at a time (values unchanged; a weight already in it is
+        left alone, so this costs nothing after the first time; a converted weight is a new tensor, no longer a
+        view of the file: the VAE's size in RAM, against a copy of each weight on every chunk otherwise)."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv3d) and not module.weight.is_contiguous(memory_format=fmt):
+                module.weight.data = module.weight.data.contiguous(memory_format=fmt)
 
 
 def _chunk_starts(frames: int, step: int) -> list[int]:
