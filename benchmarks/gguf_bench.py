@@ -30,7 +30,7 @@ from wan.dit.config import WanDiTConfig  # noqa: E402
 from wan.dit.model import WanDiT  # noqa: E402
 from wan.quant.gguf_write import write_gguf  # noqa: E402
 from benchmarks.dit_forward import random_official_weights  # noqa: E402
-from benchmarks.interleaved import interleaved_forwards  # noqa: E402
+from harness import interleaved_forwards  # noqa: E402
 
 
 def shapes_of(cfg: WanDiTConfig) -> dict[str, tuple[int, ...]]:

@@ -22,7 +22,7 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device | None = None,
-                        clock: str = "wall") -> dict[str, float]:
+                        clock: str = "wall", warm: bool = True) -> dict[str, float]:
     """Median time of each function over ``repeats`` rounds after a warm-up. Each round runs every function once,
     in turn, so that a busy machine slows all of them alike. ``clock="cpu"``: this process's CPU time instead of
     wall time; with one thread (``--threads 1``) it leaves out the time other processes hold the cores, the
@@ -30,7 +30,7 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, devi
     sync = torch.cuda.synchronize if device is not None and device.type == "cuda" else (lambda: None)
     now = CLOCKS[clock]
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for fn in fns.values():
+    for fn in fns.values() if warm else ():
         fn()
     for _ in range(repeats):
         for name, fn in fns.items():
@@ -41,6 +41,14 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, devi
             times[name].append(now() - start)
     return {name: statistics.median(t) for name, t in times.items()}
 
+
+
+@torch.no_grad()
+def interleaved_forwards(models: dict, args: tuple, repeats: int, clock: str = "wall") -> tuple[dict, dict]:
+    """(each model's output from its warm-up call, its median seconds over ``repeats`` interleaved calls)."""
+    outs = {name: model(*args) for name, model in models.items()}
+    fns = {name: (lambda m=model: m(*args)) for name, model in models.items()}
+    return outs, interleaved_medians(fns, repeats, clock=clock, warm=False)
 
 def add_timing_options(parser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")

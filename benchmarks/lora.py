@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 from dit_forward import random_official_weights  # noqa: E402
-from interleaved import interleaved_forwards  # noqa: E402
+from harness import interleaved_forwards  # noqa: E402
 from wan.dit.config import WanDiTConfig  # noqa: E402
 
 RANK = 32
