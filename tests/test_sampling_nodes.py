@@ -226,3 +226,20 @@ def test_batch_item_k_equals_a_single_run_with_seed_plus_k(pack, moe):
         err = (both[k] - ref).abs().max().item()
         assert err <= 1e-5 * ref.abs().max().item() + 1e-6, (k, err)
     assert not torch.allclose(both[0], both[1])
+
+
+@pytest.mark.parametrize("windows", [False, True], ids=["whole", "context_windows"])
+def test_step_cache_report_is_logged_once(pack, moe, caplog, windows):
+    """The sampler node shows the step cache's report once per run (the engine returns it; with context windows
+    one report holds every window's copy)."""
+    import importlib
+
+    nodes = {m: importlib.import_module(f"{pack.__name__}.nodes.{m}") for m in ("cache", "long_video")}
+    latent = pack.nodes.sampling.WanExpertsEmptyLatent().make(32, 32, 13 if windows else 5)[0]
+    cache = nodes["cache"].WanExpertsMagCache().make(0.05)[0]
+    context = nodes["long_video"].WanExpertsContextWindows().make(5, 4)[0] if windows else None
+    with caplog.at_level(logging.INFO, logger="wan_experts"):
+        sampler(pack, moe, latent, step_cache=cache, context=context)
+    reports = [r for r in caplog.records if "branch calls computed" in r.getMessage()]
+    assert len(reports) == 1, [r.getMessage() for r in reports]
+    assert ("one state per context window" in reports[0].getMessage()) == windows

@@ -67,5 +67,7 @@ def run_extension(s: Settings) -> Path:
         result = extend(experts, vae, video, text, settings, ext, s.seed, clip_vision=clip_vision,
                         step_cache=make_step_cache(s), device=device, offload_device=home,
                         callback=lambda info: bar.update(1), vae_call=on_device)
+    if result.cache_report is not None:
+        log.info("%s", result.cache_report.summary())
     description = f"{run_description(s)} --extend_from {str(s.extend_from)!r} --extend_overlap {s.extend_overlap}"
     return write_video(result.video, s.save_file, fps=s.variant.fps, metadata={"comment": description})

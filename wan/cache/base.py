@@ -20,15 +20,12 @@ use one sampler over the whole schedule (both experts) to follow the published a
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 
 import torch
 
 from ..checks import finite_number
 from ..errors import InputError
-
-log = logging.getLogger("wan_experts")
 
 BRANCHES = ("cond", "uncond")
 BATCHED = "cond+uncond"
@@ -140,9 +137,9 @@ class StepCache:
         return model.finish(tokens, state)
 
     def end(self) -> CacheReport:
-        """The report of the run that just finished (also logged)."""
+        """The report of the run that just finished (the caller shows it: with context windows one report holds
+        every window's copy)."""
         report = self._report
-        log.info("%s", report.summary())
         self._states = {}
         return report
 
