@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from graph_runner import GraphValidationError, run_graph
-from test_workflows_examples import WORKFLOWS, classes, shrink, tiny_models, write_models  # noqa: F401 (fixtures)
+from test_workflows_examples import WORKFLOWS, classes, tiny_models  # noqa: F401 (fixtures)
+from tiny_workflows import shrink, write_models
 
 WORKFLOW = WORKFLOWS / "api" / "wan2.1_t2v_1.3B_teacache.json"
 A14B_WORKFLOW = WORKFLOWS / "api" / "wan2.2_t2v_A14B_magcache.json"  # Wan Sampler (Advanced), MagCache

@@ -1,36 +1,24 @@
 """The example workflows: every ``workflows/api/*.json`` runs end to end through the pack's nodes with tiny random
-models (written by ``wan.demo`` under the file names the workflow uses) and yields a decodable video; every UI
-workflow passes ``workflow_check`` (widgets, links, known nodes, and a layout without overlaps); both formats are
-what ``workflows/build.py`` writes from the specs; a workflow saved before the sampler split still loads.
-
-Only what the tiny models cannot take is changed before a run: size, frame count and steps (tiny and few), and
-step caches may fall back to other models' data (the tiny DiTs are no published variant)."""
+models (``tiny_workflows``: files under the names the workflow uses, the graph shrunk to tiny sizes) and yields a
+decodable video; every UI workflow passes ``workflow_check`` (widgets, links, known nodes, and a layout without
+overlaps); both formats are what ``workflows/build.py`` writes from the specs; a workflow saved before the sampler
+split still loads."""
 import json
 import os
 import sys
 from pathlib import Path
 
 import av
-import numpy as np
 import pytest
 
 from conftest import ROOT
 from graph_runner import all_node_classes, run_graph
+from tiny_workflows import TINY, TinyModels, expected_frames, shrink, write_images, write_models
 from workflow_check import check_layout, check_workflow, file_widgets, widget_slots
-from wan import demo
-from wan.lora.demo import write_demo_lora
 
 WORKFLOWS = ROOT / "workflows"
 API_FILES = sorted((WORKFLOWS / "api").glob("*.json"))
 UI_FILES = sorted(WORKFLOWS.glob("*.json"))
-TINY = {"width": 64, "height": 32, "frames": 5, "steps": 3, "context_frames": 5, "context_overlap": 4,
-        "overlap_frames": 1}
-LONG_FRAMES = 13  # a video sampled in context windows: 4 latent frames in windows of 2
-EXTEND = "WanExpertsExtendVideo"
-FILE_INPUTS = {"model_name": "diffusion_models", "high_noise_model": "diffusion_models",
-               "low_noise_model": "diffusion_models", "text_encoder_name": "text_encoders", "vae_name": "vae",
-               "clip_name": "clip_vision", "lora_name": "loras", "high_noise_lora": "loras",
-               "low_noise_lora": "loras"}
 
 
 @pytest.fixture(scope="module")
@@ -38,73 +26,10 @@ def classes(pack):
     return all_node_classes(pack)
 
 
-def variant_of(dit_name: str) -> str:
-    """The variant a Comfy-Org DiT file name stands for."""
-    name = dit_name.lower()
-    if "ti2v" in name:
-        return "wan22_ti2v_5b"
-    if "flf2v" in name:
-        return "wan21_flf2v_14b"
-    if "wan2.2" in name:
-        return "wan22_i2v_a14b" if "i2v" in name else "wan22_t2v_a14b"
-    if "i2v" in name:
-        return "wan21_i2v_14b"
-    return "wan21_t2v_1.3b" if "1.3b" in name else "wan21_t2v_14b"
-
-
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
     """Tiny model files per variant, written once and linked under each workflow's file names."""
-    cache_dir, written = tmp_path_factory.mktemp("tiny_models"), {}
-
-    def files_for(variant: str, experts: int, with_clip: bool) -> demo.DemoModels:
-        key = (variant, experts, with_clip)
-        if key not in written:
-            names = {"diffusion_models": [f"dit{i}.safetensors" for i in range(experts)],
-                     "text_encoders": "t5.safetensors", "vae": "vae.safetensors",
-                     "clip_vision": "clip.safetensors" if with_clip else None}
-            written[key] = demo.write_comfy_files(cache_dir / "_".join(map(str, key)), variant, names)
-        return written[key]
-
-    return files_for
-
-
-def write_models(graph: dict, models_dir: Path, tiny_models) -> None:
-    names: dict = {}
-    for node in graph.values():
-        for key, kind in FILE_INPUTS.items():
-            if key in node["inputs"]:
-                names.setdefault(kind, []).append(node["inputs"][key])
-    dits = names["diffusion_models"]
-    files = tiny_models(variant_of(dits[0]), len(dits), "clip_vision" in names)
-    sources = {"diffusion_models": files.dits, "text_encoders": [files.text_encoder], "vae": [files.vae],
-               "clip_vision": [files.clip]}
-    for i, name in enumerate(names.pop("loras", [])):  # random LoRAs that fit the tiny DiT
-        write_demo_lora(files.dits[0], models_dir / "loras" / name, seed=i)
-    for kind, wanted in names.items():
-        for source, name in zip(sources[kind], wanted):
-            os.link(source, models_dir / kind / name)
-
-
-def write_images(graph: dict, input_dir: Path) -> None:
-    from PIL import Image
-
-    input_dir.mkdir(exist_ok=True)
-    for i, node in enumerate(n for n in graph.values() if n["class_type"] == "LoadImage"):
-        pixels = np.random.default_rng(i).integers(0, 255, (48, 80, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(input_dir / node["inputs"]["image"])
-
-
-def shrink(graph: dict) -> dict:
-    long = any(node["class_type"] == "WanExpertsContextWindows" for node in graph.values())
-    for node in graph.values():
-        inputs = node["inputs"]
-        for key, value in TINY.items():
-            if key in inputs and not isinstance(inputs[key], list):
-                inputs[key] = LONG_FRAMES if key == "frames" and long and node["class_type"] != EXTEND else value
-        if "allow_fallback" in inputs:
-            inputs["allow_fallback"] = True
-    return graph
+    return TinyModels(tmp_path_factory.mktemp("tiny_models"))
 
 
 def test_every_task_has_an_example():
@@ -125,13 +50,6 @@ def test_api_workflow_runs_with_tiny_models(path, classes, models_dir, tmp_path,
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
         assert json.loads(container.metadata["prompt"])[node_id]["class_type"] == "WanExpertsSaveVideo"
     assert len(frames) == expected_frames(graph) and frames[0].shape[:2] == (TINY["height"], TINY["width"])
-
-
-def expected_frames(graph: dict) -> int:
-    """The sampled video's frames, plus the new frames of each extension (segment minus the frames it shares)."""
-    nodes = [n for n in graph.values() if "frames" in n["inputs"]]
-    first = next(n["inputs"]["frames"] for n in nodes if n["class_type"] != EXTEND)
-    return first + sum(n["inputs"]["frames"] - n["inputs"]["overlap_frames"] for n in nodes if n["class_type"] == EXTEND)
 
 
 @pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)

@@ -1,0 +1,106 @@
+"""The example workflows made runnable on tiny random-weight models: model files written (by ``wan.demo``) under the
+file names a workflow uses, input images for its LoadImage nodes, and the graph shrunk to sizes the tiny models take.
+
+Shared by the workflow tests (through tests/graph_runner.py) and scripts/comfy_host_check.py (through a real
+ComfyUI server); needs no pytest. Only what the tiny models cannot take is changed: size, frame count and steps
+(tiny and few), and step caches may fall back to other models' data (the tiny DiTs are no published variant)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from wan import demo
+from wan.lora.demo import write_demo_lora
+
+TINY = {"width": 64, "height": 32, "frames": 5, "steps": 3, "context_frames": 5, "context_overlap": 4,
+        "overlap_frames": 1}
+LONG_FRAMES = 13  # a video sampled in context windows: 4 latent frames in windows of 2
+EXTEND = "WanExpertsExtendVideo"
+FILE_INPUTS = {"model_name": "diffusion_models", "high_noise_model": "diffusion_models",
+               "low_noise_model": "diffusion_models", "text_encoder_name": "text_encoders", "vae_name": "vae",
+               "clip_name": "clip_vision", "lora_name": "loras", "high_noise_lora": "loras",
+               "low_noise_lora": "loras"}
+
+
+def variant_of(dit_name: str) -> str:
+    """The variant a Comfy-Org DiT file name stands for."""
+    name = dit_name.lower()
+    if "ti2v" in name:
+        return "wan22_ti2v_5b"
+    if "flf2v" in name:
+        return "wan21_flf2v_14b"
+    if "wan2.2" in name:
+        return "wan22_i2v_a14b" if "i2v" in name else "wan22_t2v_a14b"
+    if "i2v" in name:
+        return "wan21_i2v_14b"
+    return "wan21_t2v_1.3b" if "1.3b" in name else "wan21_t2v_14b"
+
+
+class TinyModels:
+    """Tiny model files per variant, written once into ``cache_dir`` and linked under each workflow's names."""
+
+    def __init__(self, cache_dir):
+        self.cache_dir = Path(cache_dir)
+        self.written: dict = {}
+
+    def __call__(self, variant: str, experts: int, with_clip: bool) -> demo.DemoModels:
+        key = (variant, experts, with_clip)
+        if key not in self.written:
+            names = {"diffusion_models": [f"dit{i}.safetensors" for i in range(experts)],
+                     "text_encoders": "t5.safetensors", "vae": "vae.safetensors",
+                     "clip_vision": "clip.safetensors" if with_clip else None}
+            self.written[key] = demo.write_comfy_files(self.cache_dir / "_".join(map(str, key)), variant, names)
+        return self.written[key]
+
+
+def write_models(graph: dict, models_dir: Path, tiny_models) -> None:
+    """Hard links to tiny models (and random LoRAs that fit them) under the file names ``graph`` picks."""
+    names: dict = {}
+    for node in graph.values():
+        for key, kind in FILE_INPUTS.items():
+            if key in node["inputs"]:
+                names.setdefault(kind, []).append(node["inputs"][key])
+    dits = names["diffusion_models"]
+    files = tiny_models(variant_of(dits[0]), len(dits), "clip_vision" in names)
+    sources = {"diffusion_models": files.dits, "text_encoders": [files.text_encoder], "vae": [files.vae],
+               "clip_vision": [files.clip]}
+    for i, name in enumerate(names.pop("loras", [])):  # random LoRAs that fit the tiny DiT
+        write_demo_lora(files.dits[0], models_dir / "loras" / name, seed=i)
+    for kind, wanted in names.items():
+        for source, name in zip(sources[kind], wanted):
+            (models_dir / kind).mkdir(parents=True, exist_ok=True)
+            if os.path.lexists(models_dir / kind / name):
+                os.remove(models_dir / kind / name)
+            os.link(source, models_dir / kind / name)
+
+
+def write_images(graph: dict, input_dir: Path) -> None:
+    """A random 80x48 picture for every LoadImage node of ``graph``."""
+    from PIL import Image
+
+    input_dir.mkdir(exist_ok=True)
+    for i, node in enumerate(n for n in graph.values() if n["class_type"] == "LoadImage"):
+        pixels = np.random.default_rng(i).integers(0, 255, (48, 80, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(input_dir / node["inputs"]["image"])
+
+
+def shrink(graph: dict) -> dict:
+    """``graph`` with tiny sizes, few steps and step-cache fallbacks allowed (changed in place and returned)."""
+    long = any(node["class_type"] == "WanExpertsContextWindows" for node in graph.values())
+    for node in graph.values():
+        inputs = node["inputs"]
+        for key, value in TINY.items():
+            if key in inputs and not isinstance(inputs[key], list):
+                inputs[key] = LONG_FRAMES if key == "frames" and long and node["class_type"] != EXTEND else value
+        if "allow_fallback" in inputs:
+            inputs["allow_fallback"] = True
+    return graph
+
+
+def expected_frames(graph: dict) -> int:
+    """The sampled video's frames, plus the new frames of each extension (segment minus the frames it shares)."""
+    nodes = [n for n in graph.values() if "frames" in n["inputs"]]
+    first = next(n["inputs"]["frames"] for n in nodes if n["class_type"] != EXTEND)
+    return first + sum(n["inputs"]["frames"] - n["inputs"]["overlap_frames"] for n in nodes if n["class_type"] == EXTEND)
