@@ -33,7 +33,7 @@ class Linear(nn.Linear):
         if self.weight_patches and self._side_path_is_cheaper(x):
             y = F.linear(x, self.dequantize(x.dtype, x.device), bias)
             for patch in self.weight_patches:
-                y = y + patch.side(x)
+                y = patch.add_side(y, x)
             return y
         return F.linear(x, self.compute_weight(x.dtype, x.device), bias)
 

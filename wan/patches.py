@@ -29,6 +29,10 @@ class Patch:
         """Multiply-adds per input row of ``side``; None when there is no side form."""
         return None
 
+    def add_side(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``y + side(x)``; a patch may write it into ``y`` (a Linear's fresh output, never the caller's tensor)."""
+        return y + self.side(x)
+
     def tensors(self) -> list[torch.Tensor]:
         return [getattr(self, f.name) for f in fields(self) if torch.is_tensor(getattr(self, f.name))]
 
@@ -68,6 +72,16 @@ class LowRank(Patch):
 
     def side_cost(self) -> int:
         return self.down[0].numel() * self.down.shape[0] + self.up.shape[0] * self.up.shape[1]
+
+    def add_side(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The second product accumulates straight into ``y`` with the scale as its factor (one matrix product
+        with accumulate: no output-sized temporary, no separate addition pass, no scaled copy of ``up``)."""
+        if y.requires_grad or not y.is_contiguous():
+            return y + self.side(x)
+        up, down = self.factors(x.device, x.dtype)
+        h = torch.nn.functional.linear(x, down)
+        y.view(-1, y.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), up.t(), alpha=self.scale)
+        return y
 
     @property
     def rank(self) -> int:
