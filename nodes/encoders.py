@@ -50,8 +50,9 @@ def _place(model, device: str, keep_loaded: bool):
 class WanExpertsLoadTextEncoder:
     DISPLAY_NAME = "Load Wan Text Encoder (UMT5)"
     DESCRIPTION = ("Loads the UMT5-XXL text encoder and its tokenizer from models/text_encoders: the Comfy-Org "
-                   "umt5_xxl_*.safetensors (tokenizer inside, fp8 ok) or the official models_t5_umt5-xxl-enc-bf16.pth "
-                   "with its google/umt5-xxl folder beside it.")
+                   "umt5_xxl_*.safetensors (tokenizer inside, fp8 ok), the official models_t5_umt5-xxl-enc-bf16.pth "
+                   "with its google/umt5-xxl folder beside it, or a GGUF encoder (umt5-xxl-encoder-Q8_0.gguf ..., "
+                   "tokenizer rebuilt from the file; weights stay quantised and are dequantised layer by layer).")
     CATEGORY = LOADER_CATEGORY
     RETURN_TYPES = ("WAN_TEXT_ENCODER",)
     RETURN_NAMES = ("text_encoder",)
@@ -63,15 +64,16 @@ class WanExpertsLoadTextEncoder:
         return {
             "required": {
                 "text_encoder_name": (host.list_models("text_encoders"), {
-                    "tooltip": "UMT5-XXL file in models/text_encoders (e.g. umt5_xxl_fp8_e4m3fn_scaled.safetensors)."}),
+                    "tooltip": ("UMT5-XXL file in models/text_encoders: e.g. umt5_xxl_fp8_e4m3fn_scaled.safetensors, "
+                                "or a GGUF encoder such as umt5-xxl-encoder-Q8_0.gguf / -Q5_K_M / -Q4_K_M.")}),
                 **_placement_inputs("Where the encoder runs. 'cpu' saves GPU memory at the cost of speed (the "
                                     "official --t5_cpu option).", TEXT_DTYPE_TOOLTIP),
             },
             "optional": {
                 "tokenizer": (["auto"] + tokenizer_files(), {"default": "auto", "tooltip": (
                     "Only for files without a tokenizer inside: a spiece.model or tokenizer.json in "
-                    "models/text_encoders (subfolders allowed). 'auto': inside the file, or google/umt5-xxl next "
-                    "to it.")}),
+                    "models/text_encoders (subfolders allowed). 'auto': inside the file (the Comfy-Org tensor, or a "
+                    "GGUF file's tokenizer metadata), or google/umt5-xxl next to it.")}),
             },
         }
 

@@ -40,7 +40,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".sft", ".pth", ".pt", ".bin", ".ckpt", ".saf
 # More folders of a kind (standalone; ComfyUI's "diffusion_models" already covers models/unet) and file types
 # ComfyUI does not list for it (its lists leave out .gguf).
 EXTRA_FOLDERS = {"diffusion_models": ("unet",)}
-EXTRA_SUFFIXES = {"diffusion_models": (".gguf",)}
+EXTRA_SUFFIXES = {"diffusion_models": (".gguf",), "text_encoders": (".gguf",)}
 
 
 if IN_COMFY:  # pragma: no cover - exercised only inside a ComfyUI process

@@ -95,10 +95,10 @@ def official_t5_pipeline(model, tokenizer_folder: Path):
     return encode
 
 
-def hf_umt5(vocab: int = SP_VOCAB, seed: int = 2):
+def hf_umt5(vocab: int = SP_VOCAB, seed: int = 2, d_ff: int = 96):
     from transformers import UMT5Config, UMT5EncoderModel
 
-    cfg = UMT5Config(vocab_size=vocab, d_model=64, d_kv=16, d_ff=96, num_layers=2, num_heads=4,
+    cfg = UMT5Config(vocab_size=vocab, d_model=64, d_kv=16, d_ff=d_ff, num_layers=2, num_heads=4,
                      relative_attention_num_buckets=32, relative_attention_max_distance=128,
                      feed_forward_proj="gated-gelu", dropout_rate=0.0, layer_norm_epsilon=1e-6)
     model = UMT5EncoderModel(cfg).eval().requires_grad_(False)

@@ -3,7 +3,7 @@
 Supported sources: a ``.safetensors`` file (memory-mapped), a sharded ``*.safetensors.index.json``, a pickle
 checkpoint (``.pth``/``.pt``/``.bin``/``.ckpt``, loaded with ``weights_only=True``), or a folder holding any of
 those (official Wan-AI and diffusers folders). GGUF files (``.gguf``) are recognised here and read, quantised, by
-the DiT loader (``wan.dit.gguf``). Model-specific key mapping lives next to each model
+the DiT loader (``wan.dit.gguf``) and the text-encoder loader (``wan.encoders.t5_gguf``). Model-specific key mapping lives next to each model
 (``wan/dit/keys.py``, ``wan/vae/keys.py``, ...); this module only reads files.
 """
 from __future__ import annotations
@@ -44,7 +44,8 @@ def read_state_dict(path: str | os.PathLike, what: str = "model file") -> dict[s
         return _read_pickle(path, what)
     if is_gguf(path):
         raise CheckpointError(f"{what} '{path.name}' is a GGUF file, which only the DiT loaders (Load Wan DiT, "
-                              f"Load Wan 2.2 MoE) read. Use a .safetensors file here.")
+                              f"Load Wan 2.2 MoE) and the text-encoder loader (Load Wan Text Encoder) read. Use a "
+                              f".safetensors file here.")
     raise CheckpointError(
         f"{what} '{path.name}' has an unknown file type. Use a .safetensors file, a sharded "
         f"*.safetensors.index.json, a .pth/.pt/.bin checkpoint, a .gguf diffusion model, or a model folder."
@@ -174,6 +175,12 @@ KIND_LOADERS = {
     "a Wan VAE": "the VAE loader (Load Wan VAE), from models/vae",
     "a text encoder (UMT5)": "the text-encoder loader (Load Wan Text Encoder), from models/text_encoders",
     "a CLIP vision model": "the CLIP vision loader (Load Wan CLIP Vision), from models/clip_vision",
+}
+
+
+# What a GGUF file holds, from its ``general.architecture`` (llama.cpp names the T5 encoder "t5encoder").
+GGUF_ARCHITECTURE_KINDS = {
+    "wan": "a Wan DiT (diffusion model)", "t5encoder": "a text encoder (UMT5)", "t5": "a text encoder (UMT5)",
 }
 
 

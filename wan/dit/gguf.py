@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import strip_prefix, wrong_kind_message
+from ..checkpoint import GGUF_ARCHITECTURE_KINDS, KIND_LOADERS, strip_prefix, wrong_kind_message
 from ..errors import CheckpointError
 from ..quant.base import QuantizedLayer
 from ..quant.gguf_file import GGUFFile, check_supported, read_gguf
@@ -38,6 +38,10 @@ def read_gguf_dit(source: Path) -> tuple[dict[str, torch.Tensor], dict[str, Quan
 
 
 def _check_architecture(gguf: GGUFFile) -> None:
+    kind = GGUF_ARCHITECTURE_KINDS.get(gguf.architecture)
+    if gguf.architecture != ARCHITECTURE and kind in KIND_LOADERS:
+        raise CheckpointError(f"'{gguf.path.name}' is a GGUF file of the '{gguf.architecture}' architecture: {kind}, "
+                              f"not a Wan DiT. Load it with {KIND_LOADERS[kind]}.")
     if gguf.architecture not in (None, ARCHITECTURE):
         raise CheckpointError(
             f"'{gguf.path.name}' is a GGUF file of the '{gguf.architecture}' architecture, not a Wan DiT "

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..checkpoint import read_state_dict, wrong_kind_message
+from ..checkpoint import is_gguf, read_state_dict, require_regular_file, wrong_kind_message
 from ..errors import CheckpointError, InputError
 from ..finite import check_output
 from .placement import running_on
@@ -67,31 +67,56 @@ class TextEncoder(nn.Module):
 
 def load_text_encoder(path, tokenizer=None, dtype=None, device="cpu", sharding=None) -> TextEncoder:
     """Load a UMT5 text encoder: official ``.pth`` (or the official model folder holding it), Comfy-Org
-    ``umt5_xxl_*.safetensors`` (fp16/bf16/fp8/scaled fp8), or a transformers ``UMT5EncoderModel`` folder.
+    ``umt5_xxl_*.safetensors`` (fp16/bf16/fp8/scaled fp8), a transformers ``UMT5EncoderModel`` folder, or a GGUF
+    file (llama.cpp ``t5encoder``: quantised Linear weights stay quantised, see ``t5_gguf``).
 
     ``tokenizer``: explicit tokenizer path; None finds it (see ``tokenizer_source``). ``dtype``: compute dtype
     (None/"default": bf16 as the official code, fp32 for an fp32 file). ``device``: where the weights are put.
     ``sharding``: a ``wan.distributed.FsdpSharding`` to load only this rank's shard of every weight (FSDP).
     """
     path = official_file_in(Path(path), OFFICIAL_FILE_GLOB)
+    if is_gguf(path):
+        return _load_gguf(path, tokenizer, dtype, device, sharding)
     sd, layout = normalize_keys(read_state_dict(path, what="text encoder file"))
     if layout is None:
         raise CheckpointError(wrong_kind_message(path, "a UMT5 text encoder", sd.keys()))
     tok = find_tokenizer(path, sd, tokenizer)
     scaled = "scaled_fp8" in sd
     sd, scales = split_fp8_scales({k: v for k, v in sd.items() if k != TOKENIZER_KEY})
+    config, compute = _config_and_dtype(path, sd, dtype)
+    model = build_with_weights(lambda: UMT5Encoder(config), sd, scales, compute, path, "UMT5 text encoder",
+                               sharding=sharding)
+    layout += " (scaled fp8)" if scaled or scales else ""
+    return _finish(model, tok, compute, path, layout, device)
+
+
+def _load_gguf(path: Path, tokenizer, dtype, device, sharding) -> TextEncoder:
+    from .t5_gguf import read_gguf_text_encoder
+
+    require_regular_file(path, "text encoder file")
+    gguf = read_gguf_text_encoder(path)
+    tok = find_tokenizer(path, {}, tokenizer, embedded=gguf.embedded_tokenizer)
+    config, compute = _config_and_dtype(path, gguf.shapes(), dtype)
+    model = build_with_weights(lambda: UMT5Encoder(config), gguf.dequantized(compute), {}, compute, path,
+                               "UMT5 text encoder", gguf.quantized, sharding=sharding)
+    return _finish(model, tok, compute, path, gguf.layout, device)
+
+
+def _config_and_dtype(path: Path, sd: dict[str, torch.Tensor], dtype) -> tuple[UMT5Config, torch.dtype]:
+    """The encoder's sizes and compute dtype, read off the tensors (or their shape placeholders)."""
     if not has_relative_bias_in_every_block(sd):
         raise CheckpointError(f"'{path.name}' is a T5 encoder with a position bias in its first block only (T5 v1.1 "
                               f"/ FLAN-T5). Wan needs UMT5-XXL, e.g. umt5_xxl_fp8_e4m3fn_scaled.safetensors.")
     config = UMT5Config.from_state_dict(sd)
-    stored = sd["blocks.0.attn.q.weight"].dtype
+    stored = sd["blocks.0.attn.q.weight"].dtype  # GGUF blocks (uint8) and fp8 compute in bf16 by default
     # fp16 overflows in T5 (the official code runs it in bf16): an fp16 file computes in bf16 unless asked otherwise
-    compute = compute_dtype(dtype, torch.bfloat16 if stored == torch.float16 else stored)
-    model = build_with_weights(lambda: UMT5Encoder(config), sd, scales, compute, path, "UMT5 text encoder",
-                               sharding=sharding)
-    layout += " (scaled fp8)" if scaled or scales else ""
-    encoder = TextEncoder(model, tok, compute, str(path), layout).to(device)
-    log.info("Loaded UMT5 text encoder (dim %d, %d layers) from %s [%s], tokenizer %s, compute %s", config.dim,
-             config.num_layers, path.name, layout, tok.source, str(compute).replace("torch.", ""))
-    return encoder
+    return config, compute_dtype(dtype, torch.bfloat16 if stored == torch.float16 else stored)
 
+
+def _finish(model: UMT5Encoder, tok: UMT5Tokenizer, compute: torch.dtype, path: Path, layout: str,
+            device) -> TextEncoder:
+    encoder = TextEncoder(model, tok, compute, str(path), layout).to(device)
+    log.info("Loaded UMT5 text encoder (dim %d, %d layers) from %s [%s], tokenizer %s, compute %s",
+             model.config.dim, model.config.num_layers, path.name, layout, tok.source,
+             str(compute).replace("torch.", ""))
+    return encoder

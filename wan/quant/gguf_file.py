@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field as dataclass_field
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +45,12 @@ class GGUFFile:
     path: Path
     architecture: str | None  # ``general.architecture`` ("wan" for Wan DiTs), None when the file has none
     tensors: dict[str, GGUFTensor]
+    reader: GGUFReader | None = dataclass_field(default=None, repr=False)  # for metadata (``value``)
+
+    def value(self, key: str, default=None):
+        """The metadata value under ``key`` (a number, string, or list of them), ``default`` when absent."""
+        found = None if self.reader is None else self.reader.get_field(key)
+        return default if found is None else found.contents()
 
     def type_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -65,7 +71,7 @@ def read_gguf(path, what: str = "GGUF file") -> GGUFFile:
                               f"(little-endian) file.")
     tensors = {t.name: _tensor(reader, t, path) for t in reader.tensors}
     field = reader.get_field("general.architecture")
-    return GGUFFile(path, None if field is None else str(field.contents()), tensors)
+    return GGUFFile(path, None if field is None else str(field.contents()), tensors, reader)
 
 
 def check_supported(gguf: GGUFFile) -> None:

@@ -14,7 +14,7 @@ K-quant and IQ4 data here, since ``gguf`` can only dequantise those.
 from __future__ import annotations
 
 import math
-from typing import Mapping, Union
+from typing import Callable, Mapping, Union
 
 import numpy as np
 import torch
@@ -60,11 +60,13 @@ def encode(values: torch.Tensor | np.ndarray | None, shape: tuple[int, ...], qty
 
 
 def write_gguf(path, tensors: Mapping[str, Source], qtype: int = T.Q8_0, *, types: Mapping[str, int] | None = None,
-               patch_embedding: str = "apart", prefix: str = "", arch: str = "wan", seed: int = 0) -> dict[str, T]:
+               patch_embedding: str = "apart", prefix: str = "", arch: str = "wan", seed: int = 0,
+               metadata: Callable[[GGUFWriter], None] | None = None) -> dict[str, T]:
     """Write ``tensors`` (official names -> values or shapes) to ``path``; returns the type each tensor got.
 
     ``qtype``: the type of the Linear weights (``wan_qtype`` decides per tensor); ``types``: per-tensor overrides;
-    ``patch_embedding``: "apart" or "reshaped" (see the module docstring)."""
+    ``patch_embedding``: "apart" or "reshaped" (see the module docstring); ``metadata``: adds key-value metadata
+    (e.g. a tokenizer) to the writer before the header is written."""
     if patch_embedding not in ("apart", "reshaped"):
         raise ValueError(f"patch_embedding must be 'apart' or 'reshaped', not {patch_embedding!r}")
     plan = {}
@@ -74,6 +76,8 @@ def write_gguf(path, tensors: Mapping[str, Source], qtype: int = T.Q8_0, *, type
         chosen = T((types or {}).get(name, wan_qtype(name, stored, qtype)))
         plan[name] = (shape, stored, chosen)
     writer = GGUFWriter(str(path), arch)
+    if metadata is not None:
+        metadata(writer)
     for name, (shape, stored, chosen) in plan.items():
         if stored != shape:
             writer.add_array(ORIG_SHAPE_KEY + prefix + name, list(shape))

@@ -1,0 +1,86 @@
+"""UMT5 text encoders in GGUF files (llama.cpp architecture ``t5encoder``, e.g. umt5-xxl-encoder-Q8_0.gguf).
+
+Tensor names are llama.cpp's (``token_embd``, ``enc.blk.N.attn_q`` ...), renamed to the official ones by
+``t5_keys``; shapes come from the file (ggml order reversed) or ``comfy.gguf.orig_shape.*`` metadata
+(``wan.quant.gguf_file``). Quantised Linear weights keep their raw blocks, as views of the memory-mapped file, with a
+``GGUFFormat`` each, and are dequantised per layer, per forward, like the DiT's. The other quantised tensors (the
+token embedding, norms, relative-position biases) are dequantised once, at load, to the compute dtype.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import CheckpointError
+from ..quant.base import QuantizedLayer
+from ..quant.gguf_file import GGUFFile, GGUFTensor, check_supported, read_gguf
+from ..quant.gguf_format import GGUFFormat
+from .gguf_tokenizer import has_tokenizer, tokenizer_from_gguf
+from .t5_keys import GGUF_IGNORED, GGUF_MARKER, gguf_key_to_official, is_linear_weight
+
+ARCHITECTURES = ("t5encoder", "t5")  # llama.cpp: encoder-only T5, and the full T5 (whose decoder is skipped)
+DIT_ARCHITECTURE = "wan"
+
+
+@dataclass
+class GGUFTextEncoder:
+    """The tensors of a GGUF text encoder, in official names, before any is copied."""
+
+    file: GGUFFile
+    plain: dict[str, torch.Tensor]  # float tensors, views of the file
+    quantized: dict[str, QuantizedLayer]  # Linear layers by layer name, kept quantised
+    deferred: dict[str, GGUFTensor]  # other quantised tensors, dequantised at load (``dequantized``)
+
+    def shapes(self) -> dict[str, torch.Tensor]:
+        """Every tensor with its real shape (meta placeholders for the quantised ones), for config and checks."""
+        out = dict(self.plain)
+        out.update({k: torch.empty(t.shape, dtype=torch.uint8, device="meta") for k, t in self.deferred.items()})
+        out.update({f"{name}.weight": q.placeholder() for name, q in self.quantized.items()})
+        return out
+
+    def dequantized(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """The plain tensors plus the deferred ones dequantised to ``dtype``."""
+        return {**self.plain, **{k: t.dequantize(dtype) for k, t in self.deferred.items()}}
+
+    def embedded_tokenizer(self):
+        return tokenizer_from_gguf(self.file) if has_tokenizer(self.file) else None
+
+    @property
+    def layout(self) -> str:
+        types = ", ".join(f"{k} x{v}" for k, v in sorted(self.file.type_counts().items()))
+        return f"GGUF ({types})"
+
+
+def read_gguf_text_encoder(path: Path) -> GGUFTextEncoder:
+    gguf = read_gguf(path, what="text encoder file")
+    _check_kind(gguf)
+    check_supported(gguf)
+    plain, quantized, deferred = {}, {}, {}
+    for name, t in gguf.tensors.items():
+        if name.startswith(GGUF_IGNORED):
+            continue
+        key = gguf_key_to_official(name)
+        if not t.quantized:
+            plain[key] = t.data
+        elif is_linear_weight(key) and len(t.shape) == 2:
+            quantized[key[: -len(".weight")]] = QuantizedLayer(GGUFFormat(t.qtype, t.shape), t.data, t.shape)
+        else:
+            deferred[key] = t
+    return GGUFTextEncoder(gguf, plain, quantized, deferred)
+
+
+def _check_kind(gguf: GGUFFile) -> None:
+    name, arch = gguf.path.name, gguf.architecture
+    if arch == DIT_ARCHITECTURE or "head.modulation" in gguf.tensors or any(
+            k.endswith("head.modulation") for k in gguf.tensors):
+        raise CheckpointError(f"'{name}' is a Wan DiT (diffusion model) GGUF file, not a text encoder. Load it with "
+                              f"the DiT loader (Load Wan DiT, or Load Wan 2.2 MoE), from models/diffusion_models or "
+                              f"models/unet.")
+    if arch not in ARCHITECTURES or GGUF_MARKER not in gguf.tensors:
+        found = f"the '{arch}' architecture" if arch else "no architecture"
+        raise CheckpointError(
+            f"'{name}' is a GGUF file of {found}{'' if GGUF_MARKER in gguf.tensors else f' without {GGUF_MARKER!r}'}"
+            f", not a UMT5 text encoder (llama.cpp architecture 't5encoder'). Use a UMT5-XXL encoder GGUF, e.g. "
+            f"umt5-xxl-encoder-Q8_0.gguf, or the Comfy-Org umt5_xxl_*.safetensors.")
