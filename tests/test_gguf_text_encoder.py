@@ -220,16 +220,17 @@ def test_node_lists_and_loads_gguf_encoders(pack, models_dir, quantised, spiece)
     folder = models_dir / "text_encoders"
     (folder / "umt5-xxl-encoder-Q8_0.gguf").write_bytes(quantised.read_bytes())
     write_t5_gguf(sup.hf_umt5(VOCAB), folder / "umt5-no-tokenizer-Q8_0.gguf")
-    (folder / "umt5-xxl").mkdir()
-    (folder / "umt5-xxl" / "spiece.model").write_bytes(spiece)
+    (folder / "tokenizers").mkdir()  # not a folder 'auto' looks in
+    (folder / "tokenizers" / "spiece.model").write_bytes(spiece)
     inputs = nodes.WanExpertsLoadTextEncoder.INPUT_TYPES()
     assert {"umt5-xxl-encoder-Q8_0.gguf", "umt5-no-tokenizer-Q8_0.gguf"} <= set(inputs["required"]["text_encoder_name"][0])
     (encoder,) = nodes.WanExpertsLoadTextEncoder().load("umt5-xxl-encoder-Q8_0.gguf", "fp32", "cpu", False)
     (text,) = nodes.WanExpertsTextEncode().encode(encoder, "a cat", "")
     ref = load_text_encoder(quantised, dtype="fp32").encode(["a cat"])
     assert torch.allclose(text.positive, ref, rtol=0, atol=1e-5 * ref.abs().max().item())
-    with pytest.raises(CheckpointError, match="'tokenizer' input"):
+    errors = importlib.import_module(pack.__name__ + ".wan.errors")
+    with pytest.raises(errors.CheckpointError, match="'tokenizer' input"):
         nodes.WanExpertsLoadTextEncoder().load("umt5-no-tokenizer-Q8_0.gguf", "fp32", "cpu", False)
     (encoder,) = nodes.WanExpertsLoadTextEncoder().load("umt5-no-tokenizer-Q8_0.gguf", "fp32", "cpu", False,
-                                                        tokenizer="umt5-xxl/spiece.model")
+                                                        tokenizer="tokenizers/spiece.model")
     assert encoder.tokenizer.source.endswith("spiece.model")
