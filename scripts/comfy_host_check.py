@@ -614,7 +614,8 @@ def node_of(graph: dict, class_type: str) -> tuple[str, dict]:
 
 
 def write_feature_files(base: Path) -> None:
-    """A GGUF copy of the tiny T2V DiT, a tokenizer file, a MagCache curve file and a tiny local Qwen."""
+    """A GGUF copy of the tiny T2V DiT and of the tiny UMT5 (llama.cpp names, no tokenizer metadata), a tokenizer
+    file, a MagCache curve file and a tiny local Qwen."""
     from safetensors.torch import load_file
 
     from tiny_qwen import write_tiny_qwen
@@ -625,12 +626,33 @@ def write_feature_files(base: Path) -> None:
     dit = load_file(str(models / "diffusion_models" / "wan2.1_t2v_1.3B_fp16.safetensors"))
     (models / "unet").mkdir(exist_ok=True)
     write_gguf(models / "unet" / "wan2.1_t2v_1.3B-Q8_0.gguf", dit)
+    write_gguf_text_encoder(models / "text_encoders")
     (models / "text_encoders" / "google").mkdir(exist_ok=True)
     (models / "text_encoders" / "google" / "spiece.model").write_bytes(train_tokenizer())
     curve = {"curves": {"wan22_t2v_a14b": {"steps": 3, "ratios": [1.0, 1.0, 0.95, 0.95]}}}
     (models / "wan_step_cache" / "mine.json").write_text(json.dumps(curve))
     if not (models / "LLM" / "TinyQwen" / "config.json").exists():
         write_tiny_qwen(models / "LLM" / "TinyQwen")
+
+
+def write_gguf_text_encoder(folder: Path) -> None:
+    """The tiny UMT5 file (transformers names) as a ``t5encoder`` GGUF, named by gguf's own llama.cpp name table."""
+    from gguf import MODEL_ARCH, get_tensor_name_map
+    from safetensors.torch import load_file
+
+    from wan.quant.gguf_write import write_gguf
+
+    sd = load_file(str(folder / "umt5_xxl_fp8_e4m3fn_scaled.safetensors"))
+    layers = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("encoder.block."))
+    table = get_tensor_name_map(MODEL_ARCH.T5ENCODER, layers)
+    tensors = {table.get_name(k, try_suffixes=(".weight",)): v for k, v in sd.items()
+               if k.endswith(".weight") and k != "encoder.embed_tokens.weight"}
+    write_gguf(folder / "umt5-xxl-encoder-Q8_0.gguf", tensors, arch="t5encoder")
+
+
+def _gguf_text_encoder(graph: dict) -> None:
+    node_of(graph, "WanExpertsLoadTextEncoder")[1].update(text_encoder_name="umt5-xxl-encoder-Q8_0.gguf",
+                                                          tokenizer="google/spiece.model")
 
 
 def _gguf(graph: dict) -> None:
@@ -667,6 +689,7 @@ def _prompt_extend(graph: dict) -> None:
 
 FEATURES = {  # name -> (workflow, change)
     "GGUF DiT from models/unet": (T2V, _gguf),
+    "GGUF UMT5 text encoder from models/text_encoders (tokenizer file picked)": (T2V, _gguf_text_encoder),
     "Wan LoRA on a DiT streaming 1 block": (T2V, _lora_streaming(1)),
     "Wan LoRA on a DiT, automatic streaming": (T2V, _lora_streaming(-1)),
     "tokenizer file picked from text_encoders, keep_loaded": (T2V, _tokenizer_file),
