@@ -44,7 +44,6 @@ def load_vae(path, dtype=None, device="cpu") -> WanVAE:
         model = WanVAEModel(config)
     assign_weights(model, sd, {}, compute, source, f"Wan {config.version} VAE")
     model.requires_grad_(False).eval()
-    model.use_layout(torch.channels_last_3d)  # the CPU layout of every pass (see WanVAEModel.layout_for)
     vae = WanVAE(model, compute, "cpu", source=str(path))
     if torch.device(device) != torch.device("cpu"):
         vae.to(device)
