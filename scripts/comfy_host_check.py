@@ -637,17 +637,15 @@ def write_feature_files(base: Path) -> None:
 
 def write_gguf_text_encoder(folder: Path) -> None:
     """The tiny UMT5 file (transformers names) as a ``t5encoder`` GGUF, named by gguf's own llama.cpp name table."""
-    from gguf import MODEL_ARCH, get_tensor_name_map
     from safetensors.torch import load_file
 
+    from gguf_t5_names import llama_t5_names
     from wan.quant.gguf_write import write_gguf
 
     sd = load_file(str(folder / "umt5_xxl_fp8_e4m3fn_scaled.safetensors"))
     layers = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("encoder.block."))
-    table = get_tensor_name_map(MODEL_ARCH.T5ENCODER, layers)
-    tensors = {table.get_name(k, try_suffixes=(".weight",)): v for k, v in sd.items()
-               if k.endswith(".weight") and k != "encoder.embed_tokens.weight"}
-    write_gguf(folder / "umt5-xxl-encoder-Q8_0.gguf", tensors, arch="t5encoder")
+    names = llama_t5_names([k for k in sd if k.endswith(".weight")], layers)
+    write_gguf(folder / "umt5-xxl-encoder-Q8_0.gguf", {name: sd[k] for k, name in names.items()}, arch="t5encoder")
 
 
 def _gguf_text_encoder(graph: dict) -> None:

@@ -11,9 +11,10 @@ import importlib
 import numpy as np
 import pytest
 import torch
-from gguf import GGMLQuantizationType as T, GGUFReader, MODEL_ARCH, get_tensor_name_map, quants
+from gguf import GGMLQuantizationType as T, GGUFReader, quants
 
 import test_encoders_support as sup
+from gguf_t5_names import llama_t5_names
 import wan
 from test_encoders_text import PROMPTS
 from test_encoders_tokenizer import TEXTS
@@ -34,9 +35,7 @@ TYPES = {**KQUANT, "enc.blk.1.attn_o.weight": T.F16, "enc.blk.1.attn_rel_b.weigh
 
 def gguf_names(model) -> dict[str, str]:
     """HF T5 key -> llama.cpp name, by gguf's table (the tied ``encoder.embed_tokens`` copy is left out)."""
-    table = get_tensor_name_map(MODEL_ARCH.T5ENCODER, model.config.num_layers)
-    return {k: table.get_name(k, try_suffixes=(".weight",)) for k in model.state_dict()
-            if k != "encoder.embed_tokens.weight"}
+    return llama_t5_names(model.state_dict(), model.config.num_layers)
 
 
 def add_tokenizer(spiece: bytes, vocab: int = VOCAB):

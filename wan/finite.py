@@ -78,7 +78,9 @@ def explain(models: list[torch.nn.Module], dtype: torch.dtype, attention: str | 
     if dtype == torch.float16:
         return ("float16 most likely overflowed; choose dtype bf16 (or fp32) in the loader; bf16 has the range "
                 "of fp32")
-    if attention not in (None, "auto", "sdpa", "split"):  # the exact built-in backends
+    from .dit.attention import BUILTIN_BACKENDS  # here: wan.dit imports this module while it loads
+
+    if attention is not None and attention not in BUILTIN_BACKENDS:
         return (f"the '{attention}' attention kernel most likely failed on these inputs; choose attention 'auto' "
                 f"in the loader")
     return ("the weights are finite, so the computation overflowed; try dtype fp32 and attention 'auto', and "

@@ -77,7 +77,7 @@ class LowRank(Patch):
         """The second product accumulates straight into ``y`` with the scale as its factor (one matrix product
         with accumulate: no output-sized temporary, no separate addition pass, no scaled copy of ``up``)."""
         if y.requires_grad or not y.is_contiguous():
-            return y + self.side(x)
+            return super().add_side(y, x)
         up, down = self.factors(x.device, x.dtype)
         h = torch.nn.functional.linear(x, down)
         y.view(-1, y.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), up.t(), alpha=self.scale)

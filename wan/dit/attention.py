@@ -21,7 +21,8 @@ AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 # backend name -> (python module to import, pip package that provides it)
 OPTIONAL_BACKENDS = {"sage": ("sageattention", "sageattention"), "flash": ("flash_attn", "flash-attn")}
-BACKENDS = ("auto", "sdpa", "split") + tuple(OPTIONAL_BACKENDS)
+BUILTIN_BACKENDS = ("auto", "sdpa", "split")  # exact attention, needing nothing beyond torch
+BACKENDS = BUILTIN_BACKENDS + tuple(OPTIONAL_BACKENDS)
 
 SPLIT_SCORES_BYTES = 128 * 2**20  # the split backend holds the scores of at most this many bytes at once
 
@@ -44,8 +45,8 @@ AUTO_FALLBACK = "sdpa"
 
 
 def available_backends() -> list[str]:
-    return ["auto", "sdpa", "split"] + [name for name, (mod, _) in OPTIONAL_BACKENDS.items()
-                                        if importlib.util.find_spec(mod)]
+    return list(BUILTIN_BACKENDS) + [name for name, (mod, _) in OPTIONAL_BACKENDS.items()
+                                     if importlib.util.find_spec(mod)]
 
 
 def get_attention(name: str = "auto") -> AttentionFn:

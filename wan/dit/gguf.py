@@ -14,7 +14,6 @@ from ..checkpoint import GGUF_ARCHITECTURE_KINDS, KIND_LOADERS, strip_prefix, wr
 from ..errors import CheckpointError
 from ..quant.base import QuantizedLayer
 from ..quant.gguf_file import GGUFFile, check_supported, read_gguf
-from ..quant.gguf_format import GGUFFormat
 
 ARCHITECTURE = "wan"
 PATCH_EMBEDDING = "patch_embedding.weight"
@@ -30,11 +29,10 @@ def read_gguf_dit(source: Path) -> tuple[dict[str, torch.Tensor], dict[str, Quan
     sd, quantized = {}, {}
     for name, t in tensors.items():
         if t.quantized and name.endswith(".weight") and len(t.shape) == 2:
-            quantized[name[: -len(".weight")]] = QuantizedLayer(GGUFFormat(t.qtype, t.shape), t.data, t.shape)
+            quantized[name[: -len(".weight")]] = t.layer()
         else:
             sd[name] = t.dequantize(torch.float32) if t.quantized else t.data
-    types = ", ".join(f"{k} x{v}" for k, v in sorted(gguf.type_counts().items()))
-    return sd, quantized, f"GGUF ({types})"
+    return sd, quantized, gguf.layout()
 
 
 def _check_architecture(gguf: GGUFFile) -> None:

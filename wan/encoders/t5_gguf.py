@@ -16,7 +16,6 @@ import torch
 from ..errors import CheckpointError
 from ..quant.base import QuantizedLayer
 from ..quant.gguf_file import GGUFFile, GGUFTensor, check_supported, read_gguf
-from ..quant.gguf_format import GGUFFormat
 from .gguf_tokenizer import has_tokenizer, tokenizer_from_gguf
 from .t5_keys import GGUF_IGNORED, GGUF_MARKER, gguf_key_to_official, is_linear_weight
 
@@ -49,8 +48,7 @@ class GGUFTextEncoder:
 
     @property
     def layout(self) -> str:
-        types = ", ".join(f"{k} x{v}" for k, v in sorted(self.file.type_counts().items()))
-        return f"GGUF ({types})"
+        return self.file.layout()
 
 
 def read_gguf_text_encoder(path: Path) -> GGUFTextEncoder:
@@ -65,7 +63,7 @@ def read_gguf_text_encoder(path: Path) -> GGUFTextEncoder:
         if not t.quantized:
             plain[key] = t.data
         elif is_linear_weight(key) and len(t.shape) == 2:
-            quantized[key[: -len(".weight")]] = QuantizedLayer(GGUFFormat(t.qtype, t.shape), t.data, t.shape)
+            quantized[key[: -len(".weight")]] = t.layer()
         else:
             deferred[key] = t
     return GGUFTextEncoder(gguf, plain, quantized, deferred)
@@ -73,8 +71,7 @@ def read_gguf_text_encoder(path: Path) -> GGUFTextEncoder:
 
 def _check_kind(gguf: GGUFFile) -> None:
     name, arch = gguf.path.name, gguf.architecture
-    if arch == DIT_ARCHITECTURE or "head.modulation" in gguf.tensors or any(
-            k.endswith("head.modulation") for k in gguf.tensors):
+    if arch == DIT_ARCHITECTURE or any(k.endswith("head.modulation") for k in gguf.tensors):
         raise CheckpointError(f"'{name}' is a Wan DiT (diffusion model) GGUF file, not a text encoder. Load it with "
                               f"the DiT loader (Load Wan DiT, or Load Wan 2.2 MoE), from models/diffusion_models or "
                               f"models/unet.")

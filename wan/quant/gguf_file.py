@@ -16,6 +16,8 @@ import torch
 from gguf import GGMLQuantizationType, GGUFReader
 
 from ..errors import CheckpointError
+from .base import QuantizedLayer
+from .gguf_format import GGUFFormat
 from .gguf_kernels import FLOAT_TYPES, SUPPORTED, dequantize
 
 ORIG_SHAPE_KEY = "comfy.gguf.orig_shape."
@@ -39,6 +41,10 @@ class GGUFTensor:
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return dequantize(self.data, self.qtype, self.shape, dtype)
 
+    def layer(self) -> QuantizedLayer:
+        """This quantised tensor as a Linear layer's stored weight: its raw blocks (still a view of the file)."""
+        return QuantizedLayer(GGUFFormat(self.qtype, self.shape), self.data, self.shape)
+
 
 @dataclass
 class GGUFFile:
@@ -52,11 +58,12 @@ class GGUFFile:
         found = None if self.reader is None else self.reader.get_field(key)
         return default if found is None else found.contents()
 
-    def type_counts(self) -> dict[str, int]:
+    def layout(self) -> str:
+        """For logs: ``GGUF (F32 x5, Q8_0 x12)``, the count of tensors of each type."""
         counts: dict[str, int] = {}
         for t in self.tensors.values():
             counts[t.qtype.name] = counts.get(t.qtype.name, 0) + 1
-        return counts
+        return f"GGUF ({', '.join(f'{k} x{v}' for k, v in sorted(counts.items()))})"
 
 
 def read_gguf(path, what: str = "GGUF file") -> GGUFFile:
