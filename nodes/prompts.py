@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import re
 import sys
-from urllib.parse import urlsplit
-
 import torch
 
 from ..wan.errors import InputError
 from ..wan.prompts import (DECODING, LANGUAGES, METHODS, STYLES, DashscopeOptions, LocalOptions, extend_prompt,
                            pil_from_tensor)
+from ..wan.prompts.service import address_problem
 from . import host
 
 CATEGORY = "Wan Experts/conditioning"
@@ -21,7 +20,6 @@ MODEL_TOOLTIP = (
     "the local cache; never a path; nothing is downloaded. dashscope: a service model name (e.g. qwen-max).")
 # A model is named, never given as a path: a folder in models/LLM, an official short name, a repo id, a service model
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
-DASHSCOPE_DOMAIN = ".aliyuncs.com"  # the service's addresses (Beijing, international)
 
 
 class WanExpertsPromptExtend:
@@ -65,7 +63,8 @@ class WanExpertsPromptExtend:
                     "local_qwen: where the model runs; it is freed right after the rewrite.")}),
                 "api_key": ("STRING", {"default": "", "tooltip": (
                     "dashscope: API key. Empty: the DASH_API_KEY environment variable (recommended: a key typed "
-                    "here is saved in the workflow and in the metadata of saved videos).")}),
+                    "here is left out of videos saved by Save Wan Video, but stays in the workflow you save and in "
+                    "ComfyUI's history).")}),
                 "base_url": ("STRING", {"default": "", "tooltip": (
                     "dashscope: service address. Empty: DASH_API_URL, else the Beijing endpoint; international "
                     "accounts: https://dashscope-intl.aliyuncs.com/api/v1")}),
@@ -86,7 +85,8 @@ class WanExpertsPromptExtend:
         images = _images(image, end_image)
         local = LocalOptions(model_dirs=tuple(host.model_folders("LLM")), decoding=decoding,
                              device=host.compute_device() if device == "gpu" else torch.device("cpu"), paths=False)
-        service = DashscopeOptions(api_key=api_key.strip() or None, base_url=base_url.strip() or None)
+        service = DashscopeOptions(api_key=api_key.strip() or None, base_url=base_url.strip() or None,
+                                   any_address=False)
         try:
             result = extend_prompt(prompt, method, model.strip() or None, target_lang, images, seed, style=style,
                                    local=local, dashscope=service)
@@ -108,18 +108,8 @@ def model_problem(model) -> str | None:
 def url_problem(base_url) -> str | None:
     """The Dashscope address from a graph must be the service's own: the server's API key is sent there."""
     url = base_url.strip() if isinstance(base_url, str) else base_url
-    if url in (None, ""):
-        return None
-    try:
-        parts = urlsplit(url)
-        official = parts.scheme == "https" and not parts.username and (parts.hostname or "").endswith(
-            DASHSCOPE_DOMAIN)
-    except (TypeError, ValueError, AttributeError):
-        official = False
-    if official:
-        return None
-    return (f"Wan Prompt Extend: base_url '{str(base_url)[:80]}' is not a Dashscope address (https://..."
-            f"{DASHSCOPE_DOMAIN}/...); the API key is sent there. Set DASH_API_URL on the server for other addresses")
+    problem = None if url in (None, "") else address_problem(url)
+    return problem and f"Wan Prompt Extend: {problem}"
 
 
 def _images(image, end_image) -> list:

@@ -1,6 +1,6 @@
 """Video output nodes: Save Wan Video writes the decoded frames to an mp4 / webm file with the workflow embedded (unless
-ComfyUI runs with --disable-metadata), like core ComfyUI; Wan Create Video hands frames and frame rate to core's
-VIDEO nodes."""
+ComfyUI runs with --disable-metadata), like core ComfyUI, less any API key typed into the graph; Wan Create Video
+hands frames and frame rate to core's VIDEO nodes."""
 from __future__ import annotations
 
 import torch
@@ -8,6 +8,7 @@ import torch
 from ..wan.errors import InputError
 from ..wan.video import FORMATS, check_fps, prefix_problem, save_video, workflow_metadata
 from . import host
+from .secrets import without_secrets
 from .validation import number_problem, verdict
 
 
@@ -52,7 +53,7 @@ class WanExpertsSaveVideo:
 
     def save(self, images, fps=16.0, filename_prefix="video/Wan", format="mp4", crf=19, prompt=None,
              extra_pnginfo=None):
-        metadata = {} if host.metadata_disabled() else workflow_metadata(prompt, extra_pnginfo)
+        metadata = {} if host.metadata_disabled() else workflow_metadata(*without_secrets(prompt, extra_pnginfo))
         saved = save_video(images, host.output_dir(), filename_prefix, fps=fps, format=format, crf=crf,
                            metadata=metadata)
         preview = {"filename": saved.filename, "subfolder": saved.subfolder, "type": "output"}

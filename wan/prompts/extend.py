@@ -62,6 +62,7 @@ def extend_prompt(prompt: str, method: str = "local_qwen", model: str | None = N
     name = model or default_model(method, bool(images))
     if method == "dashscope":
         load_sdk()
+        dashscope.url()  # an address the caller may not use: InputError before anything runs
         run = partial(ask_dashscope, name, system, prompt, images, seed, dashscope)
     else:
         found = find_local_model(name, local.model_dirs, bool(images), local.paths)
