@@ -1,4 +1,5 @@
-"""Read a GGUF file (``gguf.GGUFReader``, memory-mapped) into torch views of its tensors, without copying them.
+"""Read a GGUF file (memory-mapped; its header with bounds by ``gguf_header``) into torch views of its tensors,
+without copying them.
 
 Tensor shapes are given in torch order: the file's ggml order reversed, or ``comfy.gguf.orig_shape.<name>``
 metadata where a converter stored a tensor reshaped (ComfyUI-GGUF's convention). Float tensors (F32, F16, BF16)
@@ -13,11 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from gguf import GGMLQuantizationType, GGUFReader
+from gguf import GGMLQuantizationType
 
 from ..errors import CheckpointError
 from .base import QuantizedLayer
 from .gguf_format import GGUFFormat
+from .gguf_header import GGUFHeader
 from .gguf_kernels import FLOAT_TYPES, SUPPORTED, dequantize
 
 ORIG_SHAPE_KEY = "comfy.gguf.orig_shape."
@@ -51,12 +53,11 @@ class GGUFFile:
     path: Path
     architecture: str | None  # ``general.architecture`` ("wan" for Wan DiTs), None when the file has none
     tensors: dict[str, GGUFTensor]
-    reader: GGUFReader | None = dataclass_field(default=None, repr=False)  # for metadata (``value``)
+    reader: GGUFHeader | None = dataclass_field(default=None, repr=False)  # for metadata (``value``)
 
     def value(self, key: str, default=None):
         """The metadata value under ``key`` (a number, string, or list of them), ``default`` when absent."""
-        found = None if self.reader is None else self.reader.get_field(key)
-        return default if found is None else found.contents()
+        return default if self.reader is None else self.reader.value(key, default)
 
     def layout(self) -> str:
         """For logs: ``GGUF (F32 x5, Q8_0 x12)``, the count of tensors of each type."""
@@ -73,12 +74,9 @@ def read_gguf(path, what: str = "GGUF file") -> GGUFFile:
         raise CheckpointError(f"{what} not found: '{path}'. Check the path, or put the file in the folder the "
                               f"loader lists.")
     reader = _open(path, what)
-    if reader.byte_order != "I":
-        raise CheckpointError(f"{what} '{path.name}' is a GGUF file for big-endian machines; use the usual "
-                              f"(little-endian) file.")
     tensors = {t.name: _tensor(reader, t, path) for t in reader.tensors}
-    field = reader.get_field("general.architecture")
-    return GGUFFile(path, None if field is None else str(field.contents()), tensors, reader)
+    architecture = reader.value("general.architecture")
+    return GGUFFile(path, None if architecture is None else str(architecture), tensors, reader)
 
 
 def check_supported(gguf: GGUFFile) -> None:
@@ -92,10 +90,12 @@ def check_supported(gguf: GGUFFile) -> None:
             f"Supported types: {names}. Download a file quantised to one of those (e.g. Q8_0, Q6_K, Q5_K_M, Q4_K_M).")
 
 
-def _open(path: Path, what: str) -> GGUFReader:
+def _open(path: Path, what: str) -> GGUFHeader:
     try:
-        return GGUFReader(path)
-    except Exception as exc:  # the reader raises ValueError, KeyError, IndexError ... on damaged files
+        return GGUFHeader(path, what)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # the map cannot be made (an empty file, an unreadable one)
         if _magic(path) != b"GGUF":
             hint = "It does not start with the GGUF signature: it is not a GGUF file."
         else:
@@ -105,7 +105,7 @@ def _open(path: Path, what: str) -> GGUFReader:
                               f"{hint}") from exc
 
 
-def _tensor(reader: GGUFReader, t, path: Path) -> GGUFTensor:
+def _tensor(reader: GGUFHeader, t, path: Path) -> GGUFTensor:
     shape = _shape(reader, t, path)
     with warnings.catch_warnings():  # the map is read-only by design; nothing writes to these tensors
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
@@ -117,16 +117,25 @@ def _tensor(reader: GGUFReader, t, path: Path) -> GGUFTensor:
     return GGUFTensor(t.name, GGMLQuantizationType(t.tensor_type), data, shape)
 
 
-def _shape(reader: GGUFReader, t, path: Path) -> tuple[int, ...]:
+def _shape(reader: GGUFHeader, t, path: Path) -> tuple[int, ...]:
     stored = tuple(int(d) for d in reversed(t.shape.tolist()))
-    field = reader.get_field(ORIG_SHAPE_KEY + t.name)
-    if field is None:
+    found = reader.value(ORIG_SHAPE_KEY + t.name)
+    if found is None:
         return stored
-    shape = tuple(int(d) for d in field.contents())
+    shape = _orig_shape(found, t.name, path)
     if math.prod(shape) != math.prod(stored):
         raise CheckpointError(f"'{path.name}': the metadata gives '{t.name}' the shape {shape}, which does not hold "
                               f"its {math.prod(stored)} values (stored as {stored}). The file is damaged.")
     return shape
+
+
+def _orig_shape(found, name: str, path: Path) -> tuple[int, ...]:
+    """``comfy.gguf.orig_shape`` metadata: a list of 1 to 8 positive whole numbers."""
+    if not isinstance(found, list) or not 0 < len(found) <= 8 or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in found):
+        raise CheckpointError(f"'{path.name}': the metadata {ORIG_SHAPE_KEY}{name} is {str(found)[:80]}, not a shape "
+                              f"(1 to 8 positive whole numbers). The file is damaged.")
+    return tuple(found)
 
 
 def _magic(path: Path) -> bytes:
