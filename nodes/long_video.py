@@ -9,7 +9,8 @@ from ..wan.errors import InputError
 from ..wan.extend import ExtendSettings, extend
 from ..wan.sampling import SamplerSettings
 from ..wan.sampling.defaults import resolve_auto
-from ..wan.sampling.windows import FUSES, IMAGE_MODES, SCHEDULES, ContextWindows
+from ..wan.sampling.windows import (FUSES, IMAGE_MODES, MAX_WINDOW_PROMPTS, SCHEDULES, ContextWindows,
+                                   check_window_prompt_count)
 from . import host
 from .sampling import MAX_FRAMES, WanExpertsSampler, StepProgress
 from .vae import on_compute_device
@@ -57,13 +58,23 @@ class WanExpertsContextWindows:
                 "Needed only for window prompts: the UMT5 encoder from Load Wan Text Encoder.")}),
             "window_prompts": ("STRING", {"multiline": True, "default": "", "tooltip": (
                 "Optional positive prompts, one per line, spread over the video in order (3 lines: the first, "
-                "middle and last third each follow one). Empty: every window uses the sampler's prompt. The "
-                "negative prompt stays the sampler's.")}),
+                f"middle and last third each follow one); at most {MAX_WINDOW_PROMPTS}. Empty: every window uses "
+                "the sampler's prompt. The negative prompt stays the sampler's.")}),
         }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, window_prompts=None):
+        """Too many window prompts fail while the graph is validated, before the text encoder runs."""
+        try:
+            check_window_prompt_count(len(_prompt_lines(window_prompts)))
+        except InputError as exc:
+            return str(exc)
+        return True
 
     def make(self, context_frames=81, context_overlap=16, schedule="static", fuse="linear", freenoise=True,
              image_cond="first", text_encoder=None, window_prompts=""):
-        lines = [line.strip() for line in (window_prompts or "").splitlines() if line.strip()]
+        lines = _prompt_lines(window_prompts)
+        check_window_prompt_count(len(lines))  # before any encoding
         prompts = None
         if lines:
             if text_encoder is None:
@@ -75,6 +86,10 @@ class WanExpertsContextWindows:
                                  lines)
         log.info("Wan %s", context.describe())
         return (context,)
+
+
+def _prompt_lines(text) -> list[str]:
+    return [line.strip() for line in (text if isinstance(text, str) else "").splitlines() if line.strip()]
 
 
 def _sampler_inputs() -> dict:

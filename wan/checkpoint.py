@@ -8,13 +8,13 @@ the DiT loader (``wan.dit.gguf``) and the text-encoder loader (``wan.encoders.t5
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Iterable
 
 import torch
 
+from .checks import json_value
 from .errors import CheckpointError
 from .files import is_regular_file
 
@@ -107,8 +107,10 @@ def _read_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
 
 def _read_index(path: Path, what: str) -> dict[str, torch.Tensor]:
     try:
-        weight_map = json.loads(path.read_text())["weight_map"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        weight_map = json_value(path.read_bytes(), f"{what} index '{path.name}'", CheckpointError)["weight_map"]
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise TypeError("'weight_map' must map tensor names to shard file names")
+    except (OSError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{what} index '{path.name}' is not a valid safetensors index ({exc}).") from exc
     out: dict[str, torch.Tensor] = {}
     for shard in sorted(set(weight_map.values())):

@@ -1,9 +1,12 @@
 """Checks of plain values that every public entry point shares: numbers must be finite and in range, images must
-have pixels. Each raises ``InputError`` naming the input, what was found and what to use instead."""
+have pixels, JSON from a file must be shallow and small. Each raises ``InputError`` (or the error class given)
+naming the input, what was found and what to use instead."""
 from __future__ import annotations
 
+import json
 import math
 import numbers
+import re
 
 import torch
 
@@ -61,6 +64,37 @@ def check_image(image, name: str, channels_last: bool = False) -> None:
         raise InputError(f"{name} has no pixels (batch {n}, {w}x{h}); connect an image with at least one pixel")
     if image.is_floating_point() and not bool(torch.isfinite(image).all()):
         raise InputError(f"{name} contains NaN or infinite values; check the node that made it")
+
+
+JSON_DEPTH = 32  # nesting every data file of the pack stays well within (Python's parser fails near 1000)
+JSON_SIZE = 64 << 20  # characters
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+def json_value(text: str | bytes, what: str, error: type[Exception] = InputError, depth: int = JSON_DEPTH,
+               size: int = JSON_SIZE):
+    """The JSON value in ``text``; ``error`` naming ``what`` for text that is not UTF-8 JSON, is larger than
+    ``size`` characters or nests more than ``depth`` arrays / objects (checked before parsing, in one pass)."""
+    try:
+        text = text.decode("utf-8") if isinstance(text, (bytes, bytearray)) else text
+        if not isinstance(text, str):
+            raise ValueError(f"a {type(text).__name__}, not text")
+        if len(text) > size:
+            raise ValueError(f"{len(text)} characters, more than {size}")
+        found = _json_depth(text)
+        if found > depth:
+            raise ValueError(f"arrays or objects nested {found} deep, more than {depth}")
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:  # also UnicodeDecodeError, json.JSONDecodeError
+        raise error(f"{what} is not readable JSON ({str(exc)[:200]})") from None
+
+
+def _json_depth(text: str) -> int:
+    import numpy as np
+
+    outside = np.frombuffer(_JSON_STRING.sub("", text).encode("utf-8"), np.uint8)  # brackets outside strings
+    steps = np.isin(outside, (91, 123)).astype(np.int64) - np.isin(outside, (93, 125))
+    return int(steps.cumsum().max(initial=0))
 
 
 def _is_scalar_tensor(value) -> bool:

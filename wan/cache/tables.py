@@ -5,14 +5,13 @@ chosen by the output area) and ``_t2v`` / ``_i2v`` (TI2V-5B, chosen by whether a
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from ..checks import finite_number, whole_number
+from ..checks import finite_number, json_value, whole_number
 from ..errors import InputError
 from ..files import MiB, read_regular_file
 
@@ -78,10 +77,7 @@ class MagCurve:
 
 def _read(path: Path) -> dict:
     data = read_regular_file(path, DATA_LIMIT, "step-cache data file")
-    try:
-        table = json.loads(data.decode("utf-8"))
-    except ValueError as exc:  # also UnicodeDecodeError
-        raise InputError(f"step-cache data file '{path}' is not readable JSON: {exc}") from exc
+    table = json_value(data, f"step-cache data file '{path}'")
     if not isinstance(table, dict):
         raise InputError(f"step-cache data file '{path}' holds a JSON {type(table).__name__}, not a table; make "
                          f"one with python -m wan.cache.calibrate")

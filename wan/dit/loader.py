@@ -6,13 +6,13 @@ fp8 and scaled fp8, comfy_quant layers (fp8, NVFP4) and GGUF blocks (``wan.quant
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import torch
 
 from ..checkpoint import find_weights_in_folder, is_gguf, read_state_dict, require_regular_file, wrong_kind_message
+from ..checks import json_value
 from ..errors import CheckpointError, InputError
 from ..offload import parse_offload_blocks, set_block_streaming
 from ..quant.comfy_quant import format_counts, split_quantized_layers, with_header_markers
@@ -120,10 +120,11 @@ def heads_from_folder(source: Path) -> int | None:
     if not cfg_file.is_file():
         return None
     try:
-        cfg = json.loads(cfg_file.read_text())
-    except ValueError:
+        cfg = json_value(cfg_file.read_bytes(), f"'{cfg_file}'")
+    except (OSError, ValueError):
         return None
-    return cfg.get("num_heads") or cfg.get("num_attention_heads")
+    heads = cfg.get("num_heads") or cfg.get("num_attention_heads") if isinstance(cfg, dict) else None
+    return heads if isinstance(heads, int) and not isinstance(heads, bool) and heads > 0 else None
 
 
 def _streaming(model: WanDiT) -> str:

@@ -7,7 +7,6 @@ The last block is never built: Wan reads the tokens after block 31 of 32 (HF ``h
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..checks import json_value
 from ..errors import CheckpointError
 from ..ops import Linear, layer_norm
 
@@ -53,10 +53,12 @@ def hf_config_extras(folder: Path) -> dict:
     if not cfg_file.is_file():
         return {}
     try:
-        cfg = json.loads(cfg_file.read_text())
-    except ValueError:
+        cfg = json_value(cfg_file.read_bytes(), f"'{cfg_file}'")
+    except (OSError, ValueError):
         return {}
-    cfg = cfg.get("vision_config", cfg)
+    cfg = cfg.get("vision_config", cfg) if isinstance(cfg, dict) else None
+    if not isinstance(cfg, dict):
+        return {}
     out = {"num_heads": cfg.get("num_attention_heads"), "activation": cfg.get("hidden_act"),
            "eps": cfg.get("layer_norm_eps")}
     return {k: v for k, v in out.items() if v is not None}

@@ -4,12 +4,12 @@
 ``alpha / rank = 1`` (the diffusers / PEFT convention too)."""
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..checks import json_value
 from .keys import official_module
 
 log = logging.getLogger("wan_experts")
@@ -59,8 +59,10 @@ def _header_config(path: Path) -> dict | None:
     if not raw:
         return None
     try:
-        meta = json.loads(raw)
+        meta = json_value(raw, f"LoRA '{path.name}': {HEADER_KEY}", ValueError)
     except ValueError:
+        meta = None
+    if not isinstance(meta, dict):
         log.warning("LoRA '%s': unreadable %s in the file header; ignored", path.name, HEADER_KEY)
         return None
     prefixed = {k[len("transformer."):]: v for k, v in meta.items() if k.startswith("transformer.")}
@@ -72,7 +74,10 @@ def _adapter_config(path: Path) -> dict | None:
     if not path.name.startswith("adapter_model") or not config.is_file():
         return None
     try:
-        return json.loads(config.read_text())
+        found = json_value(config.read_bytes(), f"LoRA '{path.name}': {config.name}", ValueError)
     except ValueError:
+        found = None
+    if not isinstance(found, dict):
         log.warning("LoRA '%s': unreadable %s; ignored", path.name, config.name)
         return None
+    return found

@@ -6,11 +6,12 @@ of ``model_dirs`` (``models/LLM/``), a path, or a repo already in the local Hugg
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..checks import json_value
 from ..errors import InputError
+from ..files import MiB, read_regular_file
 
 METHODS = ("local_qwen", "dashscope")  # official names; local_qwen is the official default
 # QwenPromptExpander.model_dict of the official code
@@ -28,6 +29,7 @@ DEFAULT_MODELS = {
     ("local_qwen", False): "Qwen2.5_14B",
     ("local_qwen", True): "QwenVL2.5_7B",
 }
+CONFIG_LIMIT = MiB  # a model's config.json is a few kB
 KIND_HINT = ("Text-to-video prompts use a Qwen2.5 instruct model (Qwen2.5-3B/7B/14B-Instruct); prompts with an image "
              "use Qwen2.5-VL (Qwen2.5-VL-3B/7B-Instruct).")
 
@@ -77,8 +79,11 @@ def _cached_repo(repo: str) -> Path | None:
 
 
 def _is_vision_model(folder: Path) -> bool:
-    with open(folder / "config.json", encoding="utf-8") as f:
-        config = json.load(f)
+    what = f"Prompt-extension model '{folder.name}': config.json"
+    config = json_value(read_regular_file(folder / "config.json", CONFIG_LIMIT, what), what)
+    if not isinstance(config, dict):
+        raise InputError(f"{what} holds a JSON {type(config).__name__}, not the model's settings; download the "
+                         f"model folder again")
     return "vision_config" in config
 
 

@@ -9,12 +9,12 @@ and the image token positions are marked for the model's 3-D rotary positions wh
 from __future__ import annotations
 
 import inspect
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ..checks import json_value
 from .images import qwen_vl_image
 from .messages import local_vision_messages, text_messages
 
@@ -59,7 +59,8 @@ def folder_chat_template(folder: str) -> str | None:
     if jinja.is_file():
         return jinja.read_text(encoding="utf-8")
     if js.is_file():
-        return json.loads(js.read_text(encoding="utf-8")).get("chat_template")
+        found = json_value(js.read_bytes(), f"'{js}'")
+        return found.get("chat_template") if isinstance(found, dict) else None
     return None
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import COMMON_PREFIXES, SAFETENSORS_SUFFIX
+from ..checks import json_value
 from ..errors import CheckpointError
 from .base import QuantizedLayer
 from .fp8 import SCALED_FP8
@@ -94,11 +95,8 @@ def _pop(sd: dict[str, torch.Tensor], layer: str, name: str, fmt: str, source: P
 
 
 def _config(marker: torch.Tensor, layer: str, source: Path) -> dict:
-    try:
-        conf = json.loads(bytes(marker.to(torch.uint8).flatten().tolist()).decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"'{source.name}': the comfy_quant marker of layer '{layer}' is not valid JSON "
-                              f"({exc}). The file is damaged.") from exc
+    conf = json_value(bytes(marker.to(torch.uint8).flatten().tolist()),
+                      f"'{source.name}': the comfy_quant marker of layer '{layer}'", CheckpointError)
     return {"format": conf} if isinstance(conf, str) else conf if isinstance(conf, dict) else {}
 
 
@@ -111,10 +109,8 @@ def _header_layers(source: Path) -> dict:
         raw = (f.metadata() or {}).get(HEADER_KEY)
     if not raw:
         return {}
-    try:
-        layers = json.loads(raw).get("layers")
-    except (ValueError, AttributeError) as exc:
-        raise CheckpointError(f"'{source.name}': the header's {HEADER_KEY} is not valid JSON ({exc}).") from exc
+    found = json_value(raw, f"'{source.name}': the header's {HEADER_KEY}", CheckpointError)
+    layers = found.get("layers") if isinstance(found, dict) else None
     return layers if isinstance(layers, dict) else {}
 
 

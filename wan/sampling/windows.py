@@ -31,11 +31,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..checks import whole_number
 from ..errors import InputError
 
 SCHEDULES = ("static", "uniform_standard", "uniform_looped")
 FUSES = ("linear", "pyramid")
 IMAGE_MODES = ("first", "all")
+MAX_WINDOW_PROMPTS = 64  # prompts spread over one video (each covers a section of at least one window)
 FREENOISE_SEED = 0  # fixed shuffle order; the noise itself comes from the sampler's seed
 
 
@@ -79,7 +81,15 @@ class ContextWindows:
                 f"{'on' if self.freenoise else 'off'}, image conditioning to {self.image_cond} window(s){prompts}")
 
 
+def check_window_prompt_count(count: int) -> None:
+    if count > MAX_WINDOW_PROMPTS:
+        raise InputError(f"window_prompts has {count} prompts; at most {MAX_WINDOW_PROMPTS} are taken (each covers "
+                         f"a section of the video, at least one window): join or drop lines")
+
+
 def check_context(c: ContextWindows) -> None:
+    whole_number(c.context_frames, "context_frames", hint="e.g. 81, the length Wan was trained on")
+    whole_number(c.context_overlap, "context_overlap", hint="16 to 32 frames is usual")
     if c.context_frames < 5 or (c.context_frames - 1) % 4:
         fix = max(5, round((c.context_frames - 1) / 4) * 4 + 1)
         raise InputError(f"context_frames {c.context_frames} must be of the form 4n+1 and at least 5 (e.g. 81, the "
@@ -94,6 +104,8 @@ def check_context(c: ContextWindows) -> None:
     if c.prompts is not None and (not torch.is_tensor(c.prompts) or c.prompts.dim() != 3 or len(c.prompts) < 1):
         raise InputError(f"window prompts must be embeddings [prompts, tokens, dim]; got "
                          f"{tuple(c.prompts.shape) if torch.is_tensor(c.prompts) else type(c.prompts).__name__}")
+    if c.prompts is not None:
+        check_window_prompt_count(len(c.prompts))
 
 
 def ordered_halving(step: int) -> float:
