@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from wan.cache.tables import load_coefficients, load_curves
-from wan.checkpoint import read_state_dict
+from wan.weights.checkpoint import read_state_dict
 from wan.errors import CheckpointError, InputError
 from wan.prompts import LocalOptions, extend_prompt
 from wan.sampling.windows import MAX_WINDOW_PROMPTS, ContextWindows

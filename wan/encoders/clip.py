@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ..checks import json_value
 from ..errors import CheckpointError
-from ..ops import Linear, layer_norm
+from ..weights.ops import Linear, layer_norm
 
 @dataclass(frozen=True)
 class ClipVisionConfig:

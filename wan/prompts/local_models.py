@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..checks import json_value
 from ..errors import InputError
-from ..files import MiB, read_regular_file
+from ..weights.files import MiB, read_regular_file
 
 METHODS = ("local_qwen", "dashscope")  # official names; local_qwen is the official default
 # QwenPromptExpander.model_dict of the official code

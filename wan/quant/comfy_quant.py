@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import COMMON_PREFIXES, SAFETENSORS_SUFFIX
 from ..checks import json_value
+from ..weights.checkpoint import COMMON_PREFIXES, SAFETENSORS_SUFFIX
 from ..errors import CheckpointError
 from .base import QuantizedLayer
 from .fp8 import SCALED_FP8

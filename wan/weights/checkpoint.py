@@ -14,8 +14,8 @@ from typing import Iterable
 
 import torch
 
-from .checks import json_value
-from .errors import CheckpointError
+from ..checks import json_value
+from ..errors import CheckpointError
 from .files import is_regular_file
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
