@@ -14,7 +14,7 @@ import torch
 
 from ..weights.checkpoint import read_state_dict, wrong_kind_message
 from ..errors import CheckpointError
-from .keys import parameter_of, parse_key
+from .keys import parameter_of, parse_key, unsupported_algorithm
 from .metadata import AlphaDefaults, read_alpha_defaults
 
 WEIGHT_PIECES = ("up", "down", "mid", "dora_scale", "diff", "lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2",
@@ -66,6 +66,12 @@ def load_lora(path) -> LoraFile:
     """Read a LoRA file (``.safetensors``, or a weights-only ``.pth``/``.ckpt``) of any Wan key scheme."""
     path = Path(path)
     sd = read_state_dict(path, what="LoRA file")
+    unsupported = unsupported_algorithm(sd)
+    if unsupported:
+        raise CheckpointError(
+            f"LoRA file '{path.name}' is a LyCORIS {unsupported[0]} file (keys such as '{unsupported[1]}'); Wan "
+            f"Experts reads LoRA, LoCon, LoHa, LoKr, DoRA, full / norm differences, not {unsupported[0]}. Merge it "
+            f"into the model with the tool that made it, or convert it to a plain LoRA.")
     parsed = {k: parse_key(k) for k in sd}
     with_piece = [p for p in parsed.values() if p.piece is not None]
     if not with_piece:
@@ -80,6 +86,9 @@ def load_lora(path) -> LoraFile:
                 unmatched.append(key)  # a second spelling of a piece already read
             else:
                 groups[p.module][p.piece] = (key, sd[key])
+    for pieces in groups.values():
+        for key, tensor in pieces.values():
+            check_piece(key, tensor, path)
     defaults = read_alpha_defaults(path)
     targets: dict[str, LoraTarget] = {}
     for module, pieces in groups.items():
@@ -112,7 +121,7 @@ def _targets_of(module: str, pieces: dict, defaults: AlphaDefaults, path: Path):
         if param is None:
             rest.append(key)
             continue
-        name = "diff" if piece in ("diff_b", "diff_m", "lora_bias") else piece
+        name = "diff" if piece in ("diff_b", "diff_m", "lora_bias", "w_norm", "b_norm") else piece
         by_param.setdefault(param, {})[name] = (key, tensor, piece)
     out = []
     for param, items in by_param.items():
@@ -123,6 +132,19 @@ def _targets_of(module: str, pieces: dict, defaults: AlphaDefaults, path: Path):
             alpha=alpha if is_weight or is_lora_bias else None, rank=rank if is_lora_bias else None,
             keys=tuple(k for k, _, _ in items.values())))
     return out, rest
+
+
+def check_piece(key: str, tensor: torch.Tensor, path: Path) -> None:
+    """A piece with values, all finite (one pass over the LoRA at load, so NaN / inf is named here and not blamed
+    on the model or on overflow later)."""
+    if tensor.numel() == 0:
+        raise CheckpointError(f"LoRA file '{path.name}': '{key}' has no values (shape {tuple(tensor.shape)}: rank or "
+                              f"size 0). The file is damaged or was saved from an empty adapter; make it again.")
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise CheckpointError(f"LoRA file '{path.name}': '{key}' holds {bad} NaN or infinite value(s) of "
+                              f"{tensor.numel()}. The LoRA is broken (often a training run that diverged); use "
+                              f"another checkpoint of it.")
 
 
 def _alpha(item, path: Path) -> float | None:

@@ -26,6 +26,13 @@ PIECES = (
     (".lokr_w2_a", "lokr_w2_a"), (".lokr_w2_b", "lokr_w2_b"), (".lokr_w2", "lokr_w2"), (".lokr_t2", "lokr_t2"),
     (".hada_w1_a", "hada_w1_a"), (".hada_w1_b", "hada_w1_b"), (".hada_w2_a", "hada_w2_a"),
     (".hada_w2_b", "hada_w2_b"), (".hada_t1", "hada_t1"), (".hada_t2", "hada_t2"),
+    (".w_norm", "w_norm"), (".b_norm", "b_norm"),  # LyCORIS: differences of a norm layer's weight and bias
+)
+# LyCORIS algorithms read by no rule here: a key suffix that marks each (ComfyUI core's adapter names)
+UNSUPPORTED = (
+    ("GLoRA", (".a1.weight", ".a2.weight", ".b1.weight", ".b2.weight")),
+    ("BOFT / OFT", (".oft_blocks", ".oft_diag")),
+    ("OFT (PEFT)", (".oft_r.weight", ".oft_R.weight", ".oft_s")),
 )
 
 # prefix -> scheme, first match wins; "" (bare names) last
@@ -80,6 +87,15 @@ def parse_key(key: str) -> ParsedKey:
     return ParsedKey(scheme, official_module(stem), piece)
 
 
+def unsupported_algorithm(keys) -> tuple[str, str] | None:
+    """(algorithm, an example key) of the first key whose suffix marks a LyCORIS algorithm not read here."""
+    for key in keys:
+        for algorithm, suffixes in UNSUPPORTED:
+            if key.endswith(suffixes):
+                return algorithm, key
+    return None
+
+
 def split_piece(name: str) -> tuple[str, str | None]:
     for suffix, piece in PIECES:
         if name.endswith(suffix):
@@ -120,6 +136,6 @@ def parameter_of(module: str, piece: str) -> str | None:
         return f"{module}.modulation" if container else None
     if container:
         return None
-    if piece in ("diff_b", "lora_bias"):
+    if piece in ("diff_b", "lora_bias", "b_norm"):
         return None if BARE_PARAMETERS.fullmatch(module) else f"{module}.bias"
     return module if BARE_PARAMETERS.fullmatch(module) else f"{module}.weight"

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..checks import json_value
+from ..errors import CheckpointError
 from .keys import official_module
 
 log = logging.getLogger("wan_experts")
@@ -38,14 +39,32 @@ def read_alpha_defaults(path: Path) -> AlphaDefaults:
     config = _header_config(path) or _adapter_config(path)
     if not config or config.get("lora_alpha") is None:
         return AlphaDefaults()
+    patterns = config.get("alpha_pattern") or {}
+    if not isinstance(patterns, dict):
+        raise _bad(path, "alpha_pattern", patterns, "a table of layer name -> alpha")
     pattern = {}
-    for name, value in (config.get("alpha_pattern") or {}).items():
+    for name, value in patterns.items():
         module = official_module(name)
         if module is None:
             log.warning("LoRA '%s': alpha_pattern entry '%s' names no Wan DiT layer; ignored", path.name, name)
         else:
-            pattern[module] = float(value)
-    return AlphaDefaults(float(config["lora_alpha"]), pattern, bool(config.get("use_rslora")))
+            pattern[module] = _alpha(value, path, f"alpha_pattern['{name}']")
+    rslora = config.get("use_rslora", False)
+    if rslora not in (True, False, None):  # 0 / 1 count as False / True
+        raise _bad(path, "use_rslora", rslora, "true or false")
+    return AlphaDefaults(_alpha(config["lora_alpha"], path, "lora_alpha"), pattern, bool(rslora))
+
+
+def _alpha(value, path: Path, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise _bad(path, key, value, "a positive finite number")
+    return float(value)
+
+
+def _bad(path: Path, key: str, value, wanted: str) -> CheckpointError:
+    return CheckpointError(f"LoRA '{path.name}': its PEFT setting {key} is {str(value)[:60]!r} "
+                           f"({type(value).__name__}), not {wanted}. Fix the file's {HEADER_KEY} or "
+                           f"adapter_config.json, or convert the LoRA again.")
 
 
 def _header_config(path: Path) -> dict | None:
