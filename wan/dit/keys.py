@@ -11,6 +11,7 @@ import torch
 
 from ..weights.checkpoint import strip_prefix
 from ..weights.ops import FP8_DTYPES
+from ..quant.fp8 import is_marker
 from ..weights.assign import split_fp8_scales
 
 # diffusers name -> official name, for keys outside the blocks (prefix match, first match wins)
@@ -60,7 +61,7 @@ def diffusers_key_to_official(key: str) -> str | None:
 
 def normalize_keys(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], str]:
     """Return (weights in official names, per-layer fp8 ``scale_weight`` by layer name, layout name)."""
-    scaled = "scaled_fp8" in sd
+    scaled = any(is_marker(k) for k in sd)
     sd, scales = split_fp8_scales(sd)
     sd, scales = strip_prefix(sd), strip_prefix(scales)
     layout = "official"

@@ -12,6 +12,7 @@ import re
 
 import torch
 
+from ..quant.fp8 import is_marker
 from ..weights.checkpoint import strip_prefix
 
 HF_PREFIX = "vision_model."  # transformers 4 and Comfy-Org files; transformers 5 saves CLIPVisionModel without it
@@ -41,7 +42,7 @@ def normalize_keys(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor]
     if layout is None:
         return sd, None
     out = _from_hf(sd) if layout == "hf" else _from_official(sd)
-    extras = {k: v for k, v in sd.items() if k == "scaled_fp8"}
+    extras = {k: v for k, v in sd.items() if is_marker(k)}
     return out | extras, layout
 
 

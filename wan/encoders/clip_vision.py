@@ -14,6 +14,7 @@ import torch.nn as nn
 from ..weights.checkpoint import read_state_dict, wrong_kind_message
 from ..errors import CheckpointError, InputError
 from ..finite import check_output
+from ..quant.fp8 import is_marker
 from .clip import ClipVisionConfig, ClipVisionTower, hf_config_extras
 from .clip_input import check_images, preprocess
 from .clip_keys import drop_last_block, normalize_keys
@@ -65,7 +66,7 @@ def load_clip_vision(path, dtype=None, device="cpu", num_heads: int | None = Non
     sd, layout = normalize_keys(read_state_dict(path, what="CLIP vision file"))
     if layout is None:
         raise CheckpointError(wrong_kind_message(path, "a CLIP vision model", sd.keys()))
-    scaled = "scaled_fp8" in sd
+    scaled = any(is_marker(k) for k in sd)
     sd, scales = split_fp8_scales(sd)
     extras = hf_config_extras(path if path.is_dir() else path.parent) if layout == "hf" else {}
     if num_heads:

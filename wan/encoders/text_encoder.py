@@ -16,6 +16,7 @@ import torch.nn as nn
 from ..weights.checkpoint import is_gguf, read_state_dict, require_regular_file, wrong_kind_message
 from ..errors import CheckpointError, InputError
 from ..finite import check_output
+from ..quant.fp8 import is_marker
 from .placement import running_on
 from .t5 import UMT5Config, UMT5Encoder
 from .t5_keys import TOKENIZER_KEY, has_relative_bias_in_every_block, normalize_keys
@@ -81,7 +82,7 @@ def load_text_encoder(path, tokenizer=None, dtype=None, device="cpu", sharding=N
     if layout is None:
         raise CheckpointError(wrong_kind_message(path, "a UMT5 text encoder", sd.keys()))
     tok = find_tokenizer(path, sd, tokenizer)
-    scaled = "scaled_fp8" in sd
+    scaled = any(is_marker(k) for k in sd)
     sd, scales = split_fp8_scales({k: v for k, v in sd.items() if k != TOKENIZER_KEY})
     config, compute = _config_and_dtype(path, sd, dtype)
     model = build_with_weights(lambda: UMT5Encoder(config), sd, scales, compute, path, "UMT5 text encoder",

@@ -21,7 +21,7 @@ from ..checks import json_value
 from ..weights.checkpoint import COMMON_PREFIXES, SAFETENSORS_SUFFIX
 from ..errors import CheckpointError
 from .base import QuantizedLayer
-from .fp8 import SCALED_FP8
+from .fp8 import SCALED_FP8, checked_scale
 from .nvfp4 import nvfp4_layer
 
 MARKER = ".comfy_quant"
@@ -79,10 +79,10 @@ def _layer(sd: dict[str, torch.Tensor], layer: str, conf: dict, source: Path) ->
     weight = _pop(sd, layer, "weight", fmt, source)
     scale = _pop(sd, layer, "weight_scale", fmt, source)
     if fmt == "nvfp4":
-        return nvfp4_layer(weight, scale, _pop(sd, layer, "weight_scale_2", fmt, source))
+        return nvfp4_layer(weight, scale, _pop(sd, layer, "weight_scale_2", fmt, source), layer, source.name)
     if weight.dtype == torch.uint8:  # older files keep the fp8 values as raw bytes
         weight = weight.view(FP8_FORMATS[fmt])
-    scale = scale.float().reshape(-1, 1) if scale.numel() > 1 else scale.float()
+    scale = checked_scale(scale, weight.shape[0], layer, source.name)
     return QuantizedLayer(SCALED_FP8, weight, tuple(weight.shape), {"scale_weight": scale})
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import CheckpointError
 from .base import WeightFormat
 
 
@@ -19,3 +20,26 @@ class ScaledFP8(WeightFormat):
 
 
 SCALED_FP8 = ScaledFP8()
+MARKER = "scaled_fp8"  # the marker tensor of a scaled-fp8 file, under any prefix (model.diffusion_model.scaled_fp8)
+
+
+def is_marker(key: str) -> bool:
+    return key == MARKER or key.endswith("." + MARKER)
+
+
+def checked_scale(scale: torch.Tensor, rows: int, layer: str, source: str) -> torch.Tensor:
+    """The float32 scale of an fp8 layer with ``rows`` output rows: one for the layer, or one per row (as
+    ``[rows, 1]``); a scale of another shape or with NaN / inf is refused at load, naming the layer."""
+    if scale.numel() == 1:
+        out = scale.float().reshape(())
+    elif scale.numel() == rows and (scale.dim() == 1 or tuple(scale.shape) == (rows, 1)):
+        out = scale.float().reshape(rows, 1)
+    else:
+        raise CheckpointError(f"'{source}': the fp8 scale of layer '{layer}' has shape {tuple(scale.shape)}, which "
+                              f"is neither one scale nor one per output row ({rows}). The file is damaged or was "
+                              f"made for another model.")
+    if not bool(torch.isfinite(out).all()):
+        raise CheckpointError(f"'{source}': the fp8 scale of layer '{layer}' holds NaN or infinite values, so the "
+                              f"layer's weights would be too. The quantised file is broken: download or make it "
+                              f"again.")
+    return out

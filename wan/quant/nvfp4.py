@@ -12,6 +12,7 @@ import math
 
 import torch
 
+from ..errors import CheckpointError
 from .base import QuantizedLayer, WeightFormat
 from .constants import device_constant
 
@@ -31,11 +32,22 @@ class NVFP4(WeightFormat):
 NVFP4_FORMAT = NVFP4()
 
 
-def nvfp4_layer(packed: torch.Tensor, block_scales: torch.Tensor, tensor_scale: torch.Tensor) -> QuantizedLayer:
-    """A layer as stored (the real shape is the stored one: Wan's Linear sizes are all multiples of 16)."""
+def nvfp4_layer(packed: torch.Tensor, block_scales: torch.Tensor, tensor_scale: torch.Tensor, layer: str = "?",
+                source: str = "?") -> QuantizedLayer:
+    """A layer as stored (the real shape is the stored one: Wan's Linear sizes are all multiples of 16). Scales of
+    the wrong size or with NaN / inf are refused here, at load, naming the layer."""
     if block_scales.dtype == torch.uint8:  # older files keep the fp8 scales as raw bytes
         block_scales = block_scales.view(torch.float8_e4m3fn)
     shape = (packed.shape[0], packed.shape[1] * 2)
+    tiles = math.ceil(shape[0] / 128) * 128 * math.ceil(shape[1] // BLOCK / 4) * 4
+    problem = (f"has {block_scales.numel()} block scales; its {shape[0]} x {shape[1]} weight needs {tiles} (128 x 4 "
+               f"tiles)" if packed.dim() != 2 or block_scales.numel() != tiles else
+               f"has {tensor_scale.numel()} tensor scales, not one" if tensor_scale.numel() != 1 else
+               "holds NaN or infinite scales" if not (bool(torch.isfinite(block_scales.float()).all())
+                                                      and bool(torch.isfinite(tensor_scale.float()).all())) else None)
+    if problem:
+        raise CheckpointError(f"'{source}': the NVFP4 layer '{layer}' {problem}. The quantised file is broken: "
+                              f"download or make it again.")
     return QuantizedLayer(NVFP4_FORMAT, packed, shape,
                           {"weight_scale": block_scales, "weight_scale_2": tensor_scale.float()})
 

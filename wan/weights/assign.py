@@ -14,6 +14,7 @@ from ..errors import CheckpointError, InputError
 from ..finite import check_loaded_weights
 from .ops import FP8_DTYPES, Linear
 from ..quant import SCALED_FP8
+from ..quant.fp8 import checked_scale, is_marker
 
 DTYPES = {
     "fp32": torch.float32, "float32": torch.float32,
@@ -28,7 +29,7 @@ def split_fp8_scales(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tenso
     """(tensors without the scaled-fp8 bookkeeping, ``scale_weight`` by layer name)."""
     scales = {k[: -len(SCALE_SUFFIX)]: v for k, v in sd.items() if k.endswith(SCALE_SUFFIX)}
     rest = {k: v for k, v in sd.items()
-            if k != "scaled_fp8" and not k.endswith((SCALE_SUFFIX, INPUT_SCALE_SUFFIX))}
+            if not is_marker(k) and not k.endswith((SCALE_SUFFIX, INPUT_SCALE_SUFFIX))}
     return rest, scales
 
 
@@ -97,7 +98,7 @@ def assign_weights(module: nn.Module, sd: dict[str, torch.Tensor], scales: dict[
     for name, scale in scales.items():
         layer = module.get_submodule(name) if _has_module(module, name) else None
         if isinstance(layer, Linear) and layer.weight.dtype in FP8_DTYPES and layer.weight_format is None:
-            layer.scale_weight = scale.float()
+            layer.scale_weight = checked_scale(scale, layer.weight.shape[0], name, source.name)
             layer.weight_format = SCALED_FP8
     check_loaded_weights(module, source.name, what)
 
