@@ -116,6 +116,7 @@ def _config_and_dtype(path: Path, sd: dict[str, torch.Tensor], dtype) -> tuple[U
 
 def _finish(model: UMT5Encoder, tok: UMT5Tokenizer, compute: torch.dtype, path: Path, layout: str,
             device) -> TextEncoder:
+    tok.check_fits(model.config.vocab, path.name)
     encoder = TextEncoder(model, tok, compute, str(path), layout).to(device)
     log.info("Loaded UMT5 text encoder (dim %d, %d layers) from %s [%s], tokenizer %s, compute %s",
              model.config.dim, model.config.num_layers, path.name, layout, tok.source,

@@ -32,6 +32,11 @@ class SentencePieceBackend:
         specials = sorted((s for s in specials if s), key=len, reverse=True)
         self._split = regex.compile("(" + "|".join(regex.escape(s) for s in specials) + ")") if specials else None
 
+    @property
+    def id_count(self) -> int:
+        """One more than the largest id this tokenizer can give."""
+        return self.sp.get_piece_size()
+
     def ids(self, text: str) -> list[int]:
         parts = self._split.split(text) if self._split else [text]
         out: list[int] = []
@@ -56,6 +61,11 @@ class TokenizerJsonBackend:
         pad = self.tok.token_to_id("<pad>")
         self.pad_id = 0 if pad is None else pad
 
+    @property
+    def id_count(self) -> int:
+        """One more than the largest id this tokenizer can give (added tokens included)."""
+        return max(self.tok.get_vocab(with_added_tokens=True).values(), default=-1) + 1
+
     def ids(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False).ids
 
@@ -73,6 +83,15 @@ class UMT5Tokenizer:
             raise CheckpointError(f"tokenizer '{source}' has no end-of-sequence token </s>: it is not a T5 "
                                   f"tokenizer. Use the google/umt5-xxl tokenizer (spiece.model or tokenizer.json).")
         self.backend, self.source, self.text_len = backend, source, text_len
+
+    def check_fits(self, vocab: int, encoder: str) -> None:
+        """Refuse a tokenizer whose ids go past the encoder's ``vocab`` embedding rows, at load (on a GPU such an
+        id is a device-side assert that leaves the process unusable)."""
+        count = max(self.backend.id_count, self.backend.eos_id + 1, self.backend.pad_id + 1)
+        if count > vocab:
+            raise CheckpointError(f"tokenizer '{self.source}' gives ids up to {count - 1}, but the text encoder "
+                                  f"'{encoder}' has {vocab} token embeddings: they were not made for each other. "
+                                  f"Use the UMT5 tokenizer (google/umt5-xxl spiece.model or tokenizer.json).")
 
     def ids(self, prompt: str) -> list[int]:
         """Ids of one cleaned prompt, EOS last, cut to ``text_len`` (with a warning)."""
