@@ -2,6 +2,7 @@
 FFmpeg's demuxers and h264 / vp9 decoders), not with our own code."""
 import importlib
 import json
+from fractions import Fraction
 import os
 
 import av
@@ -110,3 +111,21 @@ def test_write_video_to_exact_path_replaces_only_when_done(pack, tmp_path):
     with pytest.raises(ValueError, match="must end in .mp4 or .webm"):
         video.write_video(_frames(2), tmp_path / "clip.avi")
     assert sorted(p.name for p in target.parent.iterdir()) == ["clip.mp4"]
+
+
+@pytest.mark.parametrize("fps", [0.0004, 1e-9])
+def test_fps_the_container_cannot_store_is_refused(pack, tmp_path, fps):
+    """A rate that rounds to 0 in the container would silently become the encoder's default (24 fps)."""
+    video = importlib.import_module(pack.__name__ + ".wan.video")
+    errors = importlib.import_module(pack.__name__ + ".wan.errors")
+    with pytest.raises(errors.InputError, match=rf"fps {fps!r} is out of range: .* must be 0.001 or more"):
+        video.save_video(_frames(2), tmp_path, "video/Wan", fps=fps)
+    assert not any(tmp_path.rglob("*.mp4"))
+
+
+def test_fps_between_steps_is_rounded_with_a_warning(pack, tmp_path, caplog):
+    video = importlib.import_module(pack.__name__ + ".wan.video")
+    with caplog.at_level("WARNING", logger="wan_experts"):
+        saved = video.save_video(_frames(2), tmp_path, "video/Wan", fps=23.97602)
+    assert any("fps 23.97602 is stored as 2997/125" in r.getMessage() for r in caplog.records)
+    assert _decode(saved.path)[2] == Fraction(23976, 1000)

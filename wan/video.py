@@ -140,7 +140,7 @@ def encode(pixels: torch.Tensor, path: Path, fps: float, fmt: VideoFormat, crf: 
     with av.open(str(path), mode="w", format=fmt.name, options=dict(fmt.options)) as container:
         for key, value in tags.items():
             container.metadata[key] = value
-        stream = container.add_stream(fmt.codec, rate=Fraction(round(fps * 1000), 1000))
+        stream = container.add_stream(fmt.codec, rate=video_rate(fps))
         stream.width, stream.height = pixels.shape[2], pixels.shape[1]
         stream.pix_fmt = PIXEL_FORMAT
         stream.options = {"crf": str(crf)} | ({"b:v": "0"} if fmt.codec == "libvpx-vp9" else {})
@@ -258,5 +258,22 @@ def _check_format(format: str, crf: int) -> VideoFormat:
     return fmt
 
 
+RATE_STEP = 1000  # frame rates are stored in steps of 1/1000 frame per second
+
+
+def video_rate(fps: float) -> Fraction:
+    """The frame rate the file stores: ``fps`` to the nearest 1/1000."""
+    return Fraction(round(fps * RATE_STEP), RATE_STEP)
+
+
 def check_fps(fps: float) -> None:
-    finite_number(fps, "fps", 0.0, 1000.0, low_open=True, hint="Wan 2.1: 16, Wan 2.2 TI2V-5B: 24")
+    """A finite rate the container can store: a rate that rounds to 0 would be written as the encoder's default
+    (24 fps) instead, so it is refused; one that rounds to another value is written rounded, with a warning."""
+    fps = finite_number(fps, "fps", 0.0, 1000.0, low_open=True, hint="Wan 2.1: 16, Wan 2.2 TI2V-5B: 24")
+    rate = video_rate(fps)
+    if rate == 0:
+        raise InputError(f"fps {fps!r} is out of range: a video file stores frame rates in steps of "
+                         f"1/{RATE_STEP}, so it must be {1 / RATE_STEP:g} or more; Wan 2.1: 16, Wan 2.2 TI2V-5B: 24")
+    if abs(float(rate) - fps) > 1e-9 * fps:
+        log.warning("fps %r is stored as %s (%.3f): video files store frame rates in steps of 1/%d", fps, rate,
+                    float(rate), RATE_STEP)
