@@ -55,7 +55,8 @@ class WanExpertsPromptExtend:
                     "Optional start image (the first of the batch): the model sees it (image-to-video rewrite).")}),
                 "end_image": ("IMAGE", {"tooltip": "Optional end image (first-last-frame video), with image."}),
                 "style": (list(STYLES), {"default": "wan2.2", "tooltip": (
-                    "Which official system prompts: wan2.2 (Wan 2.2 A14B / TI2V-5B) or wan2.1 (Wan 2.1 models).")}),
+                    "Which official system prompts: wan2.2 (Wan 2.2 A14B), wan2.2-ti2v (Wan 2.2 TI2V-5B: with an "
+                    "image, the image prompt even when the prompt is empty) or wan2.1 (Wan 2.1 models).")}),
                 "decoding": (list(DECODING), {"default": "sample", "tooltip": (
                     "local_qwen: 'sample' uses the model's own sampling settings (as the official code), seeded; "
                     "'greedy' always takes the likeliest token (the model's repetition penalty still applies).")}),

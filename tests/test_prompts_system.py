@@ -29,7 +29,7 @@ def test_data_file_carries_its_attribution():
     assert "Apache License, Version 2.0" in doc["notice"] and "Alibaba Wan Team" in doc["notice"]
     notice = (sp.DATA_FILE.parent / "NOTICE").read_text(encoding="utf-8")
     assert "Wan-Video/Wan2.1" in notice and "Wan-Video/Wan2.2" in notice and "Apache License" in notice
-    assert set(doc["prompts"]) == set(sp.STYLES)
+    assert set(doc["prompts"]) == set(sp.STYLES) - {sp.TI2V}
     wan21 = doc["prompts"]["wan2.1"]  # the Wan 2.1 texts (not installed here): their known first and last words
     assert wan21["t2v"]["en"].startswith("You are a prompt engineer")
     assert wan21["t2v"]["zh"].startswith("你是一位Prompt优化师")
@@ -39,11 +39,13 @@ def test_data_file_carries_its_attribution():
 
 @pytest.mark.parametrize("task, images, prompt", [
     ("t2v-A14B", 0, "a cat"), ("i2v-A14B", 1, "a cat"), ("i2v-A14B", 1, ""), ("ti2v-5B", 0, "a cat"),
-    ("ti2v-5B", 1, "a cat")])
+    ("ti2v-5B", 1, "a cat"), ("ti2v-5B", 1, ""), ("ti2v-5B", 0, "")])
 @pytest.mark.parametrize("lang", ["zh", "en"])
 def test_wan22_choice_matches_the_official_rule(official_extend, task, images, prompt, lang):
+    """The style of each task's model (TI2V-5B: its own rule, the image prompt even when the prompt is empty)."""
     expander = official_extend.PromptExpander(model_name="x", task=task, is_vl=images > 0)
-    assert sp.system_prompt("wan2.2", lang, images, prompt) == expander.decide_system_prompt(lang, prompt)
+    style = sp.style_of("2.2", "ti2v" if task.startswith("ti2v") else task[:3])
+    assert sp.system_prompt(style, lang, images, prompt) == expander.decide_system_prompt(lang, prompt)
 
 
 def test_wan21_choice_follows_its_bit_table():

@@ -45,11 +45,11 @@ def llm_folder() -> Path:
     return Path(os.environ.get("WAN_EXPERTS_MODELS", "models")) / "LLM"
 
 
-def extend_for_run(flags: PromptExtendFlags, prompt: str, seed: int, version: str, device, paths=(),
+def extend_for_run(flags: PromptExtendFlags, prompt: str, seed: int, style: str, device, paths=(),
                    tensors=()):
     """The official extension step of ``generate.py``: the image files opened with PIL as the official script does
     (without files: the run's images, [1, 3, H, W] in [-1, 1]); the seed is the run's seed; the system prompts
-    are those of the model's Wan version."""
+    are those of the model (``style``: see ``system_prompts.style_of``)."""
     from PIL import Image
 
     from .extend import LocalOptions, extend_prompt
@@ -59,4 +59,4 @@ def extend_for_run(flags: PromptExtendFlags, prompt: str, seed: int, version: st
         pil_from_tensor((t[0].permute(1, 2, 0) + 1) / 2) for t in tensors]
     local = LocalOptions(model_dirs=(llm_folder(),), device=device)
     return extend_prompt(prompt, flags.method, flags.model, flags.target_lang, images, seed,
-                         style=f"wan{version}", local=local)
+                         style=style, local=local)

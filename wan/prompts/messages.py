@@ -20,7 +20,7 @@ def dashscope_vision_messages(system: str, prompt: str, image_urls: list[str]) -
 
 
 def local_vision_messages(system: str, prompt: str, images: list, style: str) -> list[dict]:
-    if style == "wan2.2" and len(images) == 1:
+    if style.startswith("wan2.2") and len(images) == 1:  # wan2.2 and wan2.2-ti2v
         user = [{"type": "image", "image": images[0]}, {"type": "text", "text": prompt}]
     else:
         user = [{"type": "text", "text": prompt}, *({"image": image} for image in images)]

@@ -163,9 +163,11 @@ def sample_latents(s: Settings) -> Sampled:
 def extended_prompt(s: Settings, images) -> str:
     """The official prompt extension (the original prompt when it fails), shown the start (and end) image."""
     from ..prompts.cli import extend_for_run
+    from ..prompts.system_prompts import style_of
 
     paths = [p for p in (s.image, s.last_image) if p is not None]
-    return extend_for_run(s.prompt_extend, s.prompt, s.seed, s.variant.version, s.device, paths, images).prompt
+    style = style_of(s.variant.version, s.variant.task)
+    return extend_for_run(s.prompt_extend, s.prompt, s.seed, style, s.device, paths, images).prompt
 
 
 def parallel_setup(s: Settings, files: ModelFiles):
