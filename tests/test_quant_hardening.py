@@ -81,3 +81,24 @@ def test_bad_comfy_quant_scale_is_refused_at_load(tmp_path, key, value, match):
     save_file(sd, str(path))
     with pytest.raises(CheckpointError, match=r"'bad_quant.safetensors': " + match):
         wan.load_dit(path)
+
+
+@pytest.mark.parametrize("qtype,offset", [("Q8_0", 0), ("Q4_K", 2), ("Q6_K", 208)])
+def test_gguf_block_scale_nan_is_named_at_load(tmp_path, qtype, offset):
+    """The first block's float16 scale (Q4_K: its min) set to NaN in the file: the tensor is named at load."""
+    from gguf import GGMLQuantizationType as T
+
+    from wan.quant.gguf_header import GGUFHeader
+    from wan.quant.gguf_write import write_gguf
+
+    path, name = tmp_path / f"wan-{qtype}.gguf", "blocks.1.ffn.0.weight"
+    sd = state_dict_of(official_dit("t2v"))
+    write_gguf(path, {k: tuple(v.shape) if k == name else v for k, v in sd.items()}, T.Q8_0, types={name: T[qtype]})
+    info = next(t for t in GGUFHeader(path).tensors if t.name == name)
+    assert info.tensor_type == T[qtype]
+    raw = bytearray(path.read_bytes())
+    raw[info.data_offset + offset:info.data_offset + offset + 2] = b"\x00\x7e"  # float16 NaN
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match=rf"wan-{qtype}.gguf': the quantised tensor '{name}' \({qtype}\) has "
+                                              rf"1 block\(s\) whose scale is NaN or infinite"):
+        wan.load_dit(path)

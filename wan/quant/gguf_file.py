@@ -20,6 +20,7 @@ from ..errors import CheckpointError
 from .base import QuantizedLayer
 from .gguf_format import GGUFFormat
 from .gguf_header import GGUFHeader
+from .gguf_scales import nonfinite_scales
 from .gguf_kernels import FLOAT_TYPES, SUPPORTED, dequantize
 
 ORIG_SHAPE_KEY = "comfy.gguf.orig_shape."
@@ -80,7 +81,8 @@ def read_gguf(path, what: str = "GGUF file") -> GGUFFile:
 
 
 def check_supported(gguf: GGUFFile) -> None:
-    """Refuse, before any work, a file holding a type the kernels cannot dequantise; name the type and tensor."""
+    """Refuse, before any work, a file holding a type the kernels cannot dequantise (name the type and tensor), or
+    a quantised tensor with NaN / infinite block scales (name the tensor)."""
     bad = [(name, t.qtype.name) for name, t in gguf.tensors.items() if t.qtype not in SUPPORTED]
     if bad:
         examples = ", ".join(f"'{n}' ({q})" for n, q in bad[:3])
@@ -88,6 +90,13 @@ def check_supported(gguf: GGUFFile) -> None:
         raise CheckpointError(
             f"'{gguf.path.name}' stores {len(bad)} tensor(s) in a GGUF type Wan Experts cannot dequantise: {examples}. "
             f"Supported types: {names}. Download a file quantised to one of those (e.g. Q8_0, Q6_K, Q5_K_M, Q4_K_M).")
+    for name, t in gguf.tensors.items():
+        count = nonfinite_scales(t.data.numpy(), t.qtype) if t.quantized else 0
+        if count:
+            raise CheckpointError(
+                f"'{gguf.path.name}': the quantised tensor '{name}' ({t.qtype.name}) has {count} block(s) whose scale "
+                f"is NaN or infinite, so their weights are too. The file is damaged or was quantised from a broken "
+                f"model: download or make it again.")
 
 
 def _open(path: Path, what: str) -> GGUFHeader:

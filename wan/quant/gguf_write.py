@@ -21,19 +21,15 @@ import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T, GGUFWriter, quants
 
 from .gguf_file import ORIG_SHAPE_KEY
+from .gguf_scales import SCALES
 
 Source = Union[torch.Tensor, np.ndarray, tuple]  # values, or a shape for random data
 PATCH_EMBEDDING = "patch_embedding.weight"
 SMALL = 1024  # tensors this small stay F32
 
-# Byte offsets of each type's float16 scales in a block: (offset, role); "d" scales the codes, "min" is subtracted
-# (or added) per block. Magnitudes are picked so that dequantised values are a few hundredths.
-_SCALES = {
-    T.Q8_0: ((0, "d"),), T.Q4_0: ((0, "d"),), T.Q5_0: ((0, "d"),), T.IQ4_NL: ((0, "d"),),
-    T.Q4_1: ((0, "d"), (2, "min")), T.Q5_1: ((0, "d"), (2, "min")),
-    T.Q2_K: ((80, "d"), (82, "min")), T.Q3_K: ((108, "d"),), T.Q4_K: ((0, "d"), (2, "min")),
-    T.Q5_K: ((0, "d"), (2, "min")), T.Q6_K: ((208, "d"),), T.IQ4_XS: ((0, "d"),),
-}
+# The float16 scales of each type (``gguf_scales.SCALES``); magnitudes are picked so that dequantised values are a
+# few hundredths.
+_SCALES = SCALES
 _D = {T.Q8_0: 3e-4, T.Q4_0: 5e-3, T.Q5_0: 2.5e-3, T.IQ4_NL: 6e-4, T.Q4_1: 5e-3, T.Q5_1: 2.5e-3, T.Q2_K: 4e-3,
       T.Q3_K: 1.5e-3, T.Q4_K: 2e-4, T.Q5_K: 1e-4, T.Q6_K: 5e-5, T.IQ4_XS: 5e-5}
 _MIN = {T.Q4_1: -0.04, T.Q5_1: -0.04, T.Q2_K: 6e-3, T.Q4_K: 1.5e-3, T.Q5_K: 1.5e-3}
