@@ -34,8 +34,11 @@ def model_proto(pieces: list[str], scores: list[float], types: list[int], ids: S
                 normalizer: Normalizer) -> bytes:
     """The serialised ``ModelProto`` of a unigram model with these pieces (piece i has id i)."""
     out = bytearray()
-    for piece, score, kind in zip(pieces, scores, types):
-        out += _message(1, _string(1, piece) + _key(2, 5) + struct.pack("<f", score) + _varint_field(3, kind))
+    piece_key, score_key, type_key = _key(1, 2), _key(2, 5), _key(3, 0)  # also the message key (field 1, bytes)
+    for piece, score, kind in zip(pieces, scores, types):  # the hot loop (256k pieces): _message(1, ...) inlined
+        text = piece.encode("utf-8")
+        body = piece_key + _short(len(text)) + text + score_key + struct.pack("<f", score) + type_key + _short(kind)
+        out += piece_key + _short(len(body)) + body
     out += _message(2, _trainer_spec(pieces, types, ids))
     out += _message(3, _string(1, "nmt_nfkc" if normalizer.charsmap else "identity")
                     + _bytes(2, normalizer.charsmap) + _varint_field(3, normalizer.add_dummy_prefix)
@@ -51,6 +54,14 @@ def _trainer_spec(pieces: list[str], types: list[int], ids: SpecialIds) -> bytes
         if 0 <= index < len(pieces):
             spec += _string(number, pieces[index])
     return spec
+
+
+_ONE_BYTE = [bytes([v]) for v in range(128)]
+
+
+def _short(value: int) -> bytes:
+    """``_varint`` with the one-byte values looked up."""
+    return _ONE_BYTE[value] if 0 <= value < 128 else _varint(value)
 
 
 def _varint(value: int) -> bytes:
