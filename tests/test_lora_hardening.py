@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 import wan
-from tiny_dit import assert_close, inputs, official_dit, save_safetensors, state_dict_of
+from tiny_dit import assert_close, official_dit, save_safetensors, state_dict_of, text_to_video
 from wan.errors import CheckpointError
 from wan.lora import load_lora
 
@@ -34,12 +34,6 @@ def _pair(rank=4, dim=256):
     return {DOWN: torch.randn(rank, dim) * 0.1, UP: torch.randn(dim, rank) * 0.1}
 
 
-def _out(model):
-    x, t, ctx, _ = inputs()
-    with torch.no_grad():
-        return model(x, t, ctx)
-
-
 def test_lycoris_norm_differences_are_applied(base, tmp_path):
     path, sd = base
     g = torch.Generator().manual_seed(3)
@@ -56,8 +50,8 @@ def test_lycoris_norm_differences_are_applied(base, tmp_path):
     ref["blocks.0.norm3.weight"] = sd["blocks.0.norm3.weight"] + strength * w
     ref["blocks.0.norm3.bias"] = sd["blocks.0.norm3.bias"] + strength * b
     ref["blocks.1.self_attn.norm_q.weight"] = sd["blocks.1.self_attn.norm_q.weight"] + strength * q
-    expected = _out(wan.load_dit(save_safetensors(ref, tmp_path / "ref.safetensors")))
-    assert_close(_out(wan.apply_lora(wan.load_dit(path), lora, strength)), expected)
+    expected = text_to_video(wan.load_dit(save_safetensors(ref, tmp_path / "ref.safetensors")))
+    assert_close(text_to_video(wan.apply_lora(wan.load_dit(path), lora, strength)), expected)
 
 
 @pytest.mark.parametrize("keys,algorithm", [

@@ -10,16 +10,10 @@ from safetensors.torch import load_file, save_file
 
 import wan
 from test_quant_comfy_quant import PREFIX, write_comfy_quant
-from tiny_dit import inputs, official_dit, save_safetensors, state_dict_of
+from tiny_dit import official_dit, save_safetensors, state_dict_of, text_to_video
 from wan.errors import CheckpointError
 
 F8 = torch.float8_e4m3fn
-
-
-def _run(model):
-    x, t, ctx, _ = inputs(16)
-    with torch.no_grad():
-        return model(x, t, ctx)
 
 
 def scaled_fp8(path, marker_prefix="model.diffusion_model.", change=None):
@@ -45,7 +39,7 @@ def test_scaled_fp8_marker_under_a_prefix_loads(tmp_path, marker_prefix):
     dequant = scaled_fp8(tmp_path / "saved_by_comfy.safetensors", marker_prefix)
     model = wan.load_dit(tmp_path / "saved_by_comfy.safetensors", dtype="fp32")
     assert "scaled fp8" in model.layout and model.blocks[0].ffn[0].weight.dtype == F8
-    assert torch.equal(_run(model), _run(wan.load_dit(save_safetensors(dequant, tmp_path / "ref.safetensors"))))
+    assert torch.equal(text_to_video(model), text_to_video(wan.load_dit(save_safetensors(dequant, tmp_path / "ref.safetensors"))))
 
 
 @pytest.mark.parametrize("scale,match", [

@@ -73,6 +73,13 @@ def inputs(in_dim: int = 16, y_dim: int = 0, batch: int = 2, frames: int = 3, h:
     return x, t, ctx, y
 
 
+def text_to_video(model) -> torch.Tensor:
+    """One no-grad forward of a T2V model on the default ``inputs``."""
+    x, t, ctx, _ = inputs()
+    with torch.no_grad():
+        return model(x, t, ctx)
+
+
 def assert_close(ours: torch.Tensor, ref: torch.Tensor, rel: float = 1e-4, abs_: float = 1e-5) -> float:
     """The project's parity bar: max|ours - ref| <= rel * max|ref| + abs. Returns the max error."""
     assert ours.shape == ref.shape, (ours.shape, ref.shape)
