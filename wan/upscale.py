@@ -65,8 +65,9 @@ def resample_weights(size_in: int, size_out: int, method: str) -> tuple[torch.Te
 
 def target_size(width: int, height: int, *, factor: float | None = None, size: tuple[int, int] | None = None,
                 multiple: int = 16) -> tuple[int, int]:
-    """The output (width, height): ``factor`` x the input rounded to the nearest ``multiple`` (at least one), or an
-    explicit ``size``, which must already be a multiple (a silent change of an asked-for size would surprise)."""
+    """The output (width, height): ``factor`` x the input rounded to the nearest ``multiple`` (halves up; at least
+    one multiple), or an explicit ``size``, which must already be a multiple (a silent change of an asked-for size
+    would surprise)."""
     multiple = whole_number(multiple, "multiple")
     if multiple not in MULTIPLES:
         raise InputError(f"multiple {multiple} is not one Wan needs; use 16 (Wan 2.1 VAE models, A14B) or 32 "
@@ -80,7 +81,7 @@ def target_size(width: int, height: int, *, factor: float | None = None, size: t
                                  f"model needs; use {lower or upper} or {upper}")
         return w, h
     factor = finite_number(factor, "factor", 0.0, MAX_FACTOR, low_open=True, hint="1.5 takes 480p to 720p")
-    w, h = (max(multiple, round(v * factor / multiple) * multiple) for v in (width, height))
+    w, h = (max(multiple, math.floor(v * factor / multiple + 0.5) * multiple) for v in (width, height))
     if max(w, h) > MAX_SIDE:
         raise InputError(f"{width}x{height} x {factor:g} is {w}x{h}; the largest side allowed is {MAX_SIDE}: lower "
                          f"the factor")
