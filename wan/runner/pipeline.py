@@ -52,6 +52,11 @@ class Settings:
     extend_from: Path | None = None  # continue this video (wan/runner/extend.py) instead of starting from nothing
     extend_overlap: int = 5
     color_match: str = "off"
+    refine_from: Path | None = None  # upscale and refine this video (wan/runner/refine.py) at each of refine_sizes
+    refine_sizes: tuple = ()  # (width, height) per stage; empty: the video's own size
+    refine_strength: float = 0.3
+    refine_expert: str = "auto"
+    refine_resampling: str = "lanczos"
     ulysses_size: int = 1  # processes that split the tokens of every DiT forward (sequence parallel)
     cfg_parallel: bool = False  # conditional and unconditional forwards on two groups of processes
     dit_fsdp: bool = False  # DiT weights sharded over the processes (FSDP)
