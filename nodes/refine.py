@@ -8,6 +8,7 @@ import logging
 
 import torch
 
+from ..wan.budget.sizes import check_size
 from ..wan.errors import InputError
 from ..wan.latents import denormalize, normalize
 from ..wan.sampling import SamplerSettings, make_noise
@@ -76,7 +77,8 @@ class WanExpertsVideoToVideo:
         plan = kept_experts(model, settings, strength, expert)  # strength and expert checked before encoding
         log.info("Wan Video To Video %s; strength %g: %d of %d steps (%s)", auto.describe(), strength, len(plan),
                  auto.steps, ", ".join(sorted(set(plan))) or "none")
-        samples = normalize(_input_latents(video, vae, latent, model))
+        budget = dict(device=host.compute_device(), step_cache=step_cache is not None, context=context)
+        samples = normalize(_input_latents(video, vae, latent, model, budget))
         host.check_interrupted()
         result = refine(model, samples, text, settings, strength, noise=make_noise(samples.shape, seed),
                         expert=expert, image_cond=image_cond, step_cache=step_cache, callback=StepProgress(),
@@ -88,8 +90,10 @@ class WanExpertsVideoToVideo:
         return ({"samples": denormalize(result.latents).cpu()},)
 
 
-def _input_latents(video, vae, latent, model) -> torch.Tensor:
-    """Raw latents of the video (encoded on the compute device) or of the LATENT; exactly one of them."""
+def _input_latents(video, vae, latent, model, budget: dict) -> torch.Tensor:
+    """Raw latents of the video (encoded on the compute device) or of the LATENT; exactly one of them. A video too
+    large for the device is refused before it is encoded, with the largest size that fits (``budget``: the
+    device, whether a step cache and context windows are used)."""
     if (video is None) == (latent is None):
         raise InputError("Wan Video To Video needs either a video (IMAGE, with the vae) or a latent, not "
                          + ("both" if video is not None else "neither"))
@@ -107,6 +111,8 @@ def _input_latents(video, vae, latent, model) -> torch.Tensor:
     n, h, w, _ = video.shape
     check_video(n, w, h, vae.stride[1] * 2)
     latent_channels(vae, model)  # the VAE fits the model
+    check_size(model, w, h, n, budget["device"], vae.stride[1] * 2, "Wan Video To Video", budget["step_cache"],
+               context=budget["context"])
     pixels = video[..., :3].permute(3, 0, 1, 2).unsqueeze(0).float() * 2.0 - 1.0
     return on_compute_device(vae, lambda: vae.encode(pixels, callback=ChunkProgress(), output_device="cpu"))
 

@@ -82,3 +82,12 @@ def test_upscale_node_sizes_and_refusals(pack):
     assert "factor" in cls.VALIDATE_INPUTS(factor=math.nan)
     with pytest.raises(pack.wan.errors.InputError, match="height 1080 is not a multiple of 16"):
         cls().upscale(frames(2), "size", width=1920, height=1080)
+
+
+def test_video_too_large_for_the_device_is_refused_before_encoding(pack, parts, monkeypatch):
+    model, vae = parts
+    monkeypatch.setattr(pack.wan.budget.check, "available_bytes", lambda device: 1 << 16)
+    monkeypatch.setattr(type(vae), "encode", lambda *a, **k: pytest.fail("encoded"))
+    with pytest.raises(pack.wan.budget.check.BudgetError, match=r"Wan Video To Video at 48x32, 5 frames needs about"):
+        pack.nodes.refine.WanExpertsVideoToVideo().run(model, pack_text(pack), seed=1, steps=4, strength=0.5,
+                                                       video=frames(), vae=vae)
