@@ -81,3 +81,13 @@ def test_peak_memory_grows_by_at_most_one_output_frame_batch():
     short, _ = peak_above_output(9, 8)
     assert 0 < long <= batch_bytes, (long, batch_bytes)
     assert long == short
+
+
+def test_121_frames_720p_to_1080p_hold_one_output_batch_at_most():
+    """The real size on the meta device (shapes only, nothing computed): 121 frames 1248x720 -> 1872x1088."""
+    x = torch.empty(121, 720, 1248, 3, device="meta")
+    with LiveTensors() as live:
+        out = resize_frames(x, 1872, 1088, method="lanczos", frame_batch=8)
+        peak = live.peak
+    batch_bytes = 8 * 1088 * 1872 * 3 * 4
+    assert peak - out.untyped_storage().nbytes() <= batch_bytes, (peak, batch_bytes)
