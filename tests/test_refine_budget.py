@@ -47,3 +47,24 @@ def test_1080p_fits_24_gib_in_context_windows(pair):
     from wan.sampling.windows import ContextWindows
 
     check_size(pair, 1920, 1088, 81, torch.device("cuda"), 16, context=ContextWindows(33, 16))
+
+
+def test_the_memory_host_is_asked_for_room_before_a_size_is_refused(pair, monkeypatch):
+    """Inside ComfyUI the host unloads its own models when asked: then 1080p in context windows fits again."""
+    from wan.memory.place import MemoryHost, set_memory_host
+    from wan.sampling.windows import ContextWindows
+
+    free, asked = [4 << 30], []
+
+    class Host(MemoryHost):
+        def make_room(self, need, device):
+            asked.append(need)
+            free[0] = GIB24
+
+    monkeypatch.setattr(budget, "available_bytes", lambda device: free[0])
+    previous = set_memory_host(Host())
+    try:
+        check_size(pair, 1920, 1088, 81, torch.device("cuda"), 16, context=ContextWindows(33, 16))
+    finally:
+        set_memory_host(previous)
+    assert len(asked) == 1 and asked[0] > 4 << 30

@@ -1,8 +1,10 @@
 """The largest picture size that fits: a run whose frame count is fixed (a refine stage keeps its video's frames) is
 refused with the largest width x height of the same aspect, in the model's size multiple, whose sampling estimate
-fits the device and whose model calls stay within the token ceiling."""
+fits the device and whose model calls stay within the token ceiling. As in ``check``, the memory host (ComfyUI) is
+asked to make room before a run is refused."""
 from __future__ import annotations
 
+from ..memory.place import memory_host
 from . import check
 from .check import MAX_TOKENS, BudgetError
 from .estimates import call_frames, estimate_sampling, gib, token_ranks
@@ -56,6 +58,11 @@ def check_size(experts, width: int, height: int, frames: int, device, multiple: 
         return
     estimate = estimate_sampling(experts, latent_grid(experts, width, height, frames, batch), device, step_cache,
                                  keep_both, context)
+    if free is not None and estimate.total > free:  # the memory host (ComfyUI) may unload its own models first
+        memory_host().make_room(estimate.total, estimate.device)
+        free = check.available_bytes(device)
+        if fits(experts, width, height, frames, device, free, **options):
+            return
     best = largest_size(experts, width, height, frames, device, multiple, free, **options)
     room = f"only {gib(free)} GiB is free there" if free is not None else f"the ceiling is {MAX_TOKENS} tokens per call"
     fix = (f"the largest size of this aspect that fits at {frames} frames is {best[0]}x{best[1]}" if best else
