@@ -64,3 +64,20 @@ def test_a_stage_over_the_budget_is_refused_before_any_stage_samples(tmp_path, c
     err = capsys.readouterr().err
     assert "refine stage 2 of 2 at 1024x1024, 9 frames needs about" in err
     assert "the largest size of this aspect that fits at 9 frames is" in err
+
+
+def test_a14b_low_strength_loads_only_the_low_noise_expert(tmp_path, monkeypatch, caplog):
+    """4 steps, shift 12, boundary 0.875: strength 0.25 keeps the last step (t = 800), a low-noise one: the pair is
+    never loaded, only the low-noise expert (recorded at the loader), with the low-noise expert's LoRA."""
+    import wan.dit.loader
+    import wan.experts
+
+    roles, load_dit = [], wan.dit.loader.load_dit
+    monkeypatch.setattr(wan.experts, "load_moe", lambda *a, **k: pytest.fail("both experts loaded"))
+    monkeypatch.setattr(wan.dit.loader, "load_dit", lambda *a, **k: roles.append(k.get("role")) or load_dit(*a, **k))
+    caplog.set_level("INFO", logger="wan_experts")
+    source, out = a_video(tmp_path / "draft.mp4"), tmp_path / "refined.mp4"
+    assert main(["--task", "t2v-A14B", "--demo", "--refine_from", str(source), "--size", "96*64",
+                 "--refine_strength", "0.25", "--sample_steps", "4", "--save_file", str(out), "--device", "cpu",
+                 "--lora_low", "demo", "--lora_high", "demo:0.5"]) == 0  # the low-noise LoRA applies, the other not
+    assert roles == ["low"] and "only the low-noise expert" in caplog.text and "1 of 4 steps" in caplog.text

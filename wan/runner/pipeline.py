@@ -227,10 +227,7 @@ def load_experts(files: ModelFiles, s: Settings, device, par=None):
                            sharding=sharding)
     else:
         experts = ExpertSet(load_dit(files.dits[0], dtype=dtype, device=home, sharding=sharding))
-    cfg = experts.config
-    if cfg.in_dim != MODEL_IN_DIM[s.variant.task] or cfg.has_clip != s.variant.uses_clip:
-        raise InputError(f"the model in '{s.ckpt_dir}' does not fit --task {s.task}: it takes {cfg.in_dim} input "
-                         f"channels{' and CLIP features' if cfg.has_clip else ''}. Pick the task of that folder.")
+    check_task(experts, s)
     if s.loras:
         from ..lora import apply_choices
 
@@ -238,6 +235,14 @@ def load_experts(files: ModelFiles, s: Settings, device, par=None):
     if par:
         par.attach(experts.models)
     return experts
+
+
+def check_task(experts, s: Settings) -> None:
+    """The loaded model takes the inputs of ``s.task`` (channels, CLIP features)."""
+    cfg = experts.config
+    if cfg.in_dim != MODEL_IN_DIM[s.variant.task] or cfg.has_clip != s.variant.uses_clip:
+        raise InputError(f"the model in '{s.ckpt_dir}' does not fit --task {s.task}: it takes {cfg.in_dim} input "
+                         f"channels{' and CLIP features' if cfg.has_clip else ''}. Pick the task of that folder.")
 
 
 def denoise(experts, s: Settings, shape, text, cond, noise, device, par=None):

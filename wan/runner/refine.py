@@ -17,10 +17,11 @@ import torch
 from ..budget.sizes import check_size
 from ..latents import denormalize, normalize
 from ..sampling import SamplerSettings, make_noise
-from ..sampling.refine import check_video, kept_experts, refine
+from ..sampling.refine import check_video, kept_experts, refine, start_step
+from ..sampling.schedules import make_schedule
 from ..upscale import resize_frames
 from ..video import read_video
-from .pipeline import (Settings, encode_text, guidance_text, image_conditioning, load_experts, load_vae,
+from .pipeline import (Settings, check_task, encode_text, guidance_text, image_conditioning, load_experts, load_vae,
                        make_step_cache, official_files, progress_bar, run_description)
 
 log = logging.getLogger("wan_experts")
@@ -34,6 +35,39 @@ def size_multiple(s: Settings) -> int:
 def stage_sizes(s: Settings, video: torch.Tensor) -> list[tuple[int, int]]:
     """The sizes to refine at: --size's list, or the video's own size when none was given."""
     return list(s.refine_sizes) or [(video.shape[2], video.shape[1])]
+
+
+def only_expert(s: Settings, settings: SamplerSettings) -> str | None:
+    """The one Wan 2.2 expert every kept step uses ("high" / "low"; "low" when no step runs), or None when both
+    are needed, the model is no pair, or a step cache runs (its data is made per pair)."""
+    if not s.variant.moe or s.cache is not None:
+        return None
+    if s.refine_expert != "auto":
+        return s.refine_expert
+    schedule = make_schedule(settings.solver, settings.steps, settings.shift, settings.schedule)
+    kept = schedule.timesteps[start_step(settings.steps, s.refine_strength):]
+    high = [float(t) >= s.variant.boundary * 1000 for t in kept]
+    return "high" if high and all(high) else "low" if not any(high) else None
+
+
+def load_refiners(files, s: Settings, device, settings: SamplerSettings):
+    """(experts, settings, expert choice) for the run. When every kept step of a Wan 2.2 pair falls to one expert,
+    only that expert is loaded, as a single model with its guidance and LoRAs; the other is never read."""
+    from ..dit.loader import load_dit
+    from ..experts import ExpertSet
+    from ..lora import apply_choices
+
+    role = only_expert(s, settings)
+    if role is None:
+        return load_experts(files, s, device), settings, s.refine_expert
+    log.info("%s: the kept steps use only the %s-noise expert; the other is not loaded", s.task, role)
+    home = "cpu" if s.offload else device
+    model = load_dit(s.ckpt_dir, dtype="bf16" if device.type == "cuda" else "fp32", device=home, role=role)
+    experts = ExpertSet(model)
+    check_task(experts, s)
+    experts = apply_choices(experts, [replace(c, expert="both") for c in s.loras if c.expert in ("both", role)])
+    guidance = s.guidance[0] if role == "low" else s.guidance[1]
+    return experts, replace(settings, cfg_high=guidance, cfg_low=guidance), "auto"
 
 
 def run_refine(s: Settings) -> Path:
@@ -50,10 +84,10 @@ def run_refine(s: Settings) -> Path:
     device = torch.device(s.device)
     text = encode_text(files, s, device)
     vae = load_vae(files, device)
-    experts = load_experts(files, s, device)
     low, high = s.guidance
     settings = SamplerSettings(steps=s.steps, shift=s.shift, solver=s.solver, cfg_high=high, cfg_low=low)
-    plan = kept_experts(experts, settings, s.refine_strength, s.refine_expert)
+    experts, settings, expert = load_refiners(files, s, device, settings)
+    plan = kept_experts(experts, settings, s.refine_strength, expert)
     for i, (width, height) in enumerate(sizes):  # every stage, before any of them samples
         check_size(experts, width, height, s.frames, device, size_multiple(s),
                    what=f"refine stage {i + 1} of {len(sizes)}", step_cache=s.cache is not None)
@@ -61,14 +95,14 @@ def run_refine(s: Settings) -> Path:
              s.task, s.refine_from, s.frames, video.shape[2], video.shape[1], ", ".join(f"{w}x{h}" for w, h in sizes),
              s.refine_strength, len(plan), s.steps, ", ".join(sorted(set(plan))) or "none", guidance_text(s), s.seed)
     for width, height in sizes:
-        video = refine_stage(s, files, experts, vae, text, settings, video, width, height, device)
+        video = refine_stage(s, files, experts, vae, text, settings, expert, video, width, height, device)
     description = (f"{run_description(s)} --refine_from {str(s.refine_from)!r} --refine_strength "
                    f"{s.refine_strength:g} --refine_expert {s.refine_expert}")
     return write_video(video, s.save_file, fps=s.variant.fps, metadata={"comment": description})
 
 
-def refine_stage(s: Settings, files, experts, vae, text, settings: SamplerSettings, video: torch.Tensor, width: int,
-                 height: int, device) -> torch.Tensor:
+def refine_stage(s: Settings, files, experts, vae, text, settings: SamplerSettings, expert: str, video: torch.Tensor,
+                 width: int, height: int, device) -> torch.Tensor:
     """One stage: frames [N, H, W, 3] (0..1) resized to width x height, encoded, refined, decoded (tiles when the
     whole frames do not fit)."""
     frames = resize_frames(video, width, height, s.refine_resampling)
@@ -86,7 +120,7 @@ def refine_stage(s: Settings, files, experts, vae, text, settings: SamplerSettin
     home = "cpu" if s.offload else device
     with progress_bar(s.steps) as bar:
         result = refine(experts, latents, text, settings, s.refine_strength, noise=make_noise(latents.shape, s.seed),
-                        expert=s.refine_expert, image_cond=cond, step_cache=make_step_cache(s),
+                        expert=expert, image_cond=cond, step_cache=make_step_cache(s),
                         callback=lambda info: bar.update(1), device=device, offload_device=home)
     if result.cache_report is not None:
         log.info("%s", result.cache_report.summary())
