@@ -22,7 +22,7 @@ import torch
 from ..checks import finite_number
 from ..errors import InputError
 from ..experts import as_expert_set
-from .loop import SampleResult, SamplerSettings, sample
+from .loop import SampleResult, SamplerSettings, expert_plan, sample
 from .schedules import make_schedule
 from .shapes import check_frames
 
@@ -72,8 +72,6 @@ def expert_switch(experts, expert: str, steps: int) -> int | None:
 
 def kept_experts(experts, settings: SamplerSettings, strength: float, expert: str = "auto") -> list[str]:
     """The expert of each step a refine run would take, without running it (empty for strength 0)."""
-    from .loop import expert_plan
-
     experts = as_expert_set(experts)
     switch = expert_switch(experts, expert, settings.steps)
     schedule = make_schedule(settings.solver, settings.steps, settings.shift, settings.schedule)
