@@ -24,7 +24,7 @@ def test_demo_refines_a_video_file(tmp_path, task, sizes, shape, caplog):
                  "0.5", "--save_file", str(out)] + FAST) == 0
     frames, comment = frames_of(out)
     assert frames.shape == shape
-    assert "--refine_from" in comment and "--refine_strength 0.5" in comment
+    assert "--refine_from" in comment and "--refine_strength 0.5" in comment and f"--size {sizes} " in comment
     assert "1 of 2 steps" in caplog.text
 
 

@@ -96,8 +96,9 @@ def run_refine(s: Settings) -> Path:
              s.refine_strength, len(plan), s.steps, ", ".join(sorted(set(plan))) or "none", guidance_text(s), s.seed)
     for width, height in sizes:
         video = refine_stage(s, files, experts, vae, text, settings, expert, video, width, height, device)
-    description = (f"{run_description(s)} --refine_from {str(s.refine_from)!r} --refine_strength "
-                   f"{s.refine_strength:g} --refine_expert {s.refine_expert}")
+    stages = ",".join(f"{w}*{h}" for w, h in sizes)
+    description = (f"{run_description(s).replace(f'--size {s.width}*{s.height}', f'--size {stages}')} --refine_from "
+                   f"{str(s.refine_from)!r} --refine_strength {s.refine_strength:g} --refine_expert {s.refine_expert}")
     return write_video(video, s.save_file, fps=s.variant.fps, metadata={"comment": description})
 
 
