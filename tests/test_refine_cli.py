@@ -1,7 +1,6 @@
 """``python -m wan.generate --refine_from VIDEO``: the demo models upscale and refine a video file end to end, one
 stage and a two-stage cascade; bad flags, a one-frame video and a stage over the memory budget stop the run with a
 clear message before any stage samples."""
-import av
 import pytest
 
 from test_cache_tools import one_thread  # noqa: F401  (autouse fixture)

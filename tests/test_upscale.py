@@ -1,7 +1,8 @@
 """Pixel-space upscaling (wan/upscale.py). Oracle: Pillow's ``Image.resize`` with BOX / BICUBIC / LANCZOS: the
 weights of each axis against its float mode "F" (per channel, one axis resized, no 8-bit rounding; tolerance 1e-4
-of the 0..255 range), both axes against 8-bit RGB images (within one 8-bit level). Memory: the live tensors of a long upscale (tests/meta_trace.LiveTensors on CPU) above the output
-itself stay within one output frame batch, whatever the frame count."""
+of the 0..255 range), both axes against 8-bit RGB images (within one 8-bit level). Memory: the live tensors of a
+long upscale (tests/meta_trace.LiveTensors, on CPU and at full size on the meta device) above the output itself stay
+within one output frame batch, whatever the frame count."""
 import numpy as np
 import pytest
 import torch

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import torch
 
-from ..errors import InputError
 from ..sampling.extend import ExtendSettings, check_video_size, extend, tail_pixels
 from ..video import read_video
 from .pipeline import (Settings, guidance_text, load_vae, progress_bar, encode_text, extended_prompt, load_experts,

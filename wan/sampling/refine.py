@@ -9,8 +9,8 @@ With a Wan 2.2 A14B pair each kept step still takes the expert its timestep pick
 low-noise expert, the high-noise one is never placed); ``expert`` "low" / "high" runs every kept step on one expert.
 With I2V / FLF2V conditioning the first frame is kept: the input's first latent frame is held through the loop (as
 the frames a video extension starts from), so the refined video starts exactly where the input did; TI2V-5B imposes
-its start frame itself. Image conditioning, TI2V-5B, step caches (their first-steps rules count from the first kept step), context windows
-and LoRAs work as in ``sample``, which does all of it.
+its start frame itself. Step caches (their first-steps rules count from the first kept step), context windows and
+LoRAs work as in ``sample``, which does all of it.
 """
 from __future__ import annotations
 
