@@ -33,9 +33,11 @@ except ImportError:
     IN_COMFY = False
 
 STEP_CACHE_KIND = "wan_step_cache"  # calibrated TeaCache / MagCache data (python -m wan.cache.calibrate)
-MODEL_KINDS = ("diffusion_models", "text_encoders", "vae", "clip_vision", "loras", "LLM", STEP_CACHE_KIND)
-# not in ComfyUI core: registered as models/<kind> (LLM: one folder per model; wan_step_cache: JSON files)
-EXTRA_KINDS = ("LLM", STEP_CACHE_KIND)
+MODEL_KINDS = ("diffusion_models", "text_encoders", "vae", "clip_vision", "loras", "LLM", STEP_CACHE_KIND,
+               "audio_encoders")
+# registered as models/<kind> where ComfyUI core lacks them (LLM: one folder per model; wan_step_cache: JSON files;
+# audio_encoders: wav2vec2 for S2V, in core since its audio-encoder nodes)
+EXTRA_KINDS = ("LLM", STEP_CACHE_KIND, "audio_encoders")
 WEIGHT_SUFFIXES = (".safetensors", ".sft", ".pth", ".pt", ".bin", ".ckpt", ".safetensors.index.json", ".gguf")
 # More folders of a kind (standalone; ComfyUI's "diffusion_models" already covers models/unet) and file types
 # ComfyUI does not list for it (its lists leave out .gguf).
