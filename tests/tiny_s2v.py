@@ -11,10 +11,10 @@ from tiny_dit import DIM, FFN, FREQ_DIM, HEADS, TEXT_DIM, TEXT_LEN
 AUDIO_DIM, LAYERS, INJECT = 32, 2, [0, 1]
 
 
-def official_s2v(seed: int = 0, std: float = 0.1, layers: int = LAYERS, inject=INJECT):
+def official_s2v(seed: int = 0, std: float = 0.1, layers: int = LAYERS, inject=INJECT, audio_dim: int = AUDIO_DIM):
     WanModel_S2V = official.load("modules.s2v.model_s2v").WanModel_S2V
     model = WanModel_S2V(
-        cond_dim=16, audio_dim=AUDIO_DIM, num_audio_token=4, enable_adain=True, adain_mode="attn_norm",
+        cond_dim=16, audio_dim=audio_dim, num_audio_token=4, enable_adain=True, adain_mode="attn_norm",
         audio_inject_layers=list(inject), zero_init=True, zero_timestep=True, enable_motioner=False,
         add_last_motion=True, enable_framepack=True, framepack_drop_mode="padd", in_dim=16, dim=DIM, ffn_dim=FFN,
         freq_dim=FREQ_DIM, text_dim=TEXT_DIM, out_dim=16, num_heads=HEADS, num_layers=layers, text_len=TEXT_LEN)
