@@ -42,11 +42,11 @@ sys.path.insert(0, str(ROOT))
 from wan.dit.attention import available_backends  # noqa: E402
 from wan.dit.config import WanDiTConfig  # noqa: E402
 from wan.dit.model import WanDiT  # noqa: E402
-from wan.memory import residency  # noqa: E402
-from wan.offload import activation_bytes, set_block_streaming  # noqa: E402
-from wan.ops import FP8_DTYPES  # noqa: E402
+from wan.memory.place import residency  # noqa: E402
+from wan.memory.offload import activation_bytes, set_block_streaming  # noqa: E402
+from wan.weights.ops import FP8_DTYPES  # noqa: E402
 from wan.sampling.placement import ExpertPlacement  # noqa: E402
-from wan.weights import assign_weights  # noqa: E402
+from wan.weights.assign import assign_weights  # noqa: E402
 
 GiB = 1024 ** 3
 

@@ -1,4 +1,4 @@
-"""Memory budget accuracy: the estimates of ``wan/estimates.py`` vs the peak of the live tensors the real modules
+"""Memory budget accuracy: the estimates of ``wan/budget/estimates.py`` vs the peak of the live tensors the real modules
 create, traced on the meta device (``tests/meta_trace.py``) at the released models' full sizes. Nothing is
 computed or allocated, so the 14B at 720p runs on any machine.
 
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from meta_trace import flat_attention, traced_peak  # noqa: E402
-from wan import estimates  # noqa: E402
+from wan.budget import estimates  # noqa: E402
 from wan.dit.config import WanDiTConfig  # noqa: E402
 from wan.dit.model import WanDiT  # noqa: E402
 from wan.experts import ExpertSet  # noqa: E402

@@ -35,7 +35,7 @@ from harness import (ROOT, add_timing_options, apply_timing_options, import_comf
 
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from wan.checkpoint import read_state_dict  # noqa: E402
+from wan.weights.checkpoint import read_state_dict  # noqa: E402
 from wan.vae import load_vae  # noqa: E402
 from wan.vae.keys import normalize_keys  # noqa: E402
 

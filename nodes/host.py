@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from ..wan.devices import same_device
-from ..wan.memory import MemoryHost, Residency, residency, set_memory_host
+from ..wan.memory.devices import same_device
+from ..wan.memory.place import MemoryHost, Residency, residency, set_memory_host
 
 log = logging.getLogger("wan_experts")
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from ..wan.color import COLOR_MATCH
+from ..wan.sampling.color import COLOR_MATCH
 from ..wan.errors import InputError
-from ..wan.extend import ExtendSettings, extend
+from ..wan.sampling.extend import ExtendSettings, extend
 from ..wan.sampling import SamplerSettings
 from ..wan.sampling.defaults import resolve_auto
 from ..wan.sampling.windows import FUSES, IMAGE_MODES, SCHEDULES, ContextWindows

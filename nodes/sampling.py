@@ -21,7 +21,7 @@ log = logging.getLogger("wan_experts")
 CATEGORY = "Wan Experts/sampling"
 STATE_KEY = "wan_solver_state"  # solver history carried in a LATENT between chained samplers
 # Each limit can run on its own (with the other sizes small); together they are bounded by the engine's token
-# ceiling and memory check (wan/budget.py), which refuse with the largest size that fits.
+# ceiling and memory check (wan/budget/check.py), which refuse with the largest size that fits.
 MAX_SIZE, MAX_FRAMES, MAX_BATCH = 4096, 4093, 16
 
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from ..wan.devices import module_device
-from ..wan.memory import leave, place
+from ..wan.memory.devices import module_device
+from ..wan.memory.place import leave, place
 from ..wan.vae.loader import load_vae
 from ..wan.vae.vae import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, TILED_MODES, WanVAE
 from . import host
@@ -27,7 +27,7 @@ class ChunkProgress:
 
 
 def on_compute_device(vae: WanVAE, run):
-    """Run ``run()`` with the VAE placed on the compute device (``wan.memory``: after asking the host for room), then
+    """Run ``run()`` with the VAE placed on the compute device (``wan.memory.place``: after asking the host for room), then
     give it back (its own weights were never moved) and free the cached memory."""
     host.check_interrupted()
     home = vae.device

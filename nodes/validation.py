@@ -8,7 +8,7 @@ None and are checked when the node runs.
 """
 from __future__ import annotations
 
-from ..wan.budget import check_video_size
+from ..wan.budget.check import check_video_size
 from ..wan.checks import finite_number, whole_number
 from ..wan.errors import InputError
 from .files import confined_file

@@ -619,7 +619,7 @@ def write_feature_files(base: Path) -> None:
     from safetensors.torch import load_file
 
     from tiny_qwen import write_tiny_qwen
-    from wan.demo import train_tokenizer
+    from wan.runner.demo import train_tokenizer
     from wan.quant.gguf_write import write_gguf
 
     models = base / "models"

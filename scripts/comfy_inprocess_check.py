@@ -63,7 +63,7 @@ def import_pack():
     spec.loader.exec_module(module)
     import importlib
 
-    for name in ("nodes.host", "nodes.bridge", "nodes.encoders", "wan.memory"):
+    for name in ("nodes.host", "nodes.bridge", "nodes.encoders", "wan.memory.place"):
         importlib.import_module(f"{spec.name}.{name}")
     return module
 
@@ -72,7 +72,7 @@ def import_pack():
 def check_memory_handoff(mm, pack) -> None:
     import torch
 
-    memory, host = pack.wan.memory, pack.nodes.host
+    memory, host = pack.wan.memory.place, pack.nodes.host
     check(host.IN_COMFY and type(memory.memory_host()).__name__ == "ComfyMemory",
           f"the pack installed its ComfyUI memory host ({type(memory.memory_host()).__name__})")
     device = mm.get_torch_device()

@@ -4,7 +4,7 @@
 tensor that uses it is alive (views share their base's storage) and records the peak. Storages made before the
 trace (weights, inputs) are never counted, not even through views of them such as a transposed weight. On the
 meta device nothing is computed, so a full-size 14B block at 720p traces in about a second. This is the independent
-measurement the memory budget (``wan/budget.py``) is checked against: it counts what the modules allocate, without
+measurement the memory budget (``wan/budget/check.py``) is checked against: it counts what the modules allocate, without
 allocator slack.
 """
 from __future__ import annotations

@@ -1,11 +1,12 @@
-"""The memory budget (wan/budget.py): its estimates against the live tensors of the real modules, the ceiling, and
+"""The memory budget (wan/budget/check.py): its estimates against the live tensors of the real modules, the ceiling, and
 refusals that name the largest size that fits. Nothing large is allocated: models are built on the meta device and
 the free memory is set by the test."""
 import pytest
 import torch
 
 from meta_trace import flat_attention, traced_peak
-from wan import budget, estimates
+from wan.budget import check as budget
+from wan.budget import estimates
 from wan.dit.config import WanDiTConfig
 from wan.dit.model import WanDiT
 from wan.errors import InputError
@@ -56,7 +57,7 @@ def test_dit_activation_estimate_bounds_the_traced_peak(cfg, latent, dtype):
 def test_fp8_weights_estimate_bounds_the_traced_peak(latent):
     """fp8 Linear weights (scaled, as Comfy-Org's fp8_scaled files): the per-layer cast copies are counted.
     Oracle and tolerance as above."""
-    from wan.ops import Linear
+    from wan.weights.ops import Linear
 
     model = meta_dit(WanDiTConfig(**A14B, num_layers=2))
     for layer in model.blocks.modules():
@@ -173,7 +174,7 @@ def test_sequence_parallel_splits_the_tokens_of_a_call():
 def test_block_streaming_needs_only_the_resident_blocks_on_the_device():
     """offload_blocks N: everything outside the blocks, the 40 - N resident blocks and two streaming buffers; auto:
     no resident block is counted (auto streams what does not fit)."""
-    from wan.offload import set_block_streaming
+    from wan.memory.offload import set_block_streaming
 
     model = meta_dit(WanDiTConfig(**A14B, num_layers=40), variant=VARIANTS["wan22_t2v_a14b"], role="high")
     block, whole = estimates.module_bytes(model.blocks[0]), estimates.module_bytes(model)
@@ -188,8 +189,8 @@ def test_block_streaming_needs_only_the_resident_blocks_on_the_device():
 
 
 def test_the_memory_host_is_asked_for_room_before_refusing(monkeypatch):
-    """Inside ComfyUI the host unloads its own models when asked (wan.memory.MemoryHost.make_room)."""
-    from wan.memory import MemoryHost, set_memory_host
+    """Inside ComfyUI the host unloads its own models when asked (wan.memory.place.MemoryHost.make_room)."""
+    from wan.memory.place import MemoryHost, set_memory_host
 
     model = meta_dit(WanDiTConfig(**A14B, num_layers=2), variant=VARIANTS["wan22_t2v_a14b"], role="high")
     need = estimates.estimate_sampling(model, (1, 16, 21, 60, 104), "cuda").total

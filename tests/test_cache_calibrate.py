@@ -18,7 +18,8 @@ from safetensors.torch import save_file
 from test_cache_tools import one_thread  # noqa: F401  (autouse fixture)
 from test_cache_tools import run_cached, run_loop, tiny_dit, tiny_experts
 from wan.cache import MagCache, TeaCache
-from wan.cache.calibrate import CalibrationRecorder, calibrate, main, write_calibration
+from wan.cache.calibrate import main
+from wan.cache.calibration import CalibrationRecorder, calibrate, write_calibration
 
 STEPS = 12
 

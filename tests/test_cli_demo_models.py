@@ -1,10 +1,10 @@
 """The tiny demo models are written in layouts the normal loaders read: Comfy-Org single files (HF T5 names with the
 tokenizer inside, HF CLIP names) and official folders (.pth, fused CLIP qkv, tokenizer folder). The two text-encoder
-and CLIP layouts are renamed independently in ``wan.demo``; identical outputs from both files check both mappings."""
+and CLIP layouts are renamed independently in ``wan.runner.demo``; identical outputs from both files check both mappings."""
 import pytest
 import torch
 
-from wan import demo
+from wan.runner import demo
 from wan.dit.loader import load_dit
 from wan.encoders import load_clip_vision, load_text_encoder
 from wan.experts import load_moe

@@ -1,7 +1,7 @@
 """Device names: a model on ``cuda:0`` is already on ``cuda`` (so no move and no log line every step)."""
 import torch
 
-from wan.devices import module_device, same_device
+from wan.memory.devices import module_device, same_device
 
 
 def test_same_device_ignores_a_missing_index():

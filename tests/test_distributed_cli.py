@@ -9,7 +9,8 @@ import wan.encoders
 from wan.distributed import ParallelOptions, check_options
 from wan.errors import InputError
 from wan.generate import build_parser, main, settings_from_args
-from wan.pipeline import OFFICIAL_T5, OFFICIAL_TOKENIZER, OFFICIAL_VAE, run
+from wan.runner.pipeline import OFFICIAL_T5, OFFICIAL_TOKENIZER, OFFICIAL_VAE
+from wan.runner.tasks import run
 
 
 @pytest.fixture
@@ -74,9 +75,9 @@ def test_fsdp_refuses_layers_stored_in_a_compact_format():
     import torch
 
     from wan.distributed.fsdp import FsdpSharding
-    from wan.ops import Linear
+    from wan.weights.ops import Linear
     from wan.quant import QuantizedLayer, ScaledFP8
-    from wan.weights import assign_weights
+    from wan.weights.assign import assign_weights
 
     with torch.device("meta"):
         module = torch.nn.Sequential(Linear(4, 4))

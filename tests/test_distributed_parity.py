@@ -27,11 +27,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from wan.demo import write_official_folder
+from wan.runner.demo import write_official_folder
 from wan.distributed.fsdp import resident_bytes
 from wan.errors import InputError
 from wan.generate import build_parser, main, settings_from_args
-from wan.pipeline import official_files, sample_latents
+from wan.runner.pipeline import official_files, sample_latents
 
 HEADS = 4  # the tiny DiTs (width 256) are read as 4 heads of 64, so that 4 ranks can split them
 TIMEOUT = 400
@@ -93,7 +93,7 @@ def _latents(case: Case, folders: dict, flags: tuple[str, ...]) -> dict:
 def _sharded_bytes(folders: dict) -> dict:
     """Bytes of parameters this rank holds of both A14B experts and of the text encoder, sharded while loading."""
     from wan.encoders import load_text_encoder
-    from wan.pipeline import load_experts, parallel_setup
+    from wan.runner.pipeline import load_experts, parallel_setup
 
     s = _settings(CASES_2[0], folders, ("--dit_fsdp", "--t5_fsdp"))
     files = official_files(s.ckpt_dir, s.task, s.variant)
@@ -309,7 +309,7 @@ def test_token_slices_with_padding_add_up_to_the_whole(piece, two):
 
 def test_fsdp_rank_holds_half_of_the_weights(two, folders):
     from wan.encoders import load_text_encoder
-    from wan.pipeline import load_experts
+    from wan.runner.pipeline import load_experts
 
     s = _settings(CASES_2[0], folders, ())
     files = official_files(s.ckpt_dir, s.task, s.variant)

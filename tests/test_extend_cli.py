@@ -64,12 +64,12 @@ def test_prompt_extension_sees_the_segment_and_falls_back(tmp_path, monkeypatch,
     with the segment's first frame, and the run goes on with the original prompt, as the official fallback."""
     import logging
 
-    import wan.extend_run
+    import wan.runner.extend
     import wan.prompts.cli
 
     monkeypatch.delenv("DASH_API_KEY", raising=False)
-    seen, shown, encode, ask = [], [], wan.extend_run.encode_text, wan.prompts.cli.extend_for_run
-    monkeypatch.setattr(wan.extend_run, "encode_text", lambda files, s, device: seen.append(s.prompt) or
+    seen, shown, encode, ask = [], [], wan.runner.extend.encode_text, wan.prompts.cli.extend_for_run
+    monkeypatch.setattr(wan.runner.extend, "encode_text", lambda files, s, device: seen.append(s.prompt) or
                         encode(files, s, device))
     monkeypatch.setattr(wan.prompts.cli, "extend_for_run", lambda *a, **k: shown.append(a[6]) or ask(*a, **k))
     source = a_video(tmp_path / "clip.mp4")

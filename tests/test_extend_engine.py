@@ -1,4 +1,4 @@
-"""Extending a clip (wan/extend.py) with tiny random models, and colour matching (wan/color.py).
+"""Extending a clip (wan/sampling/extend.py) with tiny random models, and colour matching (wan/sampling/color.py).
 
 Oracles: the VAE round trip of the conditioning frames computed directly (decode(encode(tail))): the new segment's
 first frames must equal it (tolerance 1e-4: the held latents land within float rounding of the encoded ones) and so
@@ -11,14 +11,14 @@ import torch
 from test_cache_tools import one_thread  # noqa: F401  (autouse fixture)
 from oracles.randomize import randomize_
 from test_cache_tools import TEXT_DIM, tiny_experts
-from wan.color import lab_stats, lab_to_srgb, match_colors, srgb_to_lab, stats_jump
+from wan.sampling.color import lab_stats, lab_to_srgb, match_colors, srgb_to_lab, stats_jump
 from wan.conditioning import TextEmbeds
-from wan.demo import tiny_vae
+from wan.runner.demo import tiny_vae
 from wan.dit.config import WanDiTConfig
 from wan.dit.model import WanDiT
 from wan.errors import InputError
 from wan.experts import ExpertSet
-from wan.extend import ExtendSettings, extend, extension_condition, join, tail_pixels
+from wan.sampling.extend import ExtendSettings, extend, extension_condition, join, tail_pixels
 from wan.sampling import SamplerSettings
 from wan.vae.vae import WanVAE
 from wan.variants import VARIANTS

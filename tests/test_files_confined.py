@@ -12,7 +12,7 @@ import torch
 import test_encoders_support as sup
 from wan.encoders.tokenizer_source import tokenizer_from_path
 from wan.errors import CheckpointError, InputError
-from wan.files import read_regular_file
+from wan.weights.files import read_regular_file
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX FIFOs")
 

@@ -21,7 +21,7 @@ from test_encoders_tokenizer import TEXTS
 from test_quant_gguf_dit import write_tiny_gguf
 from wan.encoders import load_text_encoder
 from wan.errors import CheckpointError
-from wan.ops import Linear
+from wan.weights.ops import Linear
 from wan.quant.gguf_format import GGUFFormat
 from wan.quant.gguf_write import write_gguf
 

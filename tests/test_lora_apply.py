@@ -15,7 +15,7 @@ from lora_schemes import BLOCK_LINEARS, merged_by_hand, random_lora, write
 from tiny_dit import LAYERS, assert_close, inputs, official_dit, save_safetensors, state_dict_of
 from wan.errors import CheckpointError, InputError
 from wan.lora import load_lora
-from wan.patching import unpatched
+from wan.weights.patching import unpatched
 
 MODULES = [f"blocks.{i}.{m}" for i in range(LAYERS) for m in BLOCK_LINEARS]
 

@@ -14,7 +14,7 @@ import wan
 from lora_schemes import BLOCK_LINEARS, merged_by_hand, official_forward, random_lora, write
 from tiny_dit import LAYERS, assert_close, inputs, official_dit, save_safetensors, state_dict_of
 from wan.dit.islands import is_float32_island
-from wan.ops import FP8_DTYPES, Linear
+from wan.weights.ops import FP8_DTYPES, Linear
 
 STRENGTH = 0.9
 MODULES = [f"blocks.{i}.{m}" for i in range(LAYERS) for m in BLOCK_LINEARS] + ["head.head", "text_embedding.0"]

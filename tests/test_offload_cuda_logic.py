@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from test_offload_streaming import model_inputs, streaming, tiny_model
-from wan import offload
-from wan.memory import residency
-from wan.memory_transfers import CudaTransfers
+from wan.memory import offload
+from wan.memory.place import residency
+from wan.memory.transfers import CudaTransfers
 
 
 class FakeCuda:

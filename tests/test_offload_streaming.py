@@ -1,4 +1,4 @@
-"""Block streaming (``wan.offload``) on CPU: the streamed model computes exactly what the resident one does.
+"""Block streaming (``wan.memory.offload``) on CPU: the streamed model computes exactly what the resident one does.
 
 Oracle: the same model run with all its weights in place (no placement, no streaming). Streaming only copies bytes
 into other buffers, so the bar is bit equality (``torch.equal``), in float32, for plain, scaled-fp8 and LoRA-patched
@@ -13,17 +13,17 @@ import pytest
 import torch
 
 from oracles.randomize import randomize_
-from wan import offload
+from wan.memory import offload
 from wan.cache.base import StepCache
 from wan.dit.config import WanDiTConfig
 from wan.dit.model import WanDiT
 from wan.errors import InputError
-from wan.memory import residency
-from wan.memory_swap import slots_of, unique_tensors
-from wan.offload import BlockStream, auto_offload_blocks, held_back, set_block_streaming
-from wan.ops import FP8_DTYPES, Linear
-from wan.patches import LowRank
-from wan.patching import PatchSet, patched
+from wan.memory.place import residency
+from wan.memory.swap import slots_of, unique_tensors
+from wan.memory.offload import BlockStream, auto_offload_blocks, held_back, set_block_streaming
+from wan.weights.ops import FP8_DTYPES, Linear
+from wan.weights.patches import LowRank
+from wan.weights.patching import PatchSet, patched
 from wan.quant import SCALED_FP8
 
 CFG = WanDiTConfig(dim=64, ffn_dim=96, num_heads=2, num_layers=4, text_dim=32, freq_dim=32, text_len=16)

@@ -10,9 +10,9 @@ import torch
 import wan
 from tiny_dit import assert_close, inputs, official_dit, save_safetensors, state_dict_of
 from wan.errors import InputError
-from wan.ops import FP8_DTYPES, Linear
-from wan.patches import Decomposed, Full, LowRank
-from wan.patching import PatchSet, merged_weight, patch_root, patched, unpatched
+from wan.weights.ops import FP8_DTYPES, Linear
+from wan.weights.patches import Decomposed, Full, LowRank
+from wan.weights.patching import PatchSet, merged_weight, patch_root, patched, unpatched
 
 Q = "blocks.0.self_attn.q.weight"
 FFN = "blocks.1.ffn.0.weight"

@@ -7,7 +7,7 @@ import av
 import pytest
 
 import tiny_qwen
-import wan.pipeline
+import wan.runner.pipeline
 from wan.generate import build_parser, main, settings_from_args
 from wan.prompts import LocalOptions, extend_prompt
 
@@ -23,12 +23,12 @@ def llm(tmp_path_factory):
 def encoded(monkeypatch):
     """The prompts the run hands to the text encoder."""
     seen = []
-    original = wan.pipeline.encode_text
+    original = wan.runner.pipeline.encode_text
 
     def recording(files, s, device, *rest):
         seen.append(s.prompt)
         return original(files, s, device, *rest)
-    monkeypatch.setattr(wan.pipeline, "encode_text", recording)
+    monkeypatch.setattr(wan.runner.pipeline, "encode_text", recording)
     return seen
 
 

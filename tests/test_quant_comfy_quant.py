@@ -17,9 +17,9 @@ from safetensors.torch import save_file
 
 import wan
 from tiny_dit import assert_close, inputs, official_dit, save_safetensors, state_dict_of
-from wan.memory import residency
-from wan.offload import held_back
-from wan.patching import merged_weight
+from wan.memory.place import residency
+from wan.memory.offload import held_back
+from wan.weights.patching import merged_weight
 
 PREFIX = "model.diffusion_model."
 FORMATS = {"blocks.0.self_attn.q": "float8_e4m3fn", "blocks.0.self_attn.k": "float8_e4m3fn",

@@ -15,10 +15,10 @@ from gguf import GGMLQuantizationType as T, GGUFReader, quants
 
 import wan
 from tiny_dit import assert_close, inputs, official_dit, save_safetensors, state_dict_of
-from wan.memory import residency
-from wan.offload import BlockStream, held_back
-from wan.patches import LowRank
-from wan.patching import PatchSet, merged_weight, patched
+from wan.memory.place import residency
+from wan.memory.offload import BlockStream, held_back
+from wan.weights.patches import LowRank
+from wan.weights.patching import PatchSet, merged_weight, patched
 from wan.quant.gguf_format import GGUFFormat
 from wan.quant.gguf_write import write_gguf
 

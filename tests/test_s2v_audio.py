@@ -14,7 +14,7 @@ import wan
 from oracles import official
 from tiny_audio import (comfy_audio, save_comfy_file, save_official_folder, sine_sweep, tiny_wav2vec2, write_wav)
 from tiny_dit import assert_close
-from wan.budget import BudgetError
+from wan.budget.check import BudgetError
 from wan.encoders.audio import load_audio_encoder
 from wan.encoders.audio_features import clips_for, frame_buckets, to_mono_16k
 from wan.errors import CheckpointError, InputError

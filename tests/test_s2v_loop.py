@@ -165,7 +165,7 @@ def test_sound_to_video_node(pack, tmp_path):
     node = importlib.import_module(pack.__name__ + ".nodes.s2v").WanExpertsSoundToVideo
     pw = importlib.import_module(pack.__name__ + ".wan")
     model = pw.load_dit(save_safetensors(state_dict_of(official_s2v(audio_dim=64, seed=5)), tmp_path / "s2v.safetensors"))
-    from wan.demo import tiny_vae
+    from wan.runner.demo import tiny_vae
 
     vae = pw.vae.vae.WanVAE(tiny_vae("2.1"), torch.float32)
     embeds = pw.encoders.audio.AudioEmbeds(torch.randn(25, 9, 64), 0.3)

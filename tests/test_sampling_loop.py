@@ -8,7 +8,7 @@ from wan.conditioning import ImageCond
 from wan.errors import InputError
 from wan.experts import ExpertSet
 from wan.sampling import SamplerSettings, expert_plan, make_noise, make_schedule, sample
-from wan.devices import module_device
+from wan.memory.devices import module_device
 from wan.sampling.placement import ExpertPlacement
 
 SHAPE = (1, 16, 2, 4, 4)

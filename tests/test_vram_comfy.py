@@ -60,9 +60,9 @@ class FakeModelPatcher:
 @pytest.fixture
 def comfy(pack):
     fake = FakeModelManagement()
-    previous = pack.wan.memory.set_memory_host(pack.nodes.host.ComfyMemory(fake, FakeModelPatcher))
+    previous = pack.wan.memory.place.set_memory_host(pack.nodes.host.ComfyMemory(fake, FakeModelPatcher))
     yield fake
-    pack.wan.memory.set_memory_host(previous)
+    pack.wan.memory.place.set_memory_host(previous)
 
 
 def small_model(seed=0) -> nn.Module:
@@ -79,18 +79,18 @@ def pointers(model: nn.Module) -> list[int]:
 
 def test_outside_comfyui_nothing_is_asked(pack):
     assert not pack.nodes.host.IN_COMFY
-    assert type(pack.wan.memory.memory_host()) is pack.wan.memory.MemoryHost
+    assert type(pack.wan.memory.place.memory_host()) is pack.wan.memory.place.MemoryHost
 
 
 def test_placing_asks_comfyui_for_the_bytes_first(pack, comfy):
     model = small_model()
-    pack.wan.memory.place(model, META)
+    pack.wan.memory.place.place(model, META)
     assert comfy.calls == [("free_memory", nbytes(model) + MARGIN, META)]
     assert {p.device for p in model.parameters()} == {META}
 
 
 def test_an_idle_model_on_the_gpu_is_registered_and_comfyui_can_evict_it(pack, comfy):
-    memory = pack.wan.memory
+    memory = pack.wan.memory.place
     encoder, vae = small_model(0), small_model(1)
     home = pointers(encoder)
     with pack.wan.encoders.placement.running_on(encoder, META, stay=True):  # keep_loaded
@@ -109,7 +109,7 @@ def test_an_idle_model_on_the_gpu_is_registered_and_comfyui_can_evict_it(pack, c
 
 
 def test_a_model_in_use_is_not_evicted(pack, comfy):
-    memory = pack.wan.memory
+    memory = pack.wan.memory.place
     encoder = small_model()
     memory.place(encoder, META)
     memory.leave(encoder, stay=True)
@@ -129,12 +129,12 @@ def test_experts_kept_on_the_gpu_are_evictable(pack, comfy):
     placement.activate(low)
     placement.release()
     assert [h.model for h in comfy.loaded] == [low, high]
-    pack.wan.memory.place(small_model(), META)
-    assert comfy.loaded == [] and not pack.wan.memory.placed(high) and not pack.wan.memory.placed(low)
+    pack.wan.memory.place.place(small_model(), META)
+    assert comfy.loaded == [] and not pack.wan.memory.place.placed(high) and not pack.wan.memory.place.placed(low)
 
 
 def test_a_streaming_plan_asks_for_its_resident_blocks_buffers_and_activations(pack, comfy):
-    offload, memory = pack.wan.offload, pack.wan.memory
+    offload, memory = pack.wan.memory.offload, pack.wan.memory.place
     cfg = pack.wan.dit.config.WanDiTConfig(dim=64, ffn_dim=96, num_heads=2, num_layers=4, text_dim=32, freq_dim=32,
                                            text_len=16)
     model = randomize_(pack.wan.dit.model.WanDiT(cfg))

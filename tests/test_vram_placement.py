@@ -1,4 +1,4 @@
-"""Placing models on the compute device by swapping references (``wan.memory``): the offload copy is never touched.
+"""Placing models on the compute device by swapping references (``wan.memory.place``): the offload copy is never touched.
 
 Oracle: the process's own memory map (``/proc/self/maps``): a weight read from a safetensors file lies inside a
 mapping of that file; after any number of trips to the device and back it must be the very same tensor (same
@@ -16,10 +16,10 @@ import torch.nn as nn
 import wan
 from tiny_dit import official_dit, save_safetensors, state_dict_of
 from wan.encoders.placement import running_on
-from wan.memory import placed, residency
-from wan.offload import set_block_streaming
-from wan.patches import LowRank
-from wan.patching import PatchSet, patched
+from wan.memory.place import placed, residency
+from wan.memory.offload import set_block_streaming
+from wan.weights.patches import LowRank
+from wan.weights.patching import PatchSet, patched
 from wan.sampling.placement import ExpertPlacement
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from test_cache_tools import one_thread  # noqa: F401  (autouse fixture)
-from wan import demo
+from wan.runner import demo
 
 FILES = {"diffusion_models": ["wan2.2_i2v_high_noise_14B.safetensors", "wan2.2_i2v_low_noise_14B.safetensors"],
          "text_encoders": "umt5.safetensors", "vae": "wan_2.1_vae.safetensors"}

@@ -1,4 +1,4 @@
-"""The example workflows made runnable on tiny random-weight models: model files written (by ``wan.demo``) under the
+"""The example workflows made runnable on tiny random-weight models: model files written (by ``wan.runner.demo``) under the
 file names a workflow uses, input images for its LoadImage nodes, and the graph shrunk to sizes the tiny models take.
 
 Shared by the workflow tests (through tests/graph_runner.py) and scripts/comfy_host_check.py (through a real
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wan import demo
+from wan.runner import demo
 from wan.lora.demo import write_demo_lora
 
 TINY = {"width": 64, "height": 32, "frames": 5, "steps": 3, "context_frames": 5, "context_overlap": 4,

@@ -17,10 +17,11 @@ import time
 from pathlib import Path
 
 from .checks import finite_number
-from .color import COLOR_MATCH
+from .sampling.color import COLOR_MATCH
 from .distributed.options import ParallelOptions, check_options
 from .errors import InputError, WanError
-from .pipeline import Settings, run
+from .runner.pipeline import Settings
+from .runner.tasks import run
 from .prompts.cli import add_prompt_extend_flags, prompt_extend_from_args
 from .variants import VARIANTS, Variant
 
@@ -278,7 +279,7 @@ def run_demo(s: Settings) -> Path | None:
     With several processes each writes its own copy (the models are seeded, so the copies are identical)."""
     import tempfile
 
-    from .demo import write_official_folder
+    from .runner.demo import write_official_folder
     from .distributed.ranks import is_main
     from .lora.demo import resolve_demo_loras
 

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from spec_types import N, Spec  # noqa: E402
 from workflow_check import (  # noqa: E402
     CORE_NODES, GROUP_TITLE_HEIGHT, TITLE_HEIGHT, min_node_size, socket_type, widget_slots)
 
@@ -38,25 +38,6 @@ STAGES = (  # (group title, colour, node types); nodes of other types go with th
     ("Output", "#6b3f8a", ("WanExpertsVAEDecode", "WanExpertsExtendVideo", "WanExpertsSaveVideo",
                            "WanExpertsCreateVideo")),
 )
-
-
-@dataclass
-class N:
-    """One node of a spec: ``links`` maps an input to (source key, output index)."""
-
-    key: str
-    type: str
-    widgets: dict = field(default_factory=dict)
-    links: dict = field(default_factory=dict)
-    title: str | None = None
-
-
-@dataclass
-class Spec:
-    name: str  # file stem
-    title: str
-    note: str  # markdown: which files go where
-    nodes: list[N]
 
 
 def node_types(node_type: str, mappings: dict):

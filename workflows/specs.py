@@ -2,7 +2,7 @@
 defaults per task); file names are those of the Comfy-Org repackaged models."""
 from __future__ import annotations
 
-from build import N, Spec
+from spec_types import N, Spec
 
 from wan.variants import VARIANTS
 

@@ -4,7 +4,9 @@
     MagCache(threshold=0.12, K=2, retention_ratio=0.2, curve="auto", allow_fallback=False)
     StepCache, CacheReport                      -- the protocol the denoise loop uses (begin / forward / end)
     calibrate(experts, run), write_calibration -- coefficients / curves for models without published ones
-                                                  (wan.cache.calibrate; CLI: python -m wan.cache.calibrate)
+                                                  (wan.cache.calibration; CLI: python -m wan.cache.calibrate)
+
+May import: the models it watches (``wan.dit``, ``wan.experts``), ``wan.sampling``'s small helpers, ``wan.weights``, ``wan.conditioning``, ``wan.variants``, ``wan.checks``, ``wan.errors``. The denoise loop imports it.
 """
 from .base import BATCHED, BRANCHES, CacheReport, StepCache
 from .magcache import MagCache

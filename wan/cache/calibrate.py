@@ -1,179 +1,106 @@
-"""Calibrate TeaCache coefficients and a MagCache curve for a model from normal (uncached) runs.
+"""``python -m wan.cache.calibrate``: record normal sampling runs of a model and write step-cache data for it.
 
-A ``CalibrationRecorder`` is a step cache that computes every call and records, per CFG branch and step, how much
-the signals (``e``, ``e0``) and the blocks' residual changed since the previous step. TeaCache's polynomial is then
-fitted the way its authors did: ``numpy.polyfit(rel_L1(signal change), rel_L1(residual change), 4)``, over every
-pair of consecutive steps of one expert (both branches, all runs). The MagCache curve is the mean over tokens of
-``|residual| / |previous residual|`` per step and branch, averaged over runs (the authors' calibration).
-
-The result is one JSON file with a ``coefficients`` table (TeaCache) and a ``curves`` table (MagCache), so either
-policy can load it. From Python: ``calibrate(experts, run)`` with ``run(step_cache)`` doing one normal sampling run
-(e.g. ``lambda c: wan.sampling.sample(..., step_cache=c)``); from a shell: ``python -m wan.cache.calibrate``.
+Prompt embeddings (and, for image-to-video models, the image conditioning) come from a safetensors file with
+``positive`` and ``negative`` [1, L, 4096] and optionally ``y`` (I2V/FLF2V), ``clip`` (2.1 I2V/FLF2V) or
+``first_latent`` (TI2V-5B with a start image), all as the sampler takes them. ``--random-text`` uses random
+embeddings instead (fine for a smoke run; real prompts give coefficients that transfer to real prompts).
 """
 from __future__ import annotations
 
-import json
+import argparse
 import logging
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
-import numpy as np
 import torch
 
 from ..errors import InputError
-from .base import BranchState, Call, StepCache
-from .teacache import relative_l1
 
 log = logging.getLogger("wan_experts")
-POLY_ORDER = 4
 
 
-@dataclass
-class StepChange:
-    """How one branch's call differed from the same branch's previous call (None where there was none)."""
-
-    step: int
-    branch: str
-    expert: str
-    e_change: float | None
-    e0_change: float | None
-    residual_change: float | None  # relative L1 of the residual, same expert only
-    magnitude_ratio: float | None  # mean over tokens of |residual| / |previous residual| (also across a switch)
-
-
-@dataclass
-class RecState(BranchState):
-    pending: tuple | None = None
-
-
-class CalibrationRecorder(StepCache):
-    """Computes every call of every run and records the step-to-step changes TeaCache and MagCache rely on."""
-
-    name = "calibration"
-
-    def __init__(self):
-        super().__init__()
-        self.runs: list[list[StepChange]] = []
-        self.run_steps: list[int] = []
-        self.switch_steps: list[int | None] = []
-        self.variant: str | None = None
-        self._last: dict[str, tuple] = {}
-
-    def _setup(self, experts) -> None:
-        self.variant = experts.variant.id if experts is not None and experts.variant else self.variant
-        self.runs.append([])
-        self.run_steps.append(len(self.timesteps))
-        self.switch_steps.append(None)
-        self._last = {}
-
-    def _on_expert_switch(self, step: int, expert: str) -> None:
-        self.switch_steps[-1] = step
-
-    def _new_state(self) -> RecState:
-        return RecState()
-
-    def _decide(self, state, call: Call, st: RecState) -> bool:
-        st.pending = (call.step, call.branch, call.expert, state.e[call.rows], state.e0[call.rows])
-        return True
-
-    def _refreshed(self, st: RecState) -> None:
-        step, branch, expert, e, e0 = st.pending
-        residual = st.residual
-        last = self._last.get(branch)
-        same = last is not None and last[0] == expert
-        change = StepChange(
-            step, branch, expert,
-            e_change=relative_l1(e, last[1]) if same else None,
-            e0_change=relative_l1(e0, last[2]) if same else None,
-            residual_change=relative_l1(residual, last[3]) if same else None,
-            magnitude_ratio=(residual.norm(dim=-1) / last[3].norm(dim=-1)).mean().item() if last else None,
-        )
-        self.runs[-1].append(change)
-        self._last[branch] = (expert, e, e0, residual)
-
-    def result(self, name: str | None = None) -> "Calibration":
-        if not self.runs or not any(self.runs):
-            raise InputError("calibration recorded no model calls; run at least one sampling run through it")
-        if len(set(self.run_steps)) != 1:
-            raise InputError(f"calibration runs must all have the same step count; got {sorted(set(self.run_steps))}")
-        switches = {s for s in self.switch_steps}
-        if len(switches) != 1:
-            raise InputError(f"calibration runs switched experts at different steps: {sorted(map(str, switches))}")
-        changes = [c for run in self.runs for c in run]
-        return Calibration(name or self.variant or "custom", self.variant, self.run_steps[0], switches.pop(),
-                           len(self.runs), changes)
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m wan.cache.calibrate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--dit", required=True, help="DiT file or folder (the high-noise expert for Wan 2.2 A14B)")
+    p.add_argument("--dit-low", help="the low-noise expert (Wan 2.2 A14B)")
+    p.add_argument("--boundary", type=float, default=None, help="expert switch (fraction of 1000); default official")
+    p.add_argument("--embeds", help="safetensors with positive / negative (and y, clip, first_latent)")
+    p.add_argument("--random-text", action="store_true", help="random prompt embeddings instead of --embeds")
+    p.add_argument("--size", default=None, help="width*height, e.g. 832*480 (default: the variant's first size)")
+    p.add_argument("--frames", type=int, default=None, help="frames, 4n+1 (default: the variant's)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the variant's)")
+    p.add_argument("--shift", type=float, default=None, help="schedule shift (default: the variant's)")
+    p.add_argument("--guidance", type=float, nargs="+", default=None, help="cfg (low/single [high])")
+    p.add_argument("--solver", default="unipc")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed")
+    p.add_argument("--name", default=None, help="key in the file (default: the variant id)")
+    p.add_argument("--dtype", default="default")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", required=True, help="JSON file to write")
+    return p.parse_args(argv)
 
 
-@dataclass
-class Calibration:
-    name: str
-    variant: str | None
-    steps: int
-    switch_step: int | None
-    runs: int
-    changes: list[StepChange] = field(repr=False)
+def load_experts(args):
+    from ..dit.loader import load_dit
+    from ..experts import ExpertSet, load_moe
 
-    def teacache_coefficients(self) -> dict[str, list[float]]:
-        out = {}
-        for mode, attr in (("e", "e_change"), ("e0", "e0_change")):
-            pairs = [(getattr(c, attr), c.residual_change) for c in self.changes if c.residual_change is not None]
-            if len(pairs) <= POLY_ORDER:
-                raise InputError(f"calibration has {len(pairs)} step pairs; a degree-{POLY_ORDER} fit needs more "
-                                 f"(use more steps or runs)")
-            x, y = np.array(pairs, dtype=np.float64).T
-            out[mode] = [float(c) for c in np.polyfit(x, y, POLY_ORDER)]
-        return out
-
-    def magcache_ratios(self) -> list[float]:
-        """Interleaved cond/uncond ratios from step 1, averaged over runs (1.0 where a branch never ran)."""
-        out = []
-        for step in range(1, self.steps):
-            for branch in ("cond", "uncond"):
-                values = [c.magnitude_ratio for c in self.changes
-                          if c.step == step and c.branch == branch and c.magnitude_ratio is not None]
-                out.append(round(float(np.mean(values)), 5) if values else 1.0)
-        return out
-
-    def to_json(self) -> dict:
-        curve = {"steps": self.steps, "ratios": self.magcache_ratios()}
-        if self.switch_step is not None:
-            curve["switch_step"] = self.switch_step
-        return {
-            "_about": (f"Calibrated with wan.cache.calibrate on {self.runs} run(s) of {self.steps} steps "
-                       f"({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC). TeaCache: numpy.polyfit(rel-L1 of the "
-                       f"signal change, rel-L1 of the residual change, {POLY_ORDER}), highest power first. "
-                       f"MagCache: mean token-wise residual magnitude ratio per call, cond/uncond interleaved."),
-            "variant": self.variant,
-            "coefficients": {self.name: self.teacache_coefficients()},
-            "curves": {self.name: curve},
-        }
+    if args.dit_low:
+        return load_moe(args.dit, args.dit_low, dtype=args.dtype, device=args.device,
+                        boundary=args.boundary if args.boundary is not None else "auto")
+    return ExpertSet(load_dit(args.dit, dtype=args.dtype, device=args.device))
 
 
-def calibrate(experts, run: Callable[[StepCache], object], runs: int = 1, name: str | None = None) -> Calibration:
-    """Record ``runs`` normal sampling runs (``run(step_cache)`` does one) and fit the step-cache data."""
-    recorder = CalibrationRecorder()
-    recorder.variant = experts.variant.id if experts.variant else None
-    for _ in range(int(runs)):
-        run(recorder)
-    return recorder.result(name)
+def load_conditioning(args, experts, batch_shape):
+    from ..weights.checkpoint import read_state_dict
+    from ..conditioning import ImageCond, TextEmbeds
 
-
-def write_calibration(calibration: Calibration, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(calibration.to_json(), indent=1))
-    log.info("Wrote step-cache calibration '%s' (%s, %d steps) to %s", calibration.name, calibration.variant,
-             calibration.steps, path)
-    return path
+    if args.embeds:
+        sd = read_state_dict(args.embeds, what="embeddings file")
+        missing = {"positive", "negative"} - set(sd)
+        if missing:
+            raise InputError(f"'{args.embeds}' lacks {sorted(missing)}; it needs 'positive' and 'negative' prompt "
+                             f"embeddings [1, L, {experts.config.text_dim}]")
+        text = TextEmbeds(sd["positive"].float(), sd["negative"].float())
+        cond = None
+        if "y" in sd:
+            cond = ImageCond("flf2v" if experts.config.flf_pos_len else "i2v", y=sd["y"].float(),
+                             clip=sd["clip"].float() if "clip" in sd else None)
+        elif "first_latent" in sd:
+            cond = ImageCond("ti2v", first_latent=sd["first_latent"].float())
+        return text, cond
+    if not args.random_text:
+        raise InputError("pass --embeds FILE with real prompt embeddings, or --random-text for a smoke run")
+    g = torch.Generator().manual_seed(1234)
+    dim = experts.config.text_dim
+    return TextEmbeds(torch.randn(1, 32, dim, generator=g), torch.randn(1, 32, dim, generator=g)), None
 
 
 @torch.no_grad()
 def main(argv=None) -> Path:
-    from .calibrate_cli import run_cli
+    from ..sampling import SamplerSettings, latent_shape, make_noise, sample
+    from .calibration import calibrate, write_calibration
 
-    return run_cli(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(argv)
+    experts = load_experts(args)
+    v = experts.variant
+    width, height = (int(s) for s in (args.size or (v.sizes[0] if v else "832*480")).split("*"))
+    frames = args.frames or (v.frames if v else 81)
+    steps, shift = args.steps or (v.steps if v else 50), args.shift or (v.shift if v else 5.0)
+    guidance = args.guidance or list(v.guidance if v else (5.0, 5.0))
+    shape = latent_shape(width, height, frames, experts.config.out_dim)
+    text, cond = load_conditioning(args, experts, shape)
+    settings = SamplerSettings(steps=steps, shift=shift, solver=args.solver, cfg_low=guidance[0],
+                               cfg_high=guidance[-1])
+    seeds = iter(args.seeds)
+
+    def one_run(recorder):
+        seed = next(seeds)
+        log.info("calibration run, seed %d: %d steps at %dx%d, %d frames", seed, steps, width, height, frames)
+        sample(experts, torch.zeros(shape), text, settings, noise=make_noise(shape, seed), image_cond=cond,
+               step_cache=recorder, device=args.device)
+
+    result = calibrate(experts, one_run, runs=len(args.seeds), name=args.name)
+    return write_calibration(result, args.out)
 
 
 if __name__ == "__main__":

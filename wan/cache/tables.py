@@ -14,7 +14,7 @@ import numpy as np
 
 from ..checks import finite_number, whole_number
 from ..errors import InputError
-from ..files import MiB, read_regular_file
+from ..weights.files import MiB, read_regular_file
 
 DATA = Path(__file__).parent / "data"
 TEACACHE_FILE = DATA / "teacache_coefficients.json"

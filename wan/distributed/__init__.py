@@ -8,6 +8,8 @@
     ranks.py     torchrun start-up, rank helpers (only rank 0 logs and writes)
 
 Only ``options`` is imported here: FSDP and DTensor load when a multi-process run needs them.
+
+May import: ``wan.dit`` (the blocks it shards), ``wan.weights``, ``wan.errors``; never the run or the nodes.
 """
 from .options import ParallelOptions, check_options
 

@@ -19,7 +19,7 @@ from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 from torch.distributed.tensor import DTensor, Shard
 
 from ..errors import InputError
-from ..ops import FP8_DTYPES
+from ..weights.ops import FP8_DTYPES
 
 
 @dataclass

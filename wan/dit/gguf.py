@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import GGUF_ARCHITECTURE_KINDS, KIND_LOADERS, strip_prefix, wrong_kind_message
+from ..weights.checkpoint import GGUF_ARCHITECTURE_KINDS, KIND_LOADERS, strip_prefix, wrong_kind_message
 from ..errors import CheckpointError
 from ..quant.base import QuantizedLayer
 from ..quant.gguf_file import GGUFFile, check_supported, read_gguf

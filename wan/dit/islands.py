@@ -25,7 +25,7 @@ import re
 import torch
 import torch.nn as nn
 
-from ..ops import FLOAT_DTYPES, FP8_DTYPES, Linear
+from ..weights.ops import FLOAT_DTYPES, FP8_DTYPES, Linear
 
 FLOAT32_ISLANDS = re.compile(
     r"^(time_embedding\.|time_projection\.|head\.|blocks\.\d+\.(modulation$|norm3\.)"

@@ -9,9 +9,9 @@ import re
 
 import torch
 
-from ..checkpoint import strip_prefix
-from ..ops import FP8_DTYPES
-from ..weights import split_fp8_scales
+from ..weights.checkpoint import strip_prefix
+from ..weights.ops import FP8_DTYPES
+from ..weights.assign import split_fp8_scales
 
 # diffusers name -> official name, for keys outside the blocks (prefix match, first match wins)
 _DIFFUSERS_TOP = (

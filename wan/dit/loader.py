@@ -12,12 +12,12 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import find_weights_in_folder, is_gguf, read_state_dict, require_regular_file, wrong_kind_message
+from ..weights.checkpoint import find_weights_in_folder, is_gguf, read_state_dict, require_regular_file, wrong_kind_message
 from ..errors import CheckpointError, InputError
-from ..offload import parse_offload_blocks, set_block_streaming
+from ..memory.offload import parse_offload_blocks, set_block_streaming
 from ..quant.comfy_quant import format_counts, split_quantized_layers, with_header_markers
 from ..variants import ROLES, VARIANTS, detect_variant
-from ..weights import build_with_weights, compute_dtype
+from ..weights.assign import build_with_weights, compute_dtype
 from .attention import describe
 from .config import WanDiTConfig
 from .islands import keep_float32_islands
@@ -36,7 +36,7 @@ def load_dit(path, dtype=None, device="cpu", role: str | None = None, num_heads:
 
     ``dtype``: compute dtype (None/"default": the file's own, bf16 for fp8 files). ``role``: "high", "low" or
     "single"; None guesses it from a ``high_noise``/``low_noise`` name hint. ``offload_blocks``: block streaming
-    (``wan.offload``): 0 = off, N = the last N blocks stay on the offload device and are streamed to the GPU as they
+    (``wan.memory.offload``): 0 = off, N = the last N blocks stay on the offload device and are streamed to the GPU as they
     run, "auto" (or -1) = N chosen from the free GPU memory when the model first runs. ``sharding``: a
     ``wan.distributed.fsdp.FsdpSharding`` to load only this rank's shard of every weight (FSDP; no block streaming). ``attention``: a backend of ``wan.dit.attention`` ("auto": the fastest
     exact one for the device and dtype of each call).

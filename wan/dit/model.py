@@ -12,8 +12,8 @@ import torch
 import torch.nn as nn
 
 from ..errors import InputError
-from ..offload import streamed
-from ..ops import LayerNorm, Linear, RMSNorm, layer_norm
+from ..memory.offload import streamed
+from ..weights.ops import LayerNorm, Linear, RMSNorm, layer_norm
 from ..variants import Variant
 from .attention import AttentionFn, get_attention
 from .config import WanDiTConfig
@@ -220,7 +220,7 @@ class WanDiT(nn.Module):
 
     def run_blocks(self, s: DiTState) -> torch.Tensor:
         x, self_attn = s.x, (None if s.shard is None else s.shard.attention(self._attn))
-        for block in streamed(self, x):  # self.blocks; with block streaming (wan.offload) each arrives just in time
+        for block in streamed(self, x):  # self.blocks; with block streaming (wan.memory.offload) each arrives just in time
             x = block(x, s.e0, s.context, s.n_img, s.freqs, self._attn, self_attn)
         return x
 

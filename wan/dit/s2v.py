@@ -17,8 +17,8 @@ import torch
 import torch.nn as nn
 
 from ..errors import CheckpointError, InputError
-from ..ops import layer_norm
-from ..offload import streamed
+from ..weights.ops import layer_norm
+from ..memory.offload import streamed
 from .config import WanDiTConfig
 from .model import Block, DiTState, WanDiT, patchify, sinusoid
 from .rope import position_freqs

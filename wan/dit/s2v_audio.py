@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops import Linear, layer_norm
+from ..weights.ops import Linear, layer_norm
 from .attention import AttentionFn
 from .model import CrossAttention
 

@@ -17,11 +17,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..budget import BudgetError, available_bytes
-from ..checkpoint import read_state_dict, strip_prefix, wrong_kind_message
+from ..budget.check import BudgetError, available_bytes
+from ..weights.checkpoint import read_state_dict, strip_prefix, wrong_kind_message
 from ..errors import CheckpointError, InputError
 from ..finite import check_output
-from ..weights import compute_dtype
+from ..weights.assign import compute_dtype
 from .audio_features import (FEATURE_RATE, SAMPLE_RATE, STATES_PER_SECOND, check_audio, normalize, to_mono_16k,
                              to_video_rate)
 from .placement import running_on

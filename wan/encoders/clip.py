@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import CheckpointError
-from ..ops import Linear, layer_norm
+from ..weights.ops import Linear, layer_norm
 
 @dataclass(frozen=True)
 class ClipVisionConfig:

@@ -12,7 +12,7 @@ import re
 
 import torch
 
-from ..checkpoint import strip_prefix
+from ..weights.checkpoint import strip_prefix
 
 HF_PREFIX = "vision_model."  # transformers 4 and Comfy-Org files; transformers 5 saves CLIPVisionModel without it
 _HF_LAYER = re.compile(r"^encoder\.layers\.(\d+)\.(.+)$")

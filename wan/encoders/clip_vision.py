@@ -11,14 +11,14 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..checkpoint import read_state_dict, wrong_kind_message
+from ..weights.checkpoint import read_state_dict, wrong_kind_message
 from ..errors import CheckpointError, InputError
 from ..finite import check_output
 from .clip import ClipVisionConfig, ClipVisionTower, hf_config_extras
 from .clip_input import check_images, preprocess
 from .clip_keys import drop_last_block, normalize_keys
 from .placement import running_on
-from ..weights import build_with_weights, compute_dtype, official_file_in, split_fp8_scales
+from ..weights.assign import build_with_weights, compute_dtype, official_file_in, split_fp8_scales
 
 log = logging.getLogger("wan_experts")
 

@@ -1,4 +1,4 @@
-"""Where an encoder runs and where it waits: placed on the compute device for one call (``wan.memory``: device copies
+"""Where an encoder runs and where it waits: placed on the compute device for one call (``wan.memory.place``: device copies
 swapped in, its memory-mapped weights untouched), then given back."""
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from contextlib import contextmanager
 import torch
 import torch.nn as nn
 
-from ..devices import module_device
-from ..memory import leave, place
+from ..memory.devices import module_device
+from ..memory.place import leave, place
 
 
 @contextmanager

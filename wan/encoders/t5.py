@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import CheckpointError
-from ..ops import Linear
+from ..weights.ops import Linear
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import re
 
 import torch
 
-from ..checkpoint import strip_prefix
+from ..weights.checkpoint import strip_prefix
 
 TOKENIZER_KEY = "spiece_model"
 OFFICIAL_MARKERS = ("token_embedding.weight", "blocks.0.attn.q.weight")

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..checkpoint import is_gguf, read_state_dict, require_regular_file, wrong_kind_message
+from ..weights.checkpoint import is_gguf, read_state_dict, require_regular_file, wrong_kind_message
 from ..errors import CheckpointError, InputError
 from ..finite import check_output
 from .placement import running_on
@@ -21,7 +21,7 @@ from .t5 import UMT5Config, UMT5Encoder
 from .t5_keys import TOKENIZER_KEY, has_relative_bias_in_every_block, normalize_keys
 from .tokenizer import UMT5Tokenizer
 from .tokenizer_source import find_tokenizer
-from ..weights import build_with_weights, compute_dtype, official_file_in, split_fp8_scales
+from ..weights.assign import build_with_weights, compute_dtype, official_file_in, split_fp8_scales
 
 log = logging.getLogger("wan_experts")
 

@@ -12,9 +12,9 @@ from typing import Callable
 
 import torch
 
-from ..checkpoint import is_gguf, read_state_dict
+from ..weights.checkpoint import is_gguf, read_state_dict
 from ..errors import CheckpointError
-from ..files import MiB, read_regular_file
+from ..weights.files import MiB, read_regular_file
 from .t5_keys import TOKENIZER_KEY
 from .tokenizer import SentencePieceBackend, TokenizerJsonBackend, UMT5Tokenizer
 

@@ -4,7 +4,10 @@
     model = wan.apply_lora(experts, lora, strength=0.8, expert="high")
 
 ``keys`` reads the key schemes, ``file`` the files (``LoraFile``: targets by official parameter name), ``convert``
-holds the scale rule and the shape checks (-> ``wan.patching.PatchSet``), ``apply`` puts them on a model.
+holds the scale rule and the shape checks (-> ``wan.weights.patching.PatchSet``), ``apply`` puts them on a model.
+
+May import: ``wan.weights`` (patches and patched copies), the models it patches (``wan.dit``, ``wan.experts``),
+``wan.errors``. It sits above the models, so it is a sibling of ``wan.weights``, not inside it.
 """
 from .apply import EXPERTS, LoraChoice, apply_choices, apply_lora
 from .convert import lora_scale, patch_set

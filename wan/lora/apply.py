@@ -1,6 +1,6 @@
 """LoRAs on a ``WAN_MODEL`` (``wan.experts.ExpertSet``) or a bare WanDiT: per expert, each with its own strength.
 
-Every call returns a new model and leaves the caller's untouched (``wan.patching``): float Linear weights of the
+Every call returns a new model and leaves the caller's untouched (``wan.weights.patching``): float Linear weights of the
 patched layers are merged (extra memory for those layers only), fp8 and quantised ones are patched on the fly (no
 extra memory); applying the same file again replaces its earlier application, strength 0 removes it.
 """
@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from ..errors import InputError
 from ..experts import ExpertSet
-from ..patching import patched
+from ..weights.patching import patched
 from .convert import patch_set
 from .file import LoraFile, load_lora
 

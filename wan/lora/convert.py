@@ -1,10 +1,10 @@
-"""A loaded LoRA -> the patches for one model (a ``wan.patching.PatchSet``), checked against the model's shapes.
+"""A loaded LoRA -> the patches for one model (a ``wan.weights.patching.PatchSet``), checked against the model's shapes.
 
 The scale rule, stated once (``lora_scale``): ``W' = W + strength · (alpha / rank) · (up @ down)``, ``rank`` = the
 rows of ``down``, no alpha -> ``alpha / rank = 1``. LoKr and LoHa take ``alpha / rank`` of their decomposed factor
 the same way (``rank`` = rows of ``w2_b``, else ``w1_b``; both factors whole -> 1). Full differences
 (``diff``, ``diff_b``, ``diff_m``): ``W' = W + strength · diff``. DoRA: the low-rank ``ΔW`` at strength 1, rescaled to
-``dora_scale``, blended by the strength (``wan.patches.Decomposed``).
+``dora_scale``, blended by the strength (``wan.weights.patches.Decomposed``).
 
 What does not fit the model:
 - targets of the Wan 2.1 image branch (``k_img``, ``v_img``, ``norm_k_img``, ``img_emb``) on a model without one
@@ -25,9 +25,9 @@ import torch
 import torch.nn as nn
 
 from ..errors import CheckpointError, InputError
-from ..ops import Linear
-from ..patches import Decomposed, Full, Hadamard, Kronecker, LowRank, Patch
-from ..patching import PatchSet
+from ..weights.ops import Linear
+from ..weights.patches import Decomposed, Full, Hadamard, Kronecker, LowRank, Patch
+from ..weights.patching import PatchSet
 from .file import LoraFile, LoraTarget
 from .keys import IMAGE_BRANCH
 

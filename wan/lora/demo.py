@@ -17,7 +17,7 @@ def write_demo_lora(dit_path, out_path, rank: int = 4, seed: int = 0, std: float
     the DiT at ``dit_path`` (a file or an official folder)."""
     from safetensors.torch import save_file
 
-    from ..checkpoint import read_state_dict
+    from ..weights.checkpoint import read_state_dict
     from ..dit.keys import normalize_keys
 
     weights, _, _ = normalize_keys(read_state_dict(dit_path, what="DiT file"))

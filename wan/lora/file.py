@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import read_state_dict, wrong_kind_message
+from ..weights.checkpoint import read_state_dict, wrong_kind_message
 from ..errors import CheckpointError
 from .keys import parameter_of, parse_key
 from .metadata import AlphaDefaults, read_alpha_defaults

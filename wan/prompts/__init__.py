@@ -3,6 +3,8 @@ models were trained on, by the Dashscope service or a local Qwen2.5 / Qwen2.5-VL
 prompts (``data/system_prompts.json``, Apache-2.0, from the Wan 2.1 / 2.2 repositories).
 
 Exports are imported lazily, so that the command line starts without loading torch.
+
+May import: ``wan.memory`` (devices), ``wan.errors``; never the models or sampling.
 """
 from importlib import import_module
 

@@ -11,7 +11,7 @@ import gc
 
 import torch
 
-from ..devices import module_device
+from ..memory.devices import module_device
 from ..errors import InputError
 from .local_models import LocalModel
 from .qwen_inputs import QwenParts, chat_inputs, folder_chat_template

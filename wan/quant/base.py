@@ -1,6 +1,6 @@
 """The protocol a stored-weight format follows.
 
-A format object sits on a ``wan.ops.Linear`` as ``weight_format``. The stored tensor is the layer's ``weight``
+A format object sits on a ``wan.weights.ops.Linear`` as ``weight_format``. The stored tensor is the layer's ``weight``
 parameter (its dtype and shape are the format's business: fp8 values, raw GGUF blocks as uint8, packed e2m1 ...);
 any extra tensors the format needs (scales) are non-persistent buffers of the layer, so that moving the layer
 (``.to(device)``, block streaming) moves them too. Formats hold no tensors themselves: one object may serve many

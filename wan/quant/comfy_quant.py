@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import COMMON_PREFIXES, SAFETENSORS_SUFFIX
+from ..weights.checkpoint import COMMON_PREFIXES, SAFETENSORS_SUFFIX
 from ..errors import CheckpointError
 from .base import QuantizedLayer
 from .fp8 import SCALED_FP8

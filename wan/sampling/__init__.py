@@ -1,4 +1,10 @@
-"""Sampling: schedules, flow solvers, image conditioning and the denoise loop with expert switching."""
+"""Sampling: schedules, flow solvers, image conditioning and the denoise loop with expert switching.
+
+Also: context windows (``windows``, ``windowed``), extension of a video from its last frames (``extend``, ``color``).
+
+May import: ``wan.experts``, ``wan.cache``, ``wan.budget``, ``wan.memory``, ``wan.conditioning``, ``wan.latents``,
+``wan.finite``, ``wan.checks``, ``wan.variants``, ``wan.errors``; never the run or the nodes.
+"""
 from .imagecond import concat_condition, first_frame_condition, image_condition
 from .loop import SampleResult, SamplerSettings, SolverState, StepInfo, expert_plan, sample
 from .noise import make_noise

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..budget import check_sampling
+from ..budget.check import check_sampling
 from ..checks import finite_number, whole_number
 from ..conditioning import ImageCond, TextEmbeds
 from ..errors import InputError

@@ -1,9 +1,9 @@
 """Where the experts live during sampling: only the active one on the compute device; the idle one waits on the
 offload device and the two trade places at the switch. ``keep_both`` keeps both on the compute device.
 
-Placing swaps device copies in and leaving swaps the model's own tensors back (``wan.memory``): the offload copy is
+Placing swaps device copies in and leaving swaps the model's own tensors back (``wan.memory.place``): the offload copy is
 never written, so memory-mapped weights stay memory-mapped and an A14B pair costs its file size in RAM however often
-the experts trade places. A model with block streaming (``wan.offload``) is placed without its blocks; its first
+the experts trade places. A model with block streaming (``wan.memory.offload``) is placed without its blocks; its first
 forward places the resident ones and streams the others.
 """
 from __future__ import annotations
@@ -12,9 +12,9 @@ import logging
 
 import torch
 
-from ..devices import module_device, same_device
-from ..memory import leave, place, placed
-from ..offload import held_back
+from ..memory.devices import module_device, same_device
+from ..memory.place import leave, place, placed
+from ..memory.offload import held_back
 
 log = logging.getLogger("wan_experts")
 

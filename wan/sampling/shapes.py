@@ -1,7 +1,7 @@
 """Pixel size and frame count -> latent shape, with the rules the models impose (checked before any work)."""
 from __future__ import annotations
 
-from ..budget import check_video_size
+from ..budget.check import check_video_size
 from ..checks import whole_number
 from ..errors import InputError
 

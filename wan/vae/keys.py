@@ -10,7 +10,7 @@ from collections import Counter
 
 import torch
 
-from ..checkpoint import COMMON_PREFIXES, strip_prefix
+from ..weights.checkpoint import COMMON_PREFIXES, strip_prefix
 
 PREFIXES = ("first_stage_model.", "vae.") + COMMON_PREFIXES
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import read_state_dict, wrong_kind_message
+from ..weights.checkpoint import read_state_dict, wrong_kind_message
 from ..errors import CheckpointError
 from ..latents import STATS
-from ..weights import assign_weights, compute_dtype
+from ..weights.assign import assign_weights, compute_dtype
 from .config import WanVAEConfig
 from .keys import normalize_keys
 from .model import WanVAEModel

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 
 from .. import latents as latent_stats
-from ..budget import check_vae
+from ..budget.check import check_vae
 from ..checks import whole_number
 from ..errors import InputError
 from ..finite import check_input, check_output

@@ -4,7 +4,7 @@
 - the stored weight may be in another dtype or a compact format: fp8 checkpoints stay fp8 in memory; Comfy-Org
   "scaled fp8", GGUF and comfy_quant layers carry a ``weight_format`` (``wan.quant``) that turns the stored tensor
   (plus the layer's scale buffers) into the real weight, one layer at a time, per forward;
-- ``weight_patches`` (``wan.patches``: LoRA low-rank factors, full differences, DoRA) are applied on top, in float32,
+- ``weight_patches`` (``wan.weights.patches``: LoRA low-rank factors, full differences, DoRA) are applied on top, in float32,
   without ever changing the stored weight. A layer whose patches are all low rank computes them as a side path
   ``x @ down.T @ up.T`` when that costs less than rebuilding the weight (few input rows), else it rebuilds the
   weight: both are exact up to float rounding.
@@ -27,7 +27,7 @@ class Linear(nn.Linear):
         super().__init__(*args, **kwargs)
         self.register_buffer("scale_weight", None, persistent=False)
         self.weight_format = None  # a wan.quant.WeightFormat, or None for a plain (cast-only) weight
-        self.weight_patches: tuple = ()  # wan.patches.Patch objects, applied in order
+        self.weight_patches: tuple = ()  # wan.weights.patches.Patch objects, applied in order
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = _cast(self.bias, x.dtype, x.device)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import InputError
-from .extend import ExtendSettings, check_video_size, extend, tail_pixels
-from .pipeline import (Settings, _guidance_text, _load_vae, _progress_bar, encode_text, extended_prompt, load_experts,
+from ..errors import InputError
+from ..sampling.extend import ExtendSettings, check_video_size, extend, tail_pixels
+from .pipeline import (Settings, guidance_text, load_vae, progress_bar, encode_text, extended_prompt, load_experts,
                        make_step_cache, official_files, run_description)
 
 log = logging.getLogger("wan_experts")
@@ -32,9 +32,9 @@ def read_video(path: Path) -> torch.Tensor:
 
 def run_extension(s: Settings) -> Path:
     """Read and check the video first, then load the models, extend, and write the whole video."""
-    from .encoders import load_clip_vision
-    from .sampling import SamplerSettings
-    from .video import write_video
+    from ..encoders import load_clip_vision
+    from ..sampling import SamplerSettings
+    from ..video import write_video
 
     video = read_video(s.extend_from)
     ext = ExtendSettings(s.frames, s.extend_overlap, s.color_match)
@@ -46,9 +46,9 @@ def run_extension(s: Settings) -> Path:
     device = torch.device(s.device)
     log.info("%s: extending '%s' (%d frames, %dx%d) by %d frames from its last %d; %d steps, guidance %s, seed %d",
              s.task, s.extend_from, video.shape[0], video.shape[2], video.shape[1], s.frames - s.extend_overlap,
-             s.extend_overlap, s.steps, _guidance_text(s), s.seed)
+             s.extend_overlap, s.steps, guidance_text(s), s.seed)
     text = encode_text(files, s, device)
-    vae = _load_vae(files, device)
+    vae = load_vae(files, device)
     clip_vision = load_clip_vision(files.clip, device=device) if files.clip is not None else None
     experts = load_experts(files, s, device)
     low, high = s.guidance
@@ -63,7 +63,7 @@ def run_extension(s: Settings) -> Path:
         finally:
             vae.to(home)
 
-    with _progress_bar(s.steps) as bar:
+    with progress_bar(s.steps) as bar:
         result = extend(experts, vae, video, text, settings, ext, s.seed, clip_vision=clip_vision,
                         step_cache=make_step_cache(s), device=device, offload_device=home,
                         callback=lambda info: bar.update(1), vae_call=on_device)

@@ -10,7 +10,7 @@ import os
 import stat
 from pathlib import Path
 
-from .errors import InputError
+from ..errors import InputError
 
 MiB = 1 << 20
 

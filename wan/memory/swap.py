@@ -1,6 +1,6 @@
 """Put copies of a module's tensors on a device by swapping references, and swap the originals back.
 
-Every parameter, buffer and ``Linear.weight_patches`` list (``wan.ops``: the stored weight, the scale buffers of its
+Every parameter, buffer and ``Linear.weight_patches`` list (``wan.weights.ops``: the stored weight, the scale buffers of its
 format and its LoRA patches) is a *slot*. A ``TensorSwap`` fills the slots with copies and keeps the original
 objects; ``restore`` puts the originals back. The originals are never copied, moved or written, so memory-mapped
 weights stay memory-mapped and going back costs no copy and no RAM (``module.to("cuda")`` followed by

@@ -10,10 +10,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .errors import CheckpointError, InputError
-from .finite import check_loaded_weights
+from ..errors import CheckpointError, InputError
+from ..finite import check_loaded_weights
 from .ops import FP8_DTYPES, Linear
-from .quant import SCALED_FP8
+from ..quant import SCALED_FP8
 
 DTYPES = {
     "fp32": torch.float32, "float32": torch.float32,

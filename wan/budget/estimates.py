@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .devices import same_device
-from .memory import GiB
-from .memory_swap import nbytes, slots_of, unique_tensors
+from ..memory.devices import same_device
+from ..memory.place import GiB
+from ..memory.swap import nbytes, slots_of, unique_tensors
 
 T_STRIDE = 4  # pixel frames per latent frame (after the first)
 
@@ -75,7 +75,7 @@ def module_bytes(module: torch.nn.Module, exclude=()) -> int:
 
 def device_need(model: torch.nn.Module) -> int:
     """Weight bytes ``model`` keeps on the device while it runs: all of them, or with block streaming
-    (``wan.offload``) the parts outside the blocks, the resident blocks (none counted for auto, which streams what
+    (``wan.memory.offload``) the parts outside the blocks, the resident blocks (none counted for auto, which streams what
     does not fit) and the two block-sized streaming buffers."""
     streaming = getattr(model, "block_streaming", None)
     if streaming is None:
@@ -105,7 +105,7 @@ def estimate_sampling(experts, shape, device, step_cache: bool = False, keep_bot
                       context=None) -> Estimate:
     """Device memory of a sampling run of ``experts`` (an ExpertSet or one WanDiT) over latents of ``shape``
     [B, C, T, h, w]; ``context``: its ``ContextWindows``, if any (the model then sees one window at a time)."""
-    from .experts import as_expert_set
+    from ..experts import as_expert_set
 
     experts, device = as_expert_set(experts), torch.device(device)
     cfg = experts.config
@@ -135,7 +135,7 @@ def call_frames(t: int, context=None) -> tuple[int, int]:
     context windows one window (plus the start frame TI2V-5B may put in front) and all windows together."""
     if context is None or t <= context.size:
         return t, t
-    from .sampling.windows import context_windows
+    from ..sampling.windows import context_windows
 
     windows = context_windows(t, context.size, context.overlap, context.schedule, 0)
     return context.size + (context.image_cond == "all"), sum(len(window) for window in windows)

@@ -2,8 +2,8 @@
 
 Two limits apply. Fixed ceilings bound every request whatever the machine: per video ``MAX_PIXELS`` pixels and
 ``MAX_LATENT_FRAMES`` latent frames, per model call (the whole video, or one context window) ``MAX_TOKENS`` DiT
-tokens. Then the estimate of a sampling run or a VAE pass (``wan.estimates``) must fit the memory free on its device
-(on CUDA ``wan.memory.free_bytes``, on the CPU the available RAM, ``wan.ram``), after the memory host (ComfyUI) was
+tokens. Then the estimate of a sampling run or a VAE pass (``wan.budget.estimates``) must fit the memory free on its device
+(on CUDA ``wan.memory.place.free_bytes``, on the CPU the available RAM, ``wan.memory.ram``), after the memory host (ComfyUI) was
 asked to make room. Devices that report nothing (e.g. MPS) get the ceilings only. The estimates leave allocator
 slack out, so a refused run would certainly not have fitted.
 """
@@ -13,11 +13,11 @@ from typing import Callable
 
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 from .estimates import (T_STRIDE, Estimate, call_frames, estimate_sampling, frames_of, gib, token_ranks,
                         vae_estimates)
-from .memory import free_bytes, memory_host
-from .ram import host_available_bytes
+from ..memory.place import free_bytes, memory_host
+from ..memory.ram import host_available_bytes
 
 MAX_TOKENS = 1 << 18  # DiT tokens per model call (batch x frames x h x w): e.g. 1280x720 x 285 frames at once
 MAX_LATENT_FRAMES = 1024  # per video; the DiT's rotary position table covers 1024 positions per axis

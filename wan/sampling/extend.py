@@ -11,7 +11,7 @@ condition a new segment of ``frames`` pixel frames that begins with them:
 - TI2V-5B: the latents of the given frames are imposed on the first latent frames with timestep 0 on their
   tokens, as TI2V-5B does with its start image.
 
-The segment is decoded, optionally colour-matched to the clip's last frames (``wan/color.py``), and joined: the
+The segment is decoded, optionally colour-matched to the clip's last frames (``wan/sampling/color.py``), and joined: the
 ``overlap`` frames the two share are cross-faded (the new segment's weight rising (j + 1) / (overlap + 1)).
 Videos here are frames [N, H, W, 3] in 0..1 (ComfyUI's ``IMAGE``).
 """
@@ -22,12 +22,12 @@ from dataclasses import dataclass
 import torch
 
 from .color import COLOR_MATCH, match_colors
-from .conditioning import ImageCond
-from .errors import InputError
-from .latents import denormalize, normalize
-from .sampling.imagecond import mask_from_given
-from .sampling.shapes import check_frames, latent_shape
-from .sampling.validate import model_task
+from ..conditioning import ImageCond
+from ..errors import InputError
+from ..latents import denormalize, normalize
+from .imagecond import mask_from_given
+from .shapes import check_frames, latent_shape
+from .validate import model_task
 
 
 @dataclass
@@ -126,7 +126,7 @@ def extend(experts, vae, video: torch.Tensor, text, sampler, ext: ExtendSettings
            step_cache=None, device=None, offload_device=None, callback=None, vae_call=None) -> Extension:
     """Condition, sample, decode, colour-match and join. ``vae_call(work)`` runs VAE work where the VAE should work
     (default: where it is) and returns its result; ``sampler`` is a ``SamplerSettings`` (context windows too)."""
-    from .sampling import make_noise, sample
+    from . import make_noise, sample
 
     on_vae = vae_call or (lambda work: work())
     width, height = check_extension(experts, vae, video, ext, clip_vision)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 
 COLOR_MATCH = ("off", "mean_std", "histogram")
 CHUNK = 8  # frames converted at a time

@@ -13,11 +13,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import InputError
-from .variants import Variant
+from ..errors import InputError
+from ..variants import Variant
 
 if TYPE_CHECKING:
-    from .prompts.cli import PromptExtendFlags
+    from ..prompts.cli import PromptExtendFlags
 
 log = logging.getLogger("wan_experts")
 
@@ -49,7 +49,7 @@ class Settings:
     demo: bool = False
     prompt_extend: PromptExtendFlags | None = None  # --use_prompt_extend: rewrite the prompt before encoding
     loras: tuple = ()  # wan.lora.LoraChoice: file, strength, expert
-    extend_from: Path | None = None  # continue this video (wan/extend_run.py) instead of starting from nothing
+    extend_from: Path | None = None  # continue this video (wan/runner/extend.py) instead of starting from nothing
     extend_overlap: int = 5
     color_match: str = "off"
     ulysses_size: int = 1  # processes that split the tokens of every DiT forward (sequence parallel)
@@ -59,7 +59,7 @@ class Settings:
 
     @property
     def parallel(self):
-        from .distributed import ParallelOptions
+        from ..distributed import ParallelOptions
 
         return ParallelOptions(self.ulysses_size, self.cfg_parallel, self.dit_fsdp, self.t5_fsdp)
 
@@ -111,20 +111,14 @@ class Sampled:
     settings: Settings  # as run (with the extended prompt)
 
 
-def run(s: Settings) -> Path | None:
+def generate_video(s: Settings) -> Path | None:
     """Text (and images) -> video file, stage by stage, each model on the device only while it works.
 
     With several processes every rank must call this; rank 0 returns the file, the others None."""
-    from .distributed.ranks import is_main, world_size
-    from .latents import denormalize
-    from .video import write_video
+    from ..distributed.ranks import is_main
+    from ..latents import denormalize
+    from ..video import write_video
 
-    if s.extend_from is not None:
-        if world_size() > 1:
-            raise InputError("--extend_from runs in one process; start it without torchrun")
-        from .extend_run import run_extension
-
-        return run_extension(s)
     sampled = sample_latents(s)
     if not is_main():
         return None
@@ -139,9 +133,9 @@ def sample_latents(s: Settings) -> Sampled:
     """Every stage up to the denoised latents (with several processes, on every rank)."""
     import torch
 
-    from .budget import check_call
-    from .distributed.ranks import is_main, share_from_main
-    from .sampling import latent_shape, make_noise
+    from ..budget.check import check_call
+    from ..distributed.ranks import is_main, share_from_main
+    from ..sampling import latent_shape, make_noise
 
     images = [load_image(p) for p in (s.image, s.last_image) if p is not None] or _demo_images(s)
     width, height = output_size(s, images[0] if images else None)
@@ -155,9 +149,9 @@ def sample_latents(s: Settings) -> Sampled:
     device = par.device if par else torch.device(s.device)
     seed = share_from_main(s.seed)  # one noise for all ranks
     log.info("%s: %dx%d, %d frames, %d steps (%s, shift %g, guidance %s), seed %d", s.task, width, height,
-             s.frames, s.steps, s.solver, s.shift, _guidance_text(s), seed)
+             s.frames, s.steps, s.solver, s.shift, guidance_text(s), seed)
     text = encode_text(files, s, device, par)
-    vae = _load_vae(files, device)
+    vae = load_vae(files, device)
     cond = image_conditioning(files, s, vae, images, width, height, device) if images else None
     if s.offload:
         vae.to("cpu")
@@ -168,7 +162,7 @@ def sample_latents(s: Settings) -> Sampled:
 
 def extended_prompt(s: Settings, images) -> str:
     """The official prompt extension (the original prompt when it fails), shown the start (and end) image."""
-    from .prompts.cli import extend_for_run
+    from ..prompts.cli import extend_for_run
 
     paths = [p for p in (s.image, s.last_image) if p is not None]
     return extend_for_run(s.prompt_extend, s.prompt, s.seed, s.variant.version, s.device, paths, images).prompt
@@ -177,18 +171,18 @@ def extended_prompt(s: Settings, images) -> str:
 def parallel_setup(s: Settings, files: ModelFiles):
     """The process groups of a multi-process run (None for one process), after checking the options against
     the process count and the DiT's head count (from its config.json), before any model loads."""
-    from .dit.loader import heads_from_folder
-    from .distributed import check_options
-    from .distributed.plan import Parallel
-    from .distributed.ranks import rank_device, world_size
+    from ..dit.loader import heads_from_folder
+    from ..distributed import check_options
+    from ..distributed.plan import Parallel
+    from ..distributed.ranks import rank_device, world_size
 
     check_options(s.parallel, world_size(), heads_from_folder(files.dits[0]), s.task, s.t5_cpu)
     return Parallel.build(s.parallel, rank_device(s.device)) if world_size() > 1 else None
 
 
 def encode_text(files: ModelFiles, s: Settings, device, par=None):
-    from .conditioning import TextEmbeds
-    from .encoders import load_text_encoder
+    from ..conditioning import TextEmbeds
+    from ..encoders import load_text_encoder
 
     sharding = par.t5_sharding() if par else None
     encoder = load_text_encoder(files.text_encoder, device="cpu" if s.t5_cpu else device, sharding=sharding)
@@ -198,9 +192,9 @@ def encode_text(files: ModelFiles, s: Settings, device, par=None):
 
 
 def image_conditioning(files: ModelFiles, s: Settings, vae, images, width: int, height: int, device):
-    from .conditioning import ClipEmbeds
-    from .encoders import load_clip_vision
-    from .sampling import image_condition
+    from ..conditioning import ClipEmbeds
+    from ..encoders import load_clip_vision
+    from ..sampling import image_condition
 
     start, end = images[0], (images[1] if len(images) > 1 else None)
     clip = None
@@ -215,8 +209,8 @@ def image_conditioning(files: ModelFiles, s: Settings, vae, images, width: int, 
 def load_experts(files: ModelFiles, s: Settings, device, par=None):
     """The DiT (or the Wan 2.2 expert pair), checked against the task before sampling; with several processes
     sharded (FSDP) and splitting its tokens (sequence parallel) as the options say."""
-    from .dit.loader import load_dit
-    from .experts import ExpertSet, load_moe
+    from ..dit.loader import load_dit
+    from ..experts import ExpertSet, load_moe
 
     dtype = "bf16" if device.type == "cuda" else "fp32"
     home = "cpu" if offloads_dit(s) else device
@@ -233,7 +227,7 @@ def load_experts(files: ModelFiles, s: Settings, device, par=None):
         raise InputError(f"the model in '{s.ckpt_dir}' does not fit --task {s.task}: it takes {cfg.in_dim} input "
                          f"channels{' and CLIP features' if cfg.has_clip else ''}. Pick the task of that folder.")
     if s.loras:
-        from .lora import apply_choices
+        from ..lora import apply_choices
 
         experts = apply_choices(experts, s.loras)
     if par:
@@ -244,12 +238,12 @@ def load_experts(files: ModelFiles, s: Settings, device, par=None):
 def denoise(experts, s: Settings, shape, text, cond, noise, device, par=None):
     import torch
 
-    from .distributed.ranks import is_main
-    from .sampling import SamplerSettings, sample
+    from ..distributed.ranks import is_main
+    from ..sampling import SamplerSettings, sample
 
     low, high = s.guidance
     settings = SamplerSettings(steps=s.steps, shift=s.shift, solver=s.solver, cfg_high=high, cfg_low=low)
-    with _progress_bar(s.steps, disable=not is_main()) as bar:
+    with progress_bar(s.steps, disable=not is_main()) as bar:
         result = sample(experts, torch.zeros(shape), text, settings, noise=noise, image_cond=cond,
                         step_cache=make_step_cache(s), callback=lambda info: bar.update(1), device=device,
                         offload_device="cpu" if offloads_dit(s) else device, cfg_parallel=par.cfg if par else None)
@@ -269,8 +263,8 @@ def make_step_cache(s: Settings):
     """TeaCache / MagCache from the flags; the demo's tiny models have no calibration data of their own."""
     if s.cache is None:
         return None
-    from .cache.magcache import MagCache
-    from .cache.teacache import TeaCache
+    from ..cache.magcache import MagCache
+    from ..cache.teacache import TeaCache
 
     kind, threshold = s.cache
     if kind == "teacache":
@@ -319,16 +313,16 @@ def load_image(path: Path):
 def run_description(s: Settings) -> str:
     return (f"wan.generate --task {s.task} --size {s.width}*{s.height} --frame_num {s.frames} --sample_solver "
             f"{s.solver} --sample_steps {s.steps} --sample_shift {s.shift:g} --sample_guide_scale "
-            f"{_guidance_text(s)} --base_seed {s.seed} --prompt {s.prompt!r}" + _lora_text(s))
+            f"{guidance_text(s)} --base_seed {s.seed} --prompt {s.prompt!r}" + _lora_text(s))
 
 
 def _lora_text(s: Settings) -> str:
-    from .lora.flags import FLAGS
+    from ..lora.flags import FLAGS
 
     return "".join(f" {FLAGS[c.expert]} {c.path.name}:{c.strength:g}" for c in s.loras)
 
 
-def _guidance_text(s: Settings) -> str:
+def guidance_text(s: Settings) -> str:
     low, high = s.guidance
     return f"{low:g}" if low == high else f"{low:g},{high:g}"
 
@@ -345,13 +339,13 @@ def _demo_images(s: Settings) -> list:
     return [start, start.flip(-1)] if s.variant.task == "flf2v" else [start]
 
 
-def _load_vae(files: ModelFiles, device):
-    from .vae.loader import load_vae
+def load_vae(files: ModelFiles, device):
+    from ..vae.loader import load_vae as load
 
-    return load_vae(files.vae, dtype="fp32", device=device)
+    return load(files.vae, dtype="fp32", device=device)
 
 
-class _progress_bar:
+class progress_bar:
     def __init__(self, total: int, disable: bool = False):
         self.total, self.disable = total, disable
 
@@ -363,3 +357,4 @@ class _progress_bar:
 
     def __exit__(self, *exc):
         self.bar.close()
+

@@ -15,7 +15,7 @@ from typing import Iterable
 
 import torch
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 from .files import is_regular_file
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")

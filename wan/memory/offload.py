@@ -4,13 +4,13 @@ With ``offload_blocks`` = N (a loader setting), the last N transformer blocks st
 from the file) and each is brought to the GPU just before it runs, while the previous block computes, and dropped
 after it ran; the embeddings, the head and the other blocks stay on the GPU for the whole run. A streamed block
 travels as it is stored: fp8 or quantised weights with their scale buffers, and LoRA patches applied on the fly
-(``wan.ops.Linear``). Weights are read-only, so nothing is ever copied back: the block's own tensors are swapped in
-again (``wan.memory_swap``). ``offload_blocks`` = "auto" (-1 in the nodes) picks N when the model first runs, from
+(``wan.weights.ops.Linear``). Weights are read-only, so nothing is ever copied back: the block's own tensors are swapped in
+again (``wan.memory.swap``). ``offload_blocks`` = "auto" (-1 in the nodes) picks N when the model first runs, from
 the free GPU memory and the latent size, and says in the log what it picked.
 
 The placement (``wan.sampling.placement``) puts a streaming model on the GPU without its blocks; ``streamed`` (called
 by ``WanDiT.run_blocks``) settles N on the first forward, places the resident blocks and streams the others. Costs:
-two block-sized buffers on the GPU and two pinned ones in RAM (``wan.memory_transfers``); no copy of the weights.
+two block-sized buffers on the GPU and two pinned ones in RAM (``wan.memory.transfers``); no copy of the weights.
 """
 from __future__ import annotations
 
@@ -21,10 +21,10 @@ from typing import Iterable, Iterator
 import torch
 import torch.nn as nn
 
-from .errors import InputError
-from .memory import GiB, free_bytes, memory_host, placed, residency
-from .memory_swap import TensorSwap, slots_of, unique_tensors
-from .memory_transfers import Layout, make_transfers
+from ..errors import InputError
+from .place import GiB, free_bytes, memory_host, placed, residency
+from .swap import TensorSwap, slots_of, unique_tensors
+from .transfers import Layout, make_transfers
 
 log = logging.getLogger("wan_experts")
 

@@ -8,7 +8,7 @@ on the old one), and every build starts again from the unpatched root, so the re
 Where a patch goes:
 - a ``Linear`` weight stored in a plain float dtype: merged by default (``W' = (W + Σ ΔW)`` in float32, stored
   in W's dtype), which costs memory for the patched layers and nothing per step; with ``merge=False`` kept on
-  the layer and applied on the fly, exactly as merging would (``wan.ops.Linear``);
+  the layer and applied on the fly, exactly as merging would (``wan.weights.ops.Linear``);
 - a ``Linear`` weight in fp8 or a quantised format: always on the fly (the stored weight stays compact);
 - any other parameter (modulation, norms, biases, the patch embedding): merged (they are small).
 """
@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from .errors import InputError
-from .memory import send_home
+from ..errors import InputError
+from ..memory.place import send_home
 from .ops import FLOAT_DTYPES, Linear
 from .patches import Patch, apply_all
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from .pipeline import EXPERT_FOLDERS, OFFICIAL_CLIP, OFFICIAL_T5, OFFICIAL_TOKENIZER, OFFICIAL_VAE
-from .variants import DEFAULT_NEGATIVE_PROMPT, VARIANTS, Variant
+from ..variants import DEFAULT_NEGATIVE_PROMPT, VARIANTS, Variant
 
 DIT_DIM, DIT_FFN, DIT_HEADS, DIT_LAYERS = 256, 512, 2, 2
 T5_DIM, T5_FFN, T5_HEADS, T5_LAYERS = 64, 128, 2, 2
@@ -49,8 +49,8 @@ class DemoModels:
 # -- the tiny modules ----------------------------------------------------------------------------------------------
 def tiny_dit(variant: Variant, seed: int = SEED) -> nn.Module:
     """A random Wan DiT with the structure of ``variant`` (channels, CLIP branch, FLF positions)."""
-    from .dit.config import WanDiTConfig
-    from .dit.model import WanDiT
+    from ..dit.config import WanDiTConfig
+    from ..dit.model import WanDiT
 
     in_dim = {"ti2v": 48}.get(variant.task, 36 if variant.needs_image else 16)
     config = WanDiTConfig(dim=DIT_DIM, ffn_dim=DIT_FFN, num_heads=DIT_HEADS, num_layers=DIT_LAYERS, in_dim=in_dim,
@@ -61,8 +61,8 @@ def tiny_dit(variant: Variant, seed: int = SEED) -> nn.Module:
 
 
 def tiny_vae(version: str, seed: int = SEED) -> nn.Module:
-    from .vae.config import WanVAEConfig
-    from .vae.model import WanVAEModel
+    from ..vae.config import WanVAEConfig
+    from ..vae.model import WanVAEModel
 
     config = WanVAEConfig(version=version, z_dim=48 if version == "2.2" else 16, dim=VAE_DIM, dec_dim=VAE_DIM,
                           num_res_blocks=1)
@@ -71,7 +71,7 @@ def tiny_vae(version: str, seed: int = SEED) -> nn.Module:
 
 def tiny_text_encoder(seed: int = SEED) -> tuple[nn.Module, bytes]:
     """(UMT5 encoder, sentencepiece model bytes) with a vocabulary that matches the tokenizer."""
-    from .encoders.t5 import UMT5Config, UMT5Encoder
+    from ..encoders.t5 import UMT5Config, UMT5Encoder
 
     proto = train_tokenizer()
     import sentencepiece
@@ -169,7 +169,7 @@ def official_t5_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def tiny_clip_state_dict(layout: str, seed: int = SEED) -> dict[str, torch.Tensor]:
     """A tiny CLIP vision tower (224 px, patch 14 -> 257 tokens, width 64) in the ``official`` (``visual.*``,
     fused ``to_qkv``) or ``hf`` (``vision_model.*``) layout, with the last block that Wan never reads."""
-    from .encoders.clip import ClipVisionConfig, ClipVisionTower
+    from ..encoders.clip import ClipVisionConfig, ClipVisionTower
 
     config = ClipVisionConfig(dim=CLIP_DIM, mlp_dim=2 * CLIP_DIM, num_heads=4, num_layers=CLIP_LAYERS)
     with torch.random.fork_rng(devices=[]):

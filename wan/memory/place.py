@@ -1,7 +1,7 @@
 """Which models are on the compute device, and the memory hand-off with the application around the engine.
 
 A model waits on its offload device (usually memory-mapped from its file) and is *placed* on the compute device for
-as long as it works: ``place`` swaps copies of its tensors in (``wan.memory_swap``), ``leave`` swaps the originals
+as long as it works: ``place`` swaps copies of its tensors in (``wan.memory.swap``), ``leave`` swaps the originals
 back, which costs no copy and keeps the file mapping, or keeps the model on the device while idle.
 
 The engine asks its ``MemoryHost`` for room before it puts anything on a device, and tells it about models that stay
@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from .devices import module_device, same_device
-from .memory_swap import TensorSwap, nbytes, slots_of, unique_tensors
+from .swap import TensorSwap, nbytes, slots_of, unique_tensors
 
 log = logging.getLogger("wan_experts")
 
@@ -53,7 +53,7 @@ class Residency:
     """The part of one module that is on a device right now, as swapped-in copies of its tensors.
 
     ``swaps`` restore the module's own tensors when the module leaves; ``stream`` is the block-streaming state of a
-    DiT (``wan.offload``), dropped with it. ``in_use`` is True while the engine computes with the module: it is not
+    DiT (``wan.memory.offload``), dropped with it. ``in_use`` is True while the engine computes with the module: it is not
     evicted then.
     """
 
@@ -61,7 +61,7 @@ class Residency:
         self._owner = weakref.ref(owner)
         self.device: torch.device | None = None
         self.swaps: list[TensorSwap] = []
-        self.stream = None  # wan.offload.BlockStream, when the module streams blocks
+        self.stream = None  # wan.memory.offload.BlockStream, when the module streams blocks
         self.in_use = False
         self.host_handle = None  # the host's record of this module, if it keeps one
 
@@ -116,7 +116,7 @@ class Residency:
 
 
 def residency(module: nn.Module) -> Residency:
-    """The module's residency record (created on first use). Patched copies of a model (``wan.patching``) start with
+    """The module's residency record (created on first use). Patched copies of a model (``wan.weights.patching``) start with
     a shallow copy of its attributes, so the record checks that it belongs to this very module."""
     r = module.__dict__.get(ATTR)
     if r is None or r.owner is not module:

@@ -1,0 +1,26 @@
+"""The run a ``Settings`` asks for: a new video (``pipeline``) or the continuation of one (``extend``).
+
+This is ``wan.run``: the one entry that ``python -m wan.generate`` and plain Python call. Each kind of run lives in
+its own module and is chosen here, so that the kinds share the stages of ``pipeline`` without importing each other.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import InputError
+from .pipeline import Settings, generate_video
+
+
+def run(s: Settings) -> Path | None:
+    """Text (and images) -> video file, or ``--extend_from``: a video continued from its last frames.
+
+    With several processes every rank must call this; rank 0 returns the file, the others None."""
+    if s.extend_from is not None:
+        from ..distributed.ranks import world_size
+
+        if world_size() > 1:
+            raise InputError("--extend_from runs in one process; start it without torchrun")
+        from .extend import run_extension
+
+        return run_extension(s)
+    return generate_video(s)
