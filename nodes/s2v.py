@@ -13,7 +13,7 @@ from ..wan.sampling import SOLVERS, SamplerSettings
 from ..wan.sampling.defaults import resolve_auto
 from ..wan.sampling.s2v import fit_frames, generate_s2v, plan_clips
 from . import host
-from .encoders import CATEGORY, LOADER_CATEGORY, _place, _placement_inputs
+from .encoders import CATEGORY, LOADER_CATEGORY, place_encoder, placement_inputs
 from .validation import number_problem, verdict
 from .vae import on_compute_device
 
@@ -38,13 +38,13 @@ class WanExpertsLoadAudioEncoder:
             "audio_encoder_name": (host.list_models("audio_encoders"), {
                 "tooltip": "wav2vec2 file in models/audio_encoders (wav2vec2_large_english_fp16.safetensors), or "
                            "the model.safetensors of the official folder copied there."}),
-            **_placement_inputs("Where the encoder runs; 'cpu' saves GPU memory at the cost of speed."),
+            **placement_inputs("Where the encoder runs; 'cpu' saves GPU memory at the cost of speed."),
         }}
 
     def load(self, audio_encoder_name, dtype="default", device="gpu", keep_loaded=False):
         path = host.model_path("audio_encoders", audio_encoder_name)
         encoder = load_audio_encoder(path, dtype=dtype, device=host.offload_device())
-        return (_place(encoder, device, keep_loaded),)
+        return (place_encoder(encoder, device, keep_loaded),)
 
 
 class WanExpertsAudioEncode:
