@@ -181,14 +181,15 @@ def metadata_disabled() -> bool:
     return os.environ.get("WAN_EXPERTS_DISABLE_METADATA", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def make_video(images: torch.Tensor, fps: float):
-    """ComfyUI's ``VIDEO`` value for frames [N, H, W, 3] in 0..1 at ``fps``: core's ``VideoFromComponents`` (as
-    core Create Video builds it) inside ComfyUI, a ``StandaloneVideo`` with the same methods otherwise."""
+def make_video(images: torch.Tensor, fps: float, audio: dict | None = None):
+    """ComfyUI's ``VIDEO`` value for frames [N, H, W, 3] in 0..1 at ``fps`` (and an optional AUDIO track): core's
+    ``VideoFromComponents`` (as core Create Video builds it) inside ComfyUI, a ``StandaloneVideo`` with the same
+    methods otherwise."""
     video_types = _core_video_types() if IN_COMFY else None
     if video_types is None:
-        return StandaloneVideo(VideoComponents(images=images, frame_rate=Fraction(fps)))
+        return StandaloneVideo(VideoComponents(images=images, frame_rate=Fraction(fps), audio=audio))
     from_components, components = video_types
-    return from_components(components(images=images, audio=None, frame_rate=Fraction(fps)))
+    return from_components(components(images=images, audio=audio, frame_rate=Fraction(fps)))
 
 
 def _core_video_types():
@@ -241,7 +242,8 @@ class StandaloneVideo:
         from ..wan.video import write_video
 
         tags = {str(k): json.dumps(v) for k, v in (metadata or {}).items()}
-        write_video(self._components.images, path, fps=float(self._components.frame_rate), metadata=tags)
+        write_video(self._components.images, path, fps=float(self._components.frame_rate), metadata=tags,
+                    audio=self._components.audio)
 
 
 def _comfy_extra_files(kind: str) -> list[str]:  # pragma: no cover - exercised only inside a ComfyUI process
