@@ -176,3 +176,24 @@ def test_sound_to_video_node(pack, tmp_path):
     assert node.VALIDATE_INPUTS(width=100, height=64, frames_per_clip=8) is not True
     assert node.VALIDATE_INPUTS(width=64, height=64, frames_per_clip=10) is not True
     assert node.VALIDATE_INPUTS(width=64, height=64, frames_per_clip=8) is True
+
+
+@pytest.mark.parametrize("h,w,area", [(480, 640, 1280 * 720), (1080, 1920, 1024 * 704), (700, 500, 832 * 480),
+                                      (64, 64, 96 * 64), (3000, 1000, 1280 * 720)])
+def test_size_rule_matches_official(h, w, area):
+    """--size gives the area; the size comes from the image as the official get_size_less_than_area picks it."""
+    from wan.runner.s2v import size_within_area
+
+    pipe = object.__new__(_stub_modules().WanS2V)
+    assert size_within_area(h, w, area) == tuple(pipe.get_size_less_than_area(h, w, target_area=area))
+
+
+def test_cli_refuses_tts_and_bad_flags(capsys):
+    from wan.generate import main
+
+    assert main(["--task", "s2v-14B", "--demo", "--enable_tts"]) == 2
+    assert "CosyVoice" in capsys.readouterr().err
+    assert main(["--task", "s2v-14B", "--demo", "--infer_frames", "30"]) == 2
+    assert "multiple of 4" in capsys.readouterr().err
+    assert main(["--task", "s2v-14B", "--ckpt_dir", ".", "--image", __file__]) == 2
+    assert "--audio" in capsys.readouterr().err

@@ -21,6 +21,7 @@ from .sampling.color import COLOR_MATCH
 from .distributed.options import ParallelOptions, check_options
 from .errors import InputError, WanError
 from .runner.pipeline import Settings
+from .runner.s2v import add_s2v_flags, s2v_options
 from .runner.tasks import run
 from .prompts.cli import add_prompt_extend_flags, prompt_extend_from_args
 from .variants import VARIANTS, Variant
@@ -28,7 +29,7 @@ from .variants import VARIANTS, Variant
 TASKS = {
     "t2v-1.3B": "wan21_t2v_1.3b", "t2v-14B": "wan21_t2v_14b", "i2v-14B": "wan21_i2v_14b",
     "flf2v-14B": "wan21_flf2v_14b", "t2v-A14B": "wan22_t2v_a14b", "i2v-A14B": "wan22_i2v_a14b",
-    "ti2v-5B": "wan22_ti2v_5b",
+    "ti2v-5B": "wan22_ti2v_5b", "s2v-14B": "wan22_s2v_14b",
 }
 SOLVERS = ("unipc", "dpm++")
 EXAMPLE_PROMPT = ("Two anthropomorphic cats in comfy boxing gear and bright gloves fight intensely on a "
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a LoRA for the low-noise expert only (Wan 2.2 A14B, e.g. the LOW file of a pair)")
     p.add_argument("--device", default="auto", help="cuda, cuda:1, cpu, or auto")
     add_prompt_extend_flags(p)
+    add_s2v_flags(p)
     multi = p.add_argument_group("several processes (start with torchrun --nproc_per_node=N -m wan.generate ...)")
     multi.add_argument("--ulysses_size", type=int, default=1,
                        help="processes that split the video tokens of every DiT forward (Ulysses sequence "
@@ -106,6 +108,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                   None, args.task, args.t5_cpu)
     size = args.size or (DEMO_SIZE if args.demo else variant.sizes[0])
     width, height = parse_size(size, args.task, variant, args.demo)
+    s2v = s2v_options(args, width, height) if variant.task == "s2v" else None
+    if s2v is not None:
+        args.frame_num = 4 * (s2v.infer_frames // 4) + 1  # the per-clip frames pass the generic check below
     frames = args.frame_num if args.frame_num is not None else (DEMO_FRAMES if args.demo else variant.frames)
     if frames < 1 or (frames - 1) % 4:
         raise InputError(f"--frame_num {frames} must be 4n+1 (e.g. 81, 121): the VAE packs 4 frames per latent frame")
@@ -135,7 +140,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         cache=cache, device=_device(args.device), demo=args.demo, prompt_extend=prompt_extend_from_args(args),
         extend_from=_extend_from(args, frames), extend_overlap=args.extend_overlap, color_match=args.color_match,
         ulysses_size=args.ulysses_size, cfg_parallel=args.cfg_parallel, dit_fsdp=args.dit_fsdp, t5_fsdp=args.t5_fsdp,
-        loras=lora_choices({"both": args.lora, "high": args.lora_high, "low": args.lora_low}, variant.moe, args.demo))
+        loras=lora_choices({"both": args.lora, "high": args.lora_high, "low": args.lora_low}, variant.moe, args.demo),
+        s2v=s2v)
 
 
 def parse_size(size: str, task: str, variant: Variant, demo: bool = False) -> tuple[int, int]:

@@ -52,6 +52,7 @@ S2V_NEGATIVE_PROMPT = (
 
 _SIZES_14B = ("1280*720", "720*1280", "832*480", "480*832")
 _SIZES_5B = ("1280*704", "704*1280")
+_SIZES_S2V = ("1280*720", "720*1280", "832*480", "480*832", "1024*704", "704*1024", "1280*704", "704*1280")
 
 VARIANTS: dict[str, Variant] = {
     v.id: v
@@ -68,7 +69,7 @@ VARIANTS: dict[str, Variant] = {
                 moe=True),
         Variant("wan22_ti2v_5b", "2.2", "ti2v", "5b", 50, 5.0, (5.0, 5.0), frames=121, fps=24, sizes=_SIZES_5B,
                 vae="2.2"),
-        Variant("wan22_s2v_14b", "2.2", "s2v", "14b", 40, 3.0, (4.5, 4.5), frames=80, sizes=_SIZES_14B,
+        Variant("wan22_s2v_14b", "2.2", "s2v", "14b", 40, 3.0, (4.5, 4.5), frames=80, sizes=_SIZES_S2V,
                 negative_prompt=S2V_NEGATIVE_PROMPT),
     )
 }

@@ -15,6 +15,14 @@ def run(s: Settings) -> Path | None:
     """Text (and images) -> video file, or ``--extend_from``: a video continued from its last frames.
 
     With several processes every rank must call this; rank 0 returns the file, the others None."""
+    if s.s2v is not None:
+        from ..distributed.ranks import world_size
+
+        if world_size() > 1:
+            raise InputError("--task s2v-14B runs in one process here; start it without torchrun")
+        from .s2v import run_s2v
+
+        return run_s2v(s)
     if s.extend_from is not None:
         from ..distributed.ranks import world_size
 
