@@ -197,3 +197,26 @@ def test_cli_refuses_tts_and_bad_flags(capsys):
     assert "multiple of 4" in capsys.readouterr().err
     assert main(["--task", "s2v-14B", "--ckpt_dir", ".", "--image", __file__]) == 2
     assert "--audio" in capsys.readouterr().err
+
+
+def test_short_audio_other_size_pose_and_bad_inputs(setup):
+    """Documented behaviour: audio shorter than one clip gives one clip (zero features after its end); a pose video
+    of another size and length is fitted to the video and padded; bad numbers and sizes are refused up front."""
+    from wan.encoders.audio import AudioEmbeds
+    from wan.errors import InputError
+
+    s = setup
+    text = wan.conditioning.TextEmbeds(s.ctx[None], s.neg[None])
+    settings = wan.SamplerSettings(steps=2, shift=SHIFT, cfg_high=GUIDE, cfg_low=GUIDE)
+    image = s.image.permute(2, 0, 1).float() / 255 * 2 - 1
+    short = AudioEmbeds(torch.randn(25, 3, 64), 0.1)  # 0.1 s: less than one 8-frame clip (0.5 s)
+    pose = torch.rand(5, 3, 40, 50) * 2 - 1  # another size, fewer frames than the clip
+    video = generate_s2v(s.ours_dit, s.vae, text, image, short, settings, frames_per_clip=FRAMES, pose=pose)
+    assert video.shape == (3, FRAMES - 3, H, W) and torch.isfinite(video).all()
+    for kwargs, match in (({"frames_per_clip": 10}, "multiple of 4"), ({"clips": -1}, "clips"),
+                          ({"pose": torch.rand(5, 1, 8, 8)}, "pose video"),
+                          ({"previous": torch.rand(4, 3, 32, 32)}, "previous frames")):
+        with pytest.raises(InputError, match=match):
+            generate_s2v(s.ours_dit, s.vae, text, image, short, settings, **({"frames_per_clip": FRAMES} | kwargs))
+    with pytest.raises(InputError, match="multiples of 64"):
+        generate_s2v(s.ours_dit, s.vae, text, image[:, :, :100], short, settings, frames_per_clip=FRAMES)
