@@ -253,7 +253,8 @@ class WanExpertsSampler:
             "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01, "tooltip": (
                 "Below 1: video-to-video, keeping that much of the input latent's structure.")}),
             "schedule": (list(SCHEDULES), {"default": "official", "tooltip": (
-                "official: the Wan scripts' sigmas; diffusers: diffusers' flow-UniPC grid (to match its pipelines).")}),
+                "official: the Wan scripts' sigmas; diffusers: the grid of diffusers' flow UniPC / DPM++ scheduler "
+                "(to match its pipelines).")}),
             "keep_both_experts_on_device": ("BOOLEAN", {"default": False, "tooltip": (
                 "Keep both A14B experts on the GPU (faster switch, twice the memory). Off: the idle expert waits "
                 "on the offload device.")}),

@@ -16,12 +16,17 @@ from tiny_workflows import shrink, write_models
 WORKFLOW = WORKFLOWS / "api" / "wan2.1_t2v_1.3B_teacache.json"
 A14B_WORKFLOW = WORKFLOWS / "api" / "wan2.2_t2v_A14B_magcache.json"  # Wan Sampler (Advanced), MagCache
 LORA_WORKFLOW = WORKFLOWS / "api" / "wan2.2_t2v_A14B_4steps_lora.json"  # Wan 2.2 LoRA Pair
+CASCADE_WORKFLOW = WORKFLOWS / "api" / "wan2.2_t2v_A14B_upscale_cascade_1080p.json"  # two upscale + refine stages
 NAN = math.nan
 
 
 def node_of(graph: dict, class_type: str) -> dict:
     (node,) = [n for n in graph.values() if n["class_type"] == class_type]
     return node["inputs"]
+
+
+def last_of(graph: dict, class_type: str) -> dict:
+    return [n for n in graph.values() if n["class_type"] == class_type][-1]["inputs"]
 
 
 def fifo(folder: Path, name: str) -> str:
@@ -60,6 +65,14 @@ CASES = {  # name -> (change to the graph, expected message[, workflow])
                           "high_strength nan is out of range", LORA_WORKFLOW),
     "NUL in prefix": (lambda g, m: node_of(g, "WanExpertsSaveVideo").update(filename_prefix="video/\0x"),
                       r"filename_prefix contains '\x00'"),
+    "nan refine strength": (lambda g, m: last_of(g, "WanExpertsVideoToVideo").update(strength=NAN),
+                            "strength nan is out of range", CASCADE_WORKFLOW),
+    "refine strength above 1": (lambda g, m: last_of(g, "WanExpertsVideoToVideo").update(strength=1.5),
+                                "strength 1.5 is out of range", CASCADE_WORKFLOW),
+    "nan upscale factor": (lambda g, m: last_of(g, "WanExpertsUpscaleVideo").update(factor=NAN),
+                           "factor nan is out of range", CASCADE_WORKFLOW),
+    "upscale target off the multiple": (lambda g, m: last_of(g, "WanExpertsUpscaleVideo").update(
+        target="size", width=1920, height=1080), "height 1080 is not a multiple of 16", CASCADE_WORKFLOW),
 }
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import ROOT
 from graph_runner import all_node_classes, run_graph
-from tiny_workflows import TINY, TinyModels, expected_frames, shrink, write_images, write_models
+from tiny_workflows import TinyModels, expected_frames, expected_size, shrink, write_images, write_models
 from workflow_check import check_layout, check_workflow, file_widgets, widget_slots
 
 WORKFLOWS = ROOT / "workflows"
@@ -49,7 +49,7 @@ def test_api_workflow_runs_with_tiny_models(path, classes, models_dir, tmp_path,
     with av.open(str(file)) as container:
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
         assert json.loads(container.metadata["prompt"])[node_id]["class_type"] == "WanExpertsSaveVideo"
-    assert len(frames) == expected_frames(graph) and frames[0].shape[:2] == (TINY["height"], TINY["width"])
+    assert len(frames) == expected_frames(graph) and frames[0].shape[:2] == expected_size(graph)
 
 
 @pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)

@@ -3,7 +3,7 @@ file names a workflow uses, input images for its LoadImage nodes, and the graph 
 
 Shared by the workflow tests (through tests/graph_runner.py) and scripts/comfy_host_check.py (through a real
 ComfyUI server); needs no pytest. Only what the tiny models cannot take is changed: size, frame count and steps
-(tiny and few), and step caches may fall back to other models' data (the tiny DiTs are no published variant)."""
+(tiny and few), a refine's strength (so that one of the few steps runs), and step caches may fall back to other models' data (the tiny DiTs are no published variant)."""
 from __future__ import annotations
 
 import os
@@ -15,7 +15,7 @@ from wan.runner import demo
 from wan.lora.demo import write_demo_lora
 
 TINY = {"width": 64, "height": 32, "frames": 5, "steps": 3, "context_frames": 5, "context_overlap": 4,
-        "overlap_frames": 1}
+        "overlap_frames": 1, "strength": 0.5}  # strength: video to video runs one of the 3 steps
 LONG_FRAMES = 13  # a video sampled in context windows: 4 latent frames in windows of 2
 EXTEND = "WanExpertsExtendVideo"
 FILE_INPUTS = {"model_name": "diffusion_models", "high_noise_model": "diffusion_models",
@@ -104,3 +104,16 @@ def expected_frames(graph: dict) -> int:
     nodes = [n for n in graph.values() if "frames" in n["inputs"]]
     first = next(n["inputs"]["frames"] for n in nodes if n["class_type"] != EXTEND)
     return first + sum(n["inputs"]["frames"] - n["inputs"]["overlap_frames"] for n in nodes if n["class_type"] == EXTEND)
+
+
+def expected_size(graph: dict) -> tuple[int, int]:
+    """(height, width) of the saved video: the tiny size, through every factor upscale on the way (in graph order,
+    which is the chain's order in the example workflows)."""
+    from wan.upscale import target_size
+
+    width, height = TINY["width"], TINY["height"]
+    for node in graph.values():
+        inputs = node["inputs"]
+        if node["class_type"] == "WanExpertsUpscaleVideo" and inputs["target"] == "factor":
+            width, height = target_size(width, height, factor=inputs["factor"], multiple=inputs["multiple"])
+    return height, width

@@ -24,6 +24,7 @@ from .runner.pipeline import Settings
 from .runner.s2v import add_s2v_flags, s2v_options
 from .runner.tasks import run
 from .prompts.cli import add_prompt_extend_flags, prompt_extend_from_args
+from .runner.refine_flags import add_refine_flags, refine_options
 from .variants import VARIANTS, Variant
 
 TASKS = {
@@ -81,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a LoRA for the low-noise expert only (Wan 2.2 A14B, e.g. the LOW file of a pair)")
     p.add_argument("--device", default="auto", help="cuda, cuda:1, cpu, or auto")
     add_prompt_extend_flags(p)
+    add_refine_flags(p)
     add_s2v_flags(p)
     multi = p.add_argument_group("several processes (start with torchrun --nproc_per_node=N -m wan.generate ...)")
     multi.add_argument("--ulysses_size", type=int, default=1,
@@ -106,8 +108,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     variant = VARIANTS[TASKS[args.task]]
     check_options(ParallelOptions(args.ulysses_size, args.cfg_parallel, args.dit_fsdp, args.t5_fsdp), world_size(),
                   None, args.task, args.t5_cpu)
+    refine = refine_options(args, 32 if variant.vae == "2.2" else 16)
     size = args.size or (DEMO_SIZE if args.demo else variant.sizes[0])
-    width, height = parse_size(size, args.task, variant, args.demo)
+    width, height = refine["refine_sizes"][-1] if refine else parse_size(size, args.task, variant, args.demo)
     s2v = s2v_options(args, width, height) if variant.task == "s2v" else None
     if s2v is not None:
         args.frame_num = 4 * (s2v.infer_frames // 4) + 1  # the per-clip frames pass the generic check below
@@ -141,7 +144,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         extend_from=_extend_from(args, frames), extend_overlap=args.extend_overlap, color_match=args.color_match,
         ulysses_size=args.ulysses_size, cfg_parallel=args.cfg_parallel, dit_fsdp=args.dit_fsdp, t5_fsdp=args.t5_fsdp,
         loras=lora_choices({"both": args.lora, "high": args.lora_high, "low": args.lora_low}, variant.moe, args.demo),
-        s2v=s2v)
+        s2v=s2v, **refine)
 
 
 def parse_size(size: str, task: str, variant: Variant, demo: bool = False) -> tuple[int, int]:
@@ -196,9 +199,9 @@ def _shift(value: float | None, variant: Variant, size: str) -> float:
 def _images(args, variant: Variant) -> tuple[Path | None, Path | None]:
     image = Path(args.image) if args.image else None
     last = Path(args.last_image) if args.last_image else None
-    if variant.needs_image and image is None and not args.demo and not args.extend_from:
+    if variant.needs_image and image is None and not args.demo and not (args.extend_from or args.refine_from):
         raise InputError(f"--task {args.task} needs a start image: pass --image path/to/image.png")
-    if variant.task == "flf2v" and last is None and not args.demo:
+    if variant.task == "flf2v" and last is None and not args.demo and not args.refine_from:
         raise InputError(f"--task {args.task} needs an end image too: pass --last_image path/to/image.png")
     if variant.task == "t2v" and image is not None:
         raise InputError(f"--task {args.task} is text-to-video and takes no --image; use an i2v task")

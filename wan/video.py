@@ -1,5 +1,5 @@
 """Write frames to a video file (mp4 / H.264 or webm / VP9) through PyAV, never overwriting and never leaving a
-half-written file behind.
+half-written file behind; read one back (``read_video``).
 
 Frames are float [N, H, W, 3] in 0..1 (ComfyUI's ``IMAGE``). yuv420p stores colour at half resolution, so an
 odd width or height is padded by one pixel (the last row / column repeated) rather than refused. Metadata (the
@@ -110,6 +110,20 @@ def _write_through_temp(frames, folder: Path, stem: str, fps: float, fmt: VideoF
             _remove_empty_folders(created)
     log.info("Saved %d frames (%dx%d, %.3g fps) to %s", pixels.shape[0], pixels.shape[2], pixels.shape[1], fps, final)
     return final
+
+
+def read_video(path: Path) -> torch.Tensor:
+    """All frames of a video file -> [N, H, W, 3] float in 0..1 (decoded by PyAV)."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            frames = [torch.from_numpy(f.to_ndarray(format="rgb24")) for f in container.decode(video=0)]
+    except av.error.FFmpegError as exc:
+        raise InputError(f"'{path}' could not be read as a video ({exc}); use an .mp4 or .webm file") from exc
+    if not frames:
+        raise InputError(f"'{path}' holds no video frames")
+    return torch.stack(frames).float() / 255.0
 
 
 def workflow_metadata(prompt=None, extra_pnginfo=None) -> dict[str, str]:

@@ -277,6 +277,44 @@ def a14b_distill_lora() -> Spec:
                 _files_note(title, files, REPACK_22, settings, extra, origin="Settings of the LoRA authors"), nodes)
 
 
+def a14b_upscale_cascade() -> Spec:
+    """A 480p Wan 2.2 T2V-A14B draft upscaled x1.5 twice, each stage refined by the low-noise expert (720p, 1080p)."""
+    vid, name = "wan22_t2v_a14b", "wan2.2_t2v_A14B_upscale_cascade_1080p"
+    title = "Wan 2.2 text to video, 480p draft refined to 720p and 1080p (A14B low-noise expert)"
+    high, low = (f"wan2.2_t2v_{r}_noise_14B_fp8_scaled.safetensors" for r in ("high", "low"))
+    v = VARIANTS[vid]
+
+    def stage(n: int, source: str, strength: float) -> list[N]:
+        refine = {"seed": SEED, "steps": v.steps, "strength": strength, "expert": "low", "cfg_high": v.guidance[1],
+                  "cfg_low": v.guidance[0], "shift": v.shift, "solver": "unipc"}
+        return [N(f"upscale{n}", "WanExpertsUpscaleVideo", {"target": "factor", "factor": 1.5, "multiple": 16,
+                                                             "resampling": "lanczos"}, {"images": (source, 0)}),
+                N(f"refine{n}", "WanExpertsVideoToVideo", refine,
+                  {"model": ("dit", 0), "text": ("text", 0), "video": (f"upscale{n}", 0), "vae": ("vae", 0)}),
+                N(f"decode{n}", "WanExpertsVAEDecode", {"tiled": "on" if n == 2 else "auto", "tile_size": 512},
+                  {"vae": ("vae", 0), "samples": (f"refine{n}", 0)})]
+
+    nodes = [N("dit", "WanExpertsLoadMoE", {"high_noise_model": high, "low_noise_model": low}),
+             *_text_nodes(vid, "t2v"), N("vae", "WanExpertsLoadVAE", {"vae_name": VAE21}),
+             N("latent", "WanExpertsEmptyLatent", {"width": 832, "height": 480, "frames": v.frames}),
+             _sampler(vid, ("latent", 0)),
+             N("decode", "WanExpertsVAEDecode", {}, {"vae": ("vae", 0), "samples": ("sampler", 0)}),
+             *stage(1, "decode", 0.3), *stage(2, "decode1", 0.3),
+             N("save", "WanExpertsSaveVideo", {"fps": float(v.fps), "filename_prefix": "video/Wan2.2_t2v_1080p"},
+               {"images": ("decode2", 0)})]
+    files = [("diffusion_models", high), ("diffusion_models", low), ("text_encoders", T5_FILE), ("vae", VAE21)]
+    extra = (" The draft is 832x480. Each Wan Upscale Video scales by 1.5 in pixel space (lanczos; 1248x720, then "
+             "1872x1088, rounded to multiples of 16) and Wan Video To Video re-paints it at strength 0.3: the last "
+             "12 of 40 steps, on the low-noise expert only (the high-noise expert stays off the GPU). The 1080p "
+             "decode runs in tiles. A model upscaler (core Upscale Image (using Model)) can replace Wan Upscale "
+             "Video. At 1080p x 81 frames the DiT's activations alone are about 25 GiB (the memory budget's estimate, "
+             "which refuses a stage that does not fit and names the largest size that does); on a smaller GPU give "
+             "the refine nodes Wan Context Windows, or lower the frames.")
+    return Spec(name, title, _files_note(title, files, REPACK_22, "draft: 40 steps, shift 12, guidance 4 (high-noise "
+                                         "expert) / 3 (low-noise expert), 832x480, 81 frames at 16 fps; refines: "
+                                         "strength 0.3, low-noise expert, guidance 3", extra), nodes)
+
+
 TEACACHE = N("cache", "WanExpertsTeaCache", {"threshold": 0.08, "mode": "e"})  # authors' 1.3B setting: ~2x
 MAGCACHE = N("cache", "WanExpertsMagCache", {"threshold": 0.05, "K": 2, "retention_ratio": 0.2})
 
@@ -293,4 +331,5 @@ SPECS = [
     t2v_a14b_context_windows(),
     i2v_a14b_extended(),
     a14b_distill_lora(),
+    a14b_upscale_cascade(),
 ]

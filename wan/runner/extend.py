@@ -8,26 +8,12 @@ from pathlib import Path
 
 import torch
 
-from ..errors import InputError
 from ..sampling.extend import ExtendSettings, check_video_size, extend, tail_pixels
+from ..video import read_video
 from .pipeline import (Settings, guidance_text, load_vae, progress_bar, encode_text, extended_prompt, load_experts,
                        make_step_cache, official_files, run_description)
 
 log = logging.getLogger("wan_experts")
-
-
-def read_video(path: Path) -> torch.Tensor:
-    """All frames of a video file -> [N, H, W, 3] float in 0..1 (decoded by PyAV)."""
-    import av
-
-    try:
-        with av.open(str(path)) as container:
-            frames = [torch.from_numpy(f.to_ndarray(format="rgb24")) for f in container.decode(video=0)]
-    except av.error.FFmpegError as exc:
-        raise InputError(f"'{path}' could not be read as a video ({exc}); use an .mp4 or .webm file") from exc
-    if not frames:
-        raise InputError(f"'{path}' holds no video frames")
-    return torch.stack(frames).float() / 255.0
 
 
 def run_extension(s: Settings) -> Path:

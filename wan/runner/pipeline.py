@@ -52,6 +52,11 @@ class Settings:
     extend_from: Path | None = None  # continue this video (wan/runner/extend.py) instead of starting from nothing
     extend_overlap: int = 5
     color_match: str = "off"
+    refine_from: Path | None = None  # upscale and refine this video (wan/runner/refine.py) at each of refine_sizes
+    refine_sizes: tuple = ()  # (width, height) per stage; empty: the video's own size
+    refine_strength: float = 0.3
+    refine_expert: str = "auto"
+    refine_resampling: str = "lanczos"
     ulysses_size: int = 1  # processes that split the tokens of every DiT forward (sequence parallel)
     cfg_parallel: bool = False  # conditional and unconditional forwards on two groups of processes
     dit_fsdp: bool = False  # DiT weights sharded over the processes (FSDP)
@@ -223,10 +228,7 @@ def load_experts(files: ModelFiles, s: Settings, device, par=None):
                            sharding=sharding)
     else:
         experts = ExpertSet(load_dit(files.dits[0], dtype=dtype, device=home, sharding=sharding))
-    cfg = experts.config
-    if cfg.in_dim != MODEL_IN_DIM[s.variant.task] or cfg.has_clip != s.variant.uses_clip:
-        raise InputError(f"the model in '{s.ckpt_dir}' does not fit --task {s.task}: it takes {cfg.in_dim} input "
-                         f"channels{' and CLIP features' if cfg.has_clip else ''}. Pick the task of that folder.")
+    check_task(experts, s)
     if s.loras:
         from ..lora import apply_choices
 
@@ -234,6 +236,14 @@ def load_experts(files: ModelFiles, s: Settings, device, par=None):
     if par:
         par.attach(experts.models)
     return experts
+
+
+def check_task(experts, s: Settings) -> None:
+    """The loaded model takes the inputs of ``s.task`` (channels, CLIP features)."""
+    cfg = experts.config
+    if cfg.in_dim != MODEL_IN_DIM[s.variant.task] or cfg.has_clip != s.variant.uses_clip:
+        raise InputError(f"the model in '{s.ckpt_dir}' does not fit --task {s.task}: it takes {cfg.in_dim} input "
+                         f"channels{' and CLIP features' if cfg.has_clip else ''}. Pick the task of that folder.")
 
 
 def denoise(experts, s: Settings, shape, text, cond, noise, device, par=None):

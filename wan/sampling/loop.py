@@ -44,7 +44,7 @@ class SamplerSettings:
     add_noise: bool = True
     return_with_leftover_noise: bool = False
     denoise: float = 1.0
-    schedule: str = "official"  # or "diffusers" (diffusers' flow-UniPC sigma grid)
+    schedule: str = "official"  # or "diffusers" (the sigma grid of diffusers' flow scheduler for the solver)
     keep_both_resident: bool = False
     context: Any = None  # ContextWindows (sampling/windows.py): denoise a long video in overlapping windows
 

@@ -60,6 +60,13 @@ def diffusers_flow_sigmas(steps: int, shift: float) -> np.ndarray:
     return sigmas
 
 
+def diffusers_dpm_sigmas(steps: int, shift: float) -> np.ndarray:
+    """diffusers ``DPMSolverMultistepScheduler(use_flow_sigmas=True, flow_shift=shift)``: 1 - linspace(1, 1/1000,
+    N + 1), shifted, reversed, without its final 0 (the official UniPC grid, computed in diffusers' order)."""
+    sigmas = 1.0 - np.linspace(1.0, 1.0 / NUM_TRAIN_TIMESTEPS, steps + 1)
+    return np.flip(shift_sigmas(sigmas, shift))[:-1].copy()
+
+
 def schedule_from_sigmas(sigmas: np.ndarray) -> Schedule:
     """Timesteps = int64(sigma * 1000) (truncation, from the float64 sigmas); sigmas stored as float32 + final 0."""
     sigmas = np.asarray(sigmas, dtype=np.float64)
@@ -70,11 +77,13 @@ def schedule_from_sigmas(sigmas: np.ndarray) -> Schedule:
 
 def make_schedule(solver: str, steps: int, shift: float, kind: str = "official") -> Schedule:
     """The schedule the official generation scripts use with ``solver`` ("unipc": the UniPC grid; "dpm++" and
-    "euler": the DPM++ grid starting at sigma 1). ``kind="diffusers"`` gives diffusers' flow-UniPC grid."""
+    "euler": the DPM++ grid starting at sigma 1). ``kind="diffusers"`` gives the grid of diffusers' flow scheduler
+    for the solver (flow-UniPC; flow DPM-Solver++ for "dpm++")."""
     steps = whole_number(steps, "steps", 1)
     shift = finite_number(shift, "shift", 0.0, low_open=True, hint="shift must be positive")
     if kind == "diffusers":
-        return schedule_from_sigmas(diffusers_flow_sigmas(steps, shift))
+        grid = diffusers_dpm_sigmas if solver == "dpm++" else diffusers_flow_sigmas
+        return schedule_from_sigmas(grid(steps, shift))
     if kind != "official":
         raise InputError(f"schedule '{kind}' is unknown; use one of {SCHEDULES}")
     return schedule_from_sigmas(unipc_sigmas(steps, shift) if solver == "unipc" else dpm_sigmas(steps, shift))
