@@ -123,7 +123,8 @@ class WanExpertsSoundToVideo:
     def VALIDATE_INPUTS(cls, width=None, height=None, frames_per_clip=None, clips=None, cfg=None, shift=None):
         problem = number_problem(cls, width=width, height=height, frames_per_clip=frames_per_clip, clips=clips,
                                  cfg=cfg, shift=shift)
-        for name, value, step in (("width", width, 64), ("height", height, 64), ("frames_per_clip", frames_per_clip, 4)):
+        steps = (("width", width, 64), ("height", height, 64), ("frames_per_clip", frames_per_clip, 4))
+        for name, value, step in steps:
             if problem is None and isinstance(value, int) and value % step:
                 problem = f"{name} must be a multiple of {step}; got {value}"
         return verdict(problem)

@@ -164,7 +164,8 @@ def test_sound_to_video_node(pack, tmp_path):
 
     node = importlib.import_module(pack.__name__ + ".nodes.s2v").WanExpertsSoundToVideo
     pw = importlib.import_module(pack.__name__ + ".wan")
-    model = pw.load_dit(save_safetensors(state_dict_of(official_s2v(audio_dim=64, seed=5)), tmp_path / "s2v.safetensors"))
+    weights = state_dict_of(official_s2v(audio_dim=64, seed=5))
+    model = pw.load_dit(save_safetensors(weights, tmp_path / "s2v.safetensors"))
     from wan.runner.demo import tiny_vae
 
     vae = pw.vae.vae.WanVAE(tiny_vae("2.1"), torch.float32)

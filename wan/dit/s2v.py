@@ -172,7 +172,8 @@ class WanS2VDiT(WanDiT):
         tokens = torch.cat([p + mask[k] for p, k in zip(parts, kinds)], dim=1)
         e0 = base.e0
         if self.s2v_config.zero_timestep:
-            zero = self.time_projection(self.time_embedding(sinusoid(cfg.freq_dim, torch.zeros(1, 1, device=x.device)).float()))
+            t0 = sinusoid(cfg.freq_dim, torch.zeros(1, 1, device=x.device)).float()
+            zero = self.time_projection(self.time_embedding(t0))
             e0 = torch.cat([e0, zero.unflatten(-1, (6, cfg.dim)).expand(b, -1, -1, -1)], dim=1)
         else:
             e0 = e0.expand(-1, 2, -1, -1)

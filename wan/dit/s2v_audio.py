@@ -86,7 +86,8 @@ class CausalAudioEncoder(nn.Module):
 
 
 class AdaIN(nn.Module):
-    """``AdaLayerNorm`` of the official injector: LayerNorm(x) * (1 + scale) + shift, (shift, scale) = Linear(SiLU(v))."""
+    """``AdaLayerNorm`` of the official injector: LayerNorm(x) * (1 + scale) + shift, with (shift, scale) =
+    Linear(SiLU(v))."""
 
     def __init__(self, dim: int):
         super().__init__()

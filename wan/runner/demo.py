@@ -45,6 +45,7 @@ class DemoModels:
     text_encoder: Path
     vae: Path
     clip: Path | None = None
+    audio_encoder: Path | None = None  # S2V: wav2vec2
 
 
 # -- the tiny modules ----------------------------------------------------------------------------------------------
@@ -73,10 +74,9 @@ def tiny_s2v_dit(variant: Variant, seed: int = SEED) -> nn.Module:
     return _randomized(lambda: WanS2VDiT(config, s2v, variant), seed)
 
 
-def write_tiny_wav2vec2(folder: Path, seed: int = SEED) -> Path:
-    """A random transformers wav2vec2 (the layout of wav2vec2-large: 24 layers, 25 hidden states), saved as the
-    official folder (config.json, model.safetensors, preprocessor_config.json)."""
-    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+def tiny_wav2vec2(seed: int = SEED) -> nn.Module:
+    """A random transformers ``Wav2Vec2Model`` in the layout of wav2vec2-large (24 layers: 25 hidden states)."""
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
 
     config = Wav2Vec2Config(hidden_size=WAV2VEC_DIM, num_hidden_layers=24, num_attention_heads=1,
                             intermediate_size=2 * WAV2VEC_DIM, conv_dim=(16,) * 7, conv_bias=True,
@@ -84,8 +84,14 @@ def write_tiny_wav2vec2(folder: Path, seed: int = SEED) -> Path:
                             num_conv_pos_embedding_groups=4)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = Wav2Vec2Model(config).eval()
-    model.save_pretrained(folder, safe_serialization=True)
+        return Wav2Vec2Model(config).eval()
+
+
+def write_tiny_wav2vec2(folder: Path, seed: int = SEED) -> Path:
+    """The official folder layout (config.json, model.safetensors, preprocessor_config.json)."""
+    from transformers import Wav2Vec2FeatureExtractor
+
+    tiny_wav2vec2(seed).save_pretrained(folder, safe_serialization=True)
     Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True).save_pretrained(folder)
     return folder
 
@@ -160,7 +166,8 @@ def write_official_folder(folder, task_variant: str | Variant) -> DemoModels:
 
 def write_comfy_files(models_dir, task_variant: str | Variant, names: dict[str, str | list[str]]) -> DemoModels:
     """Comfy-Org single files under ``models_dir/<kind>/<name>``; ``names`` maps kind -> file name (a list of
-    [high, low] for the A14B experts): ``diffusion_models``, ``text_encoders``, ``vae``, optional ``clip_vision``."""
+    [high, low] for the A14B experts): ``diffusion_models``, ``text_encoders``, ``vae``, optional ``clip_vision``,
+    ``audio_encoders`` (S2V: wav2vec2 in transformers names, as the Comfy-Org file)."""
     variant = _variant(task_variant)
     root = Path(models_dir)
     dit_names = names["diffusion_models"]
@@ -175,7 +182,10 @@ def write_comfy_files(models_dir, task_variant: str | Variant, names: dict[str, 
     clip = None
     if names.get("clip_vision"):
         clip = _save_st(tiny_clip_state_dict("hf"), root / "clip_vision" / names["clip_vision"])
-    return DemoModels(variant, dits, t5, vae, clip)
+    audio = None
+    if names.get("audio_encoders"):
+        audio = _save_st(tiny_wav2vec2().state_dict(), root / "audio_encoders" / names["audio_encoders"])
+    return DemoModels(variant, dits, t5, vae, clip, audio)
 
 
 def official_t5_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
