@@ -33,7 +33,7 @@ def tokenizer_files() -> list[str]:
     return list_files("text_encoders", TOKENIZER_SUFFIXES, TOKENIZER_LIMIT)
 
 
-def _placement_inputs(device_tooltip: str, dtype_tooltip: str = DTYPE_TOOLTIP) -> dict:
+def placement_inputs(device_tooltip: str, dtype_tooltip: str = DTYPE_TOOLTIP) -> dict:
     return {
         "dtype": (DTYPE_CHOICES, {"default": "default", "tooltip": dtype_tooltip}),
         "device": (["gpu", "cpu"], {"default": "gpu", "tooltip": device_tooltip}),
@@ -41,7 +41,7 @@ def _placement_inputs(device_tooltip: str, dtype_tooltip: str = DTYPE_TOOLTIP) -
     }
 
 
-def _place(model, device: str, keep_loaded: bool):
+def place_encoder(model, device: str, keep_loaded: bool):
     model.run_device = host.compute_device() if device == "gpu" else torch.device("cpu")
     model.keep_loaded = bool(keep_loaded)
     return model
@@ -66,7 +66,7 @@ class WanExpertsLoadTextEncoder:
                 "text_encoder_name": (host.list_models("text_encoders"), {
                     "tooltip": ("UMT5-XXL file in models/text_encoders: e.g. umt5_xxl_fp8_e4m3fn_scaled.safetensors, "
                                 "or a GGUF encoder such as umt5-xxl-encoder-Q8_0.gguf / -Q5_K_M / -Q4_K_M.")}),
-                **_placement_inputs("Where the encoder runs. 'cpu' saves GPU memory at the cost of speed (the "
+                **placement_inputs("Where the encoder runs. 'cpu' saves GPU memory at the cost of speed (the "
                                     "official --t5_cpu option).", TEXT_DTYPE_TOOLTIP),
             },
             "optional": {
@@ -86,7 +86,7 @@ class WanExpertsLoadTextEncoder:
         chosen = None if tokenizer in (None, "", "auto") else confined_file(
             "text_encoders", tokenizer, "tokenizer", TOKENIZER_LIMIT)
         encoder = load_text_encoder(path, tokenizer=chosen, dtype=dtype, device=host.offload_device())
-        return (_place(encoder, device, keep_loaded),)
+        return (place_encoder(encoder, device, keep_loaded),)
 
 
 class WanExpertsTextEncode:
@@ -129,12 +129,12 @@ class WanExpertsLoadCLIPVision:
         return {"required": {
             "clip_name": (host.list_models("clip_vision"), {
                 "tooltip": "CLIP vision file in models/clip_vision (clip_vision_h.safetensors)."}),
-            **_placement_inputs("Where the encoder runs; 'cpu' saves GPU memory at the cost of speed."),
+            **placement_inputs("Where the encoder runs; 'cpu' saves GPU memory at the cost of speed."),
         }}
 
     def load(self, clip_name, dtype="default", device="gpu", keep_loaded=False):
         path = host.model_path("clip_vision", clip_name)
-        return (_place(load_clip_vision(path, dtype=dtype, device=host.offload_device()), device, keep_loaded),)
+        return (place_encoder(load_clip_vision(path, dtype=dtype, device=host.offload_device()), device, keep_loaded),)
 
 
 class WanExpertsCLIPVisionEncode:

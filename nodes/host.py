@@ -33,9 +33,11 @@ except ImportError:
     IN_COMFY = False
 
 STEP_CACHE_KIND = "wan_step_cache"  # calibrated TeaCache / MagCache data (python -m wan.cache.calibrate)
-MODEL_KINDS = ("diffusion_models", "text_encoders", "vae", "clip_vision", "loras", "LLM", STEP_CACHE_KIND)
-# not in ComfyUI core: registered as models/<kind> (LLM: one folder per model; wan_step_cache: JSON files)
-EXTRA_KINDS = ("LLM", STEP_CACHE_KIND)
+MODEL_KINDS = ("diffusion_models", "text_encoders", "vae", "clip_vision", "loras", "LLM", STEP_CACHE_KIND,
+               "audio_encoders")
+# registered as models/<kind> where ComfyUI core lacks them (LLM: one folder per model; wan_step_cache: JSON files;
+# audio_encoders: wav2vec2 for S2V, in core since its audio-encoder nodes)
+EXTRA_KINDS = ("LLM", STEP_CACHE_KIND, "audio_encoders")
 WEIGHT_SUFFIXES = (".safetensors", ".sft", ".pth", ".pt", ".bin", ".ckpt", ".safetensors.index.json", ".gguf")
 # More folders of a kind (standalone; ComfyUI's "diffusion_models" already covers models/unet) and file types
 # ComfyUI does not list for it (its lists leave out .gguf).
@@ -179,14 +181,15 @@ def metadata_disabled() -> bool:
     return os.environ.get("WAN_EXPERTS_DISABLE_METADATA", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def make_video(images: torch.Tensor, fps: float):
-    """ComfyUI's ``VIDEO`` value for frames [N, H, W, 3] in 0..1 at ``fps``: core's ``VideoFromComponents`` (as
-    core Create Video builds it) inside ComfyUI, a ``StandaloneVideo`` with the same methods otherwise."""
+def make_video(images: torch.Tensor, fps: float, audio: dict | None = None):
+    """ComfyUI's ``VIDEO`` value for frames [N, H, W, 3] in 0..1 at ``fps`` (and an optional AUDIO track): core's
+    ``VideoFromComponents`` (as core Create Video builds it) inside ComfyUI, a ``StandaloneVideo`` with the same
+    methods otherwise."""
     video_types = _core_video_types() if IN_COMFY else None
     if video_types is None:
-        return StandaloneVideo(VideoComponents(images=images, frame_rate=Fraction(fps)))
+        return StandaloneVideo(VideoComponents(images=images, frame_rate=Fraction(fps), audio=audio))
     from_components, components = video_types
-    return from_components(components(images=images, audio=None, frame_rate=Fraction(fps)))
+    return from_components(components(images=images, audio=audio, frame_rate=Fraction(fps)))
 
 
 def _core_video_types():
@@ -239,7 +242,8 @@ class StandaloneVideo:
         from ..wan.video import write_video
 
         tags = {str(k): json.dumps(v) for k, v in (metadata or {}).items()}
-        write_video(self._components.images, path, fps=float(self._components.frame_rate), metadata=tags)
+        write_video(self._components.images, path, fps=float(self._components.frame_rate), metadata=tags,
+                    audio=self._components.audio)
 
 
 def _comfy_extra_files(kind: str) -> list[str]:  # pragma: no cover - exercised only inside a ComfyUI process

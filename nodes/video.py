@@ -7,6 +7,7 @@ import torch
 
 from ..wan.errors import InputError
 from ..wan.video import FORMATS, check_fps, prefix_problem, save_video, workflow_metadata
+from ..wan.video_audio import video_track
 from . import host
 from .secrets import without_secrets
 from .validation import number_problem, verdict
@@ -40,6 +41,11 @@ class WanExpertsSaveVideo:
                     "Quality: lower is better and larger. H.264 uses 0..51 (19 is visually near lossless), "
                     "VP9 0..63 (about 31 is a good start).")}),
             },
+            "optional": {
+                "audio": ("AUDIO", {"tooltip": (
+                    "Optional sound track (e.g. the speech of Wan Sound To Video): muxed from the first frame, AAC in "
+                    "mp4 / Opus in webm, cut to the video's length (padded with silence when shorter).")}),
+            },
             "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
         }
 
@@ -51,11 +57,11 @@ class WanExpertsSaveVideo:
         return verdict(None if filename_prefix is None else prefix_problem(filename_prefix),
                        number_problem(cls, fps=fps))
 
-    def save(self, images, fps=16.0, filename_prefix="video/Wan", format="mp4", crf=19, prompt=None,
+    def save(self, images, fps=16.0, filename_prefix="video/Wan", format="mp4", crf=19, audio=None, prompt=None,
              extra_pnginfo=None):
         metadata = {} if host.metadata_disabled() else workflow_metadata(*without_secrets(prompt, extra_pnginfo))
         saved = save_video(images, host.output_dir(), filename_prefix, fps=fps, format=format, crf=crf,
-                           metadata=metadata)
+                           metadata=metadata, audio=audio)
         preview = {"filename": saved.filename, "subfolder": saved.subfolder, "type": "output"}
         return {"ui": {"images": [preview], "animated": (True,)}, "result": ()}
 
@@ -77,18 +83,22 @@ class WanExpertsCreateVideo:
             "images": ("IMAGE", {"tooltip": "The video frames (from Wan VAE Decode)."}),
             "fps": ("FLOAT", {"default": 16.0, "min": 1.0, "max": 120.0, "step": 1.0, "tooltip": (
                 "Frames per second: 16 for Wan 2.1 and the 2.2 A14B models, 24 for Wan 2.2 TI2V-5B.")}),
+        }, "optional": {
+            "audio": ("AUDIO", {"tooltip": "Optional sound track, carried in the VIDEO (core Save Video muxes it)."}),
         }}
 
     @classmethod
     def VALIDATE_INPUTS(cls, fps=None):
         return verdict(number_problem(cls, fps=fps))
 
-    def create(self, images, fps=16.0):
+    def create(self, images, fps=16.0, audio=None):
         if not torch.is_tensor(images) or images.dim() != 4 or images.shape[-1] not in (3, 4) or not images.shape[0]:
             found = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
             raise InputError(f"images must be frames [N, H, W, 3] with at least one frame; got {found}")
         check_fps(fps)
-        return (host.make_video(images[..., :3], fps),)  # core's VIDEO holds RGB frames
+        if audio is not None:
+            video_track(audio, images.shape[0], fps)  # refuse bad audio here, not in a later save
+        return (host.make_video(images[..., :3], fps, audio),)  # core's VIDEO holds RGB frames
 
 
 NODES = {"WanExpertsSaveVideo": WanExpertsSaveVideo, "WanExpertsCreateVideo": WanExpertsCreateVideo}

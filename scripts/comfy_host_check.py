@@ -49,7 +49,8 @@ from tiny_workflows import TINY, TinyModels, expected_frames, shrink, write_imag
 
 API_DIR = ROOT / "workflows" / "api"
 PACK_LINK = "ComfyUI-WanExperts"
-MODEL_KINDS = ("diffusion_models", "text_encoders", "vae", "clip_vision", "loras", "wan_step_cache", "LLM")
+MODEL_KINDS = ("diffusion_models", "text_encoders", "vae", "clip_vision", "loras", "wan_step_cache", "LLM",
+               "audio_encoders")
 NOTE_TYPES = ("Note", "MarkdownNote")  # frontend-only nodes, never in /object_info
 
 

@@ -7,7 +7,7 @@ runs: the widget values of the inputs it names, None for a linked one; anything 
 runs nodes in dependency order inside ``torch.inference_mode()``, calls
 ``getattr(cls(), cls.FUNCTION)(**inputs)``, fills hidden inputs (``PROMPT`` = the graph, ``EXTRA_PNGINFO`` =
 ``{"workflow": ...}``, ``UNIQUE_ID`` = the node id), and takes a returned ``{"ui": ..., "result": ...}`` dict
-apart. Core nodes the example workflows use on purpose (``LoadImage``) get minimal stand-ins here.
+apart. Core nodes the example workflows use on purpose (``LoadImage``, ``LoadAudio``) get minimal stand-ins here.
 """
 from __future__ import annotations
 
@@ -54,7 +54,23 @@ class LoadImage:
         return pixels, 1.0 - torch.from_numpy(rgba[..., 3]).unsqueeze(0)
 
 
-CORE_STAND_INS = {"LoadImage": LoadImage}
+class LoadAudio:
+    """Stand-in for core ComfyUI ``LoadAudio``: an audio file from the input folder -> AUDIO."""
+
+    RETURN_TYPES = ("AUDIO",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"audio": ([], {"audio_upload": True})}}
+
+    def load(self, audio):
+        from wan.runner.s2v import load_audio
+
+        return (load_audio(LoadImage.input_dir / audio),)
+
+
+CORE_STAND_INS = {"LoadImage": LoadImage, "LoadAudio": LoadAudio}
 
 
 def all_node_classes(pack) -> dict:

@@ -21,12 +21,16 @@ EXTEND = "WanExpertsExtendVideo"
 FILE_INPUTS = {"model_name": "diffusion_models", "high_noise_model": "diffusion_models",
                "low_noise_model": "diffusion_models", "text_encoder_name": "text_encoders", "vae_name": "vae",
                "clip_name": "clip_vision", "lora_name": "loras", "high_noise_lora": "loras",
-               "low_noise_lora": "loras"}
+               "low_noise_lora": "loras", "audio_encoder_name": "audio_encoders"}
+S2V = "WanExpertsSoundToVideo"
+TINY_S2V = {"width": 64, "height": 64, "frames_per_clip": 8, "clips": 1, "steps": 2}  # sides: multiples of 64
 
 
 def variant_of(dit_name: str) -> str:
     """The variant a Comfy-Org DiT file name stands for."""
     name = dit_name.lower()
+    if "s2v" in name:
+        return "wan22_s2v_14b"
     if "ti2v" in name:
         return "wan22_ti2v_5b"
     if "flf2v" in name:
@@ -50,7 +54,8 @@ class TinyModels:
         if key not in self.written:
             names = {"diffusion_models": [f"dit{i}.safetensors" for i in range(experts)],
                      "text_encoders": "t5.safetensors", "vae": "vae.safetensors",
-                     "clip_vision": "clip.safetensors" if with_clip else None}
+                     "clip_vision": "clip.safetensors" if with_clip else None,
+                     "audio_encoders": "wav2vec2.safetensors" if variant == "wan22_s2v_14b" else None}
             self.written[key] = demo.write_comfy_files(self.cache_dir / "_".join(map(str, key)), variant, names)
         return self.written[key]
 
@@ -65,7 +70,7 @@ def write_models(graph: dict, models_dir: Path, tiny_models) -> None:
     dits = names["diffusion_models"]
     files = tiny_models(variant_of(dits[0]), len(dits), "clip_vision" in names)
     sources = {"diffusion_models": files.dits, "text_encoders": [files.text_encoder], "vae": [files.vae],
-               "clip_vision": [files.clip]}
+               "clip_vision": [files.clip], "audio_encoders": [files.audio_encoder]}
     for i, name in enumerate(names.pop("loras", [])):  # random LoRAs that fit the tiny DiT
         write_demo_lora(files.dits[0], models_dir / "loras" / name, seed=i)
     for kind, wanted in names.items():
@@ -77,13 +82,20 @@ def write_models(graph: dict, models_dir: Path, tiny_models) -> None:
 
 
 def write_images(graph: dict, input_dir: Path) -> None:
-    """A random 80x48 picture for every LoadImage node of ``graph``."""
+    """A random 80x48 picture for every LoadImage node of ``graph``, and a 0.5 s tone for every LoadAudio node."""
+    import wave
+
     from PIL import Image
 
     input_dir.mkdir(exist_ok=True)
     for i, node in enumerate(n for n in graph.values() if n["class_type"] == "LoadImage"):
         pixels = np.random.default_rng(i).integers(0, 255, (48, 80, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(input_dir / node["inputs"]["image"])
+    for node in (n for n in graph.values() if n["class_type"] == "LoadAudio"):
+        t = np.arange(8000) / 16000
+        with wave.open(str(input_dir / node["inputs"]["audio"]), "wb") as w:
+            w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
+            w.writeframes((np.sin(2 * np.pi * 330 * t) * 12000).astype(np.int16).tobytes())
 
 
 def shrink(graph: dict) -> dict:
@@ -96,11 +108,16 @@ def shrink(graph: dict) -> dict:
                 inputs[key] = LONG_FRAMES if key == "frames" and long and node["class_type"] != EXTEND else value
         if "allow_fallback" in inputs:
             inputs["allow_fallback"] = True
+        if node["class_type"] == S2V:
+            inputs.update(TINY_S2V)
     return graph
 
 
 def expected_frames(graph: dict) -> int:
     """The sampled video's frames, plus the new frames of each extension (segment minus the frames it shares)."""
+    s2v = [n["inputs"] for n in graph.values() if n["class_type"] == S2V]
+    if s2v:  # one clip; the first clip loses 3 frames unless it starts from the reference image
+        return s2v[0]["clips"] * s2v[0]["frames_per_clip"] - (0 if s2v[0]["start_from_ref"] else 3)
     nodes = [n for n in graph.values() if "frames" in n["inputs"]]
     first = next(n["inputs"]["frames"] for n in nodes if n["class_type"] != EXTEND)
     return first + sum(n["inputs"]["frames"] - n["inputs"]["overlap_frames"] for n in nodes if n["class_type"] == EXTEND)
@@ -112,6 +129,8 @@ def expected_size(graph: dict) -> tuple[int, int]:
     from wan.upscale import target_size
 
     width, height = TINY["width"], TINY["height"]
+    if any(n["class_type"] == S2V for n in graph.values()):
+        return TINY_S2V["height"], TINY_S2V["width"]
     for node in graph.values():
         inputs = node["inputs"]
         if node["class_type"] == "WanExpertsUpscaleVideo" and inputs["target"] == "factor":

@@ -58,8 +58,9 @@ CORE_NODES = {
     "Note": ({"required": {"text": ("STRING", {"multiline": True})}}, ()),
     "MarkdownNote": ({"required": {"text": ("STRING", {"multiline": True})}}, ()),
     "LoadImage": ({"required": {"image": ([], {"image_upload": True})}}, ("IMAGE", "MASK")),
+    "LoadAudio": ({"required": {"audio": ([], {"audio_upload": True})}}, ("AUDIO",)),
 }
-OPEN_CORE_COMBOS = {("LoadImage", "image")}  # files in the user's input folder
+OPEN_CORE_COMBOS = {("LoadImage", "image"), ("LoadAudio", "audio")}  # files in the user's input folder
 
 
 # Frontend geometry (litegraph): title bar, socket row and widget heights; min width of a node with widgets
@@ -140,7 +141,8 @@ def socket_type(input_types: dict, name: str) -> str | None:
     return None
 
 
-def file_widgets(mappings: dict, kinds=("diffusion_models", "text_encoders", "vae", "clip_vision", "loras")) -> set:
+def file_widgets(mappings: dict, kinds=("diffusion_models", "text_encoders", "vae", "clip_vision", "loras",
+                                               "audio_encoders")) -> set:
     """(node type, input) pairs whose combo lists model files, found with a placeholder file per model folder."""
     found = set()
     with _probe_models(kinds):
@@ -193,7 +195,8 @@ def _check_value(slot: Slot, value, is_file: bool) -> str | None:
         return None if value == "image" else f"upload widget value {value!r} should be 'image'"
     if slot.type == "COMBO":
         if is_file:
-            ok = isinstance(value, str) and (value.lower().endswith(WEIGHT_SUFFIXES) or slot.input == "image")
+            ok = isinstance(value, str) and (value.lower().endswith(WEIGHT_SUFFIXES)
+                                             or slot.input in ("image", "audio"))
             return None if ok else f"{value!r} is not a file name"
         return None if value in slot.choices else f"{value!r} is not one of {list(slot.choices)}"
     if slot.type == "BOOLEAN":

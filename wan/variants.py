@@ -34,18 +34,25 @@ class Variant:
     uses_clip: bool = False
     negative_prefix: str = ""
     moe: bool = False
+    negative_prompt: str = ""  # a variant's own default negative prompt (S2V), replacing the shared one
 
     @property
     def default_negative_prompt(self) -> str:
-        return self.negative_prefix + DEFAULT_NEGATIVE_PROMPT
+        return self.negative_prompt or self.negative_prefix + DEFAULT_NEGATIVE_PROMPT
 
     @property
     def needs_image(self) -> bool:
         return self.task in ("i2v", "flf2v")
 
 
+S2V_NEGATIVE_PROMPT = (
+    "画面模糊，最差质量，画面模糊，细节模糊不清，情绪激动剧烈，手快速抖动，字幕，丑陋的，残缺的，多余的手指，画得不好的手部，"
+    "画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
+)
+
 _SIZES_14B = ("1280*720", "720*1280", "832*480", "480*832")
 _SIZES_5B = ("1280*704", "704*1280")
+_SIZES_S2V = ("1280*720", "720*1280", "832*480", "480*832", "1024*704", "704*1024", "1280*704", "704*1280")
 
 VARIANTS: dict[str, Variant] = {
     v.id: v
@@ -62,6 +69,8 @@ VARIANTS: dict[str, Variant] = {
                 moe=True),
         Variant("wan22_ti2v_5b", "2.2", "ti2v", "5b", 50, 5.0, (5.0, 5.0), frames=121, fps=24, sizes=_SIZES_5B,
                 vae="2.2"),
+        Variant("wan22_s2v_14b", "2.2", "s2v", "14b", 40, 3.0, (4.5, 4.5), frames=80, sizes=_SIZES_S2V,
+                negative_prompt=S2V_NEGATIVE_PROMPT),
     )
 }
 

@@ -21,6 +21,7 @@ import torch
 from .checks import finite_number, whole_number
 from .errors import InputError, WanError
 from .finite import check_input
+from .video_audio import Track, add_audio_stream, mux_audio, video_track
 
 log = logging.getLogger("wan_experts")
 
@@ -59,17 +60,19 @@ class SavedVideo:
 
 
 def save_video(frames: torch.Tensor, output_dir, filename_prefix: str = "video/Wan", fps: float = 16.0,
-               format: str = "mp4", crf: int = 19, metadata: dict[str, str] | None = None) -> SavedVideo:
-    """Encode ``frames`` to ``<output_dir>/<subfolder>/<name>_<counter:05>_.<ext>`` with a fresh counter."""
+               format: str = "mp4", crf: int = 19, metadata: dict[str, str] | None = None, audio=None) -> SavedVideo:
+    """Encode ``frames`` to ``<output_dir>/<subfolder>/<name>_<counter:05>_.<ext>`` with a fresh counter.
+    ``audio`` (ComfyUI AUDIO, optional): the sound track, from frame 0, trimmed to the video (``wan.video_audio``)."""
     fmt = _check_format(format, crf)
     folder, name, subfolder = split_prefix(Path(output_dir), filename_prefix)
     final = _write_through_temp(frames, folder, name, fps, fmt, crf, metadata,
-                                lambda tmp: _claim_name(tmp, folder, name, fmt.name), keep=Path(output_dir))
+                                lambda tmp: _claim_name(tmp, folder, name, fmt.name), keep=Path(output_dir),
+                                audio=audio)
     return SavedVideo(final, final.name, subfolder)
 
 
 def write_video(frames: torch.Tensor, path, fps: float = 16.0, crf: int = 19,
-                metadata: dict[str, str] | None = None) -> Path:
+                metadata: dict[str, str] | None = None, audio=None) -> Path:
     """Encode ``frames`` to exactly ``path`` (.mp4 or .webm), replacing an existing file only once complete."""
     path = Path(path)
     format = path.suffix.lower().lstrip(".")
@@ -81,21 +84,22 @@ def write_video(frames: torch.Tensor, path, fps: float = 16.0, crf: int = 19,
         os.replace(tmp, path)
         return path
 
-    return _write_through_temp(frames, path.parent, path.stem, fps, fmt, crf, metadata, replace)
+    return _write_through_temp(frames, path.parent, path.stem, fps, fmt, crf, metadata, replace, audio=audio)
 
 
 def _write_through_temp(frames, folder: Path, stem: str, fps: float, fmt: VideoFormat, crf: int, metadata,
-                        finish, keep: Path | None = None) -> Path:
+                        finish, keep: Path | None = None, audio=None) -> Path:
     """Check, encode to a hidden temporary file in ``folder``, then ``finish(tmp)`` names it. Whatever goes wrong
     (an OS error, an encoder error, a cancel), the temporary file and any folder made for it below ``keep`` are
     removed."""
     pixels = frames_to_uint8(frames)
     check_fps(fps)
+    track = None if audio is None else video_track(audio, pixels.shape[0], fps)
     created = _make_folder(folder, keep)
     tmp = folder / f".{stem}.{os.getpid()}.partial.{fmt.name}"
     final = None
     try:
-        encode(pixels, tmp, fps, fmt, crf, metadata or {})
+        encode(pixels, tmp, fps, fmt, crf, metadata or {}, track)
         final = finish(tmp)
     except OSError as exc:
         raise OutputFolderError(f"could not write the video into '{folder}': {exc}. Check that the folder "
@@ -147,8 +151,9 @@ def frames_to_uint8(frames: torch.Tensor) -> torch.Tensor:
     return (rgb.clamp(0, 1) * 255).round().to(torch.uint8).contiguous()
 
 
-def encode(pixels: torch.Tensor, path: Path, fps: float, fmt: VideoFormat, crf: int, tags: dict[str, str]) -> None:
-    """Write uint8 frames [N, H, W, 3] to ``path`` in ``fmt``."""
+def encode(pixels: torch.Tensor, path: Path, fps: float, fmt: VideoFormat, crf: int, tags: dict[str, str],
+           track: Track | None = None) -> None:
+    """Write uint8 frames [N, H, W, 3] (and a sound track) to ``path`` in ``fmt``."""
     import av
 
     with av.open(str(path), mode="w", format=fmt.name, options=dict(fmt.options)) as container:
@@ -158,9 +163,12 @@ def encode(pixels: torch.Tensor, path: Path, fps: float, fmt: VideoFormat, crf: 
         stream.width, stream.height = pixels.shape[2], pixels.shape[1]
         stream.pix_fmt = PIXEL_FORMAT
         stream.options = {"crf": str(crf)} | ({"b:v": "0"} if fmt.codec == "libvpx-vp9" else {})
+        sound = None if track is None else add_audio_stream(container, track, fmt.name)
         for frame in pixels.numpy():
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
+        if sound is not None:
+            mux_audio(container, sound, track)
 
 
 def split_prefix(output_dir: Path, filename_prefix: str) -> tuple[Path, str, str]:

@@ -30,11 +30,11 @@ NOTE_POS, NOTE_SIZE = (40, 40), (760, 240)
 EXTRA_HEIGHT = {"WanExpertsTextEncode": 160}  # room to read the prompts
 STAGES = (  # (group title, colour, node types); nodes of other types go with the image and latent stage
     ("Models", "#3f789e", ("WanExpertsLoadDiT", "WanExpertsLoadMoE", "WanExpertsLoadTextEncoder",
-                           "WanExpertsLoadCLIPVision", "WanExpertsLoadVAE")),
+                           "WanExpertsLoadCLIPVision", "WanExpertsLoadVAE", "WanExpertsLoadAudioEncoder")),
     ("Prompt", "#8a8a3f", ("WanExpertsTextEncode", "WanExpertsConditioningFromCore")),
     ("Image and latent", "#3f8a6b", ()),
     ("Sampling", "#8a5a3f", ("WanExpertsTeaCache", "WanExpertsMagCache", "WanExpertsContextWindows",
-                             "WanExpertsSamplerBasic", "WanExpertsSampler")),
+                             "WanExpertsSamplerBasic", "WanExpertsSampler", "WanExpertsSoundToVideo")),
     ("Output", "#6b3f8a", ("WanExpertsVAEDecode", "WanExpertsExtendVideo", "WanExpertsSaveVideo",
                            "WanExpertsCreateVideo")),
 )
@@ -168,7 +168,7 @@ def _stages(spec: Spec) -> list[tuple[str, str, list[N]]]:
 
 
 def _has_image(nodes: list[N]) -> bool:
-    return any(n.type == "LoadImage" for n in nodes)
+    return any(n.type in ("LoadImage", "LoadAudio") for n in nodes)
 
 
 def _round_up(value: float, step: int = 10) -> int:

@@ -16,13 +16,14 @@ from ..weights.checkpoint import find_weights_in_folder, is_gguf, read_state_dic
 from ..errors import CheckpointError, InputError
 from ..memory.offload import parse_offload_blocks, set_block_streaming
 from ..quant.comfy_quant import format_counts, split_quantized_layers, with_header_markers
-from ..variants import ROLES, detect_variant
+from ..variants import ROLES, VARIANTS, detect_variant
 from ..weights.assign import build_with_weights, compute_dtype
 from .attention import describe
 from .config import WanDiTConfig
 from .islands import keep_float32_islands
 from .keys import normalize_keys
 from .model import WanDiT
+from .s2v import S2VConfig, WanS2VDiT
 
 log = logging.getLogger("wan_experts")
 
@@ -56,9 +57,13 @@ def load_dit(path, dtype=None, device="cpu", role: str | None = None, num_heads:
         raise CheckpointError(f"'{source.name}': {exc}") from exc
     variant = detect_variant(in_dim=config.in_dim, dim=config.dim, has_clip=config.has_clip,
                              has_flf_pos=config.flf_pos_len is not None, role=role, name_hint=str(path))
+    s2v = S2VConfig.from_state_dict(shapes, config.dim, config.num_layers, source)
+    if s2v is not None:  # Wan 2.2 S2V-14B: the same blocks plus audio, reference, motion and pose modules
+        variant = VARIANTS["wan22_s2v_14b"]
     compute = resolve_dtype(dtype, shapes)
-    model = build_with_weights(lambda: WanDiT(config, variant, role, attention), sd, scales, compute, source,
-                               "Wan DiT", quantized, sharding=sharding)
+    factory = (lambda: WanS2VDiT(config, s2v, variant, role, attention)) if s2v else (
+        lambda: WanDiT(config, variant, role, attention))
+    model = build_with_weights(factory, sd, scales, compute, source, "Wan DiT", quantized, sharding=sharding)
     if sharding is None:  # FSDP manages sharded parameters itself: they stay as assigned, cast per use
         keep_float32_islands(model, sd)
     model.compute_dtype = compute

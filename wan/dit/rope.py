@@ -38,3 +38,16 @@ def apply_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
     """Rotate adjacent channel pairs of x [B, L, H, D] (in float32) and return x's dtype."""
     xc = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
     return torch.view_as_real(xc * freqs).flatten(-2).to(x.dtype)
+
+
+def position_freqs(frames, heights, widths, head_dim: int, device) -> torch.Tensor:
+    """Complex64 rotations [f*h*w, 1, head_dim // 2] for the row-major grid of the given positions per axis (any
+    integers, negative ones included: a rotation by -p is the conjugate of the one by p)."""
+    inv = [1.0 / torch.pow(10000.0, torch.arange(0, d, 2, dtype=torch.float64) / d) for d in axis_dims(head_dim)]
+    f, h, w = (torch.polar(torch.ones(len(p), len(i), dtype=torch.float64),
+                           torch.outer(torch.as_tensor(p, dtype=torch.float64), i))
+               for p, i in zip((frames, heights, widths), inv))
+    nf, nh, nw = f.shape[0], h.shape[0], w.shape[0]
+    table = torch.cat([f.view(nf, 1, 1, -1).expand(nf, nh, nw, -1), h.view(1, nh, 1, -1).expand(nf, nh, nw, -1),
+                       w.view(1, 1, nw, -1).expand(nf, nh, nw, -1)], dim=-1)
+    return table.reshape(nf * nh * nw, 1, -1).to(device=device, dtype=torch.complex64)

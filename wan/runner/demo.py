@@ -21,6 +21,7 @@ from ..variants import DEFAULT_NEGATIVE_PROMPT, VARIANTS, Variant
 DIT_DIM, DIT_FFN, DIT_HEADS, DIT_LAYERS = 256, 512, 2, 2
 T5_DIM, T5_FFN, T5_HEADS, T5_LAYERS = 64, 128, 2, 2
 VAE_DIM = 8
+WAV2VEC_DIM = 64
 CLIP_DIM = 64
 CLIP_LAYERS = 2  # blocks Wan reads; the files hold one more (the last block, which Wan skips)
 CLIP_TOKENS = 257  # 16x16 patches + class token at 224 px, patch 14
@@ -44,6 +45,7 @@ class DemoModels:
     text_encoder: Path
     vae: Path
     clip: Path | None = None
+    audio_encoder: Path | None = None  # S2V: wav2vec2
 
 
 # -- the tiny modules ----------------------------------------------------------------------------------------------
@@ -53,11 +55,45 @@ def tiny_dit(variant: Variant, seed: int = SEED) -> nn.Module:
     from ..dit.model import WanDiT
 
     in_dim = {"ti2v": 48}.get(variant.task, 36 if variant.needs_image else 16)
+    if variant.task == "s2v":
+        return tiny_s2v_dit(variant, seed)
     config = WanDiTConfig(dim=DIT_DIM, ffn_dim=DIT_FFN, num_heads=DIT_HEADS, num_layers=DIT_LAYERS, in_dim=in_dim,
                           out_dim=48 if variant.task == "ti2v" else 16, text_dim=T5_DIM,
                           clip_dim=CLIP_DIM if variant.uses_clip else None,
                           flf_pos_len=2 * CLIP_TOKENS if variant.task == "flf2v" else None)
     return _randomized(lambda: WanDiT(config, variant), seed)
+
+
+def tiny_s2v_dit(variant: Variant, seed: int = SEED) -> nn.Module:
+    """A random S2V DiT: audio injection after both blocks, audio features as wide as the tiny wav2vec2."""
+    from ..dit.config import WanDiTConfig
+    from ..dit.s2v import S2VConfig, WanS2VDiT
+
+    config = WanDiTConfig(dim=DIT_DIM, ffn_dim=DIT_FFN, num_heads=DIT_HEADS, num_layers=DIT_LAYERS, text_dim=T5_DIM)
+    s2v = S2VConfig(audio_dim=WAV2VEC_DIM, inject_layers=tuple(range(DIT_LAYERS)))
+    return _randomized(lambda: WanS2VDiT(config, s2v, variant), seed)
+
+
+def tiny_wav2vec2(seed: int = SEED) -> nn.Module:
+    """A random transformers ``Wav2Vec2Model`` in the layout of wav2vec2-large (24 layers: 25 hidden states)."""
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    config = Wav2Vec2Config(hidden_size=WAV2VEC_DIM, num_hidden_layers=24, num_attention_heads=1,
+                            intermediate_size=2 * WAV2VEC_DIM, conv_dim=(16,) * 7, conv_bias=True,
+                            feat_extract_norm="layer", do_stable_layer_norm=True, num_conv_pos_embeddings=16,
+                            num_conv_pos_embedding_groups=4)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return Wav2Vec2Model(config).eval()
+
+
+def write_tiny_wav2vec2(folder: Path, seed: int = SEED) -> Path:
+    """The official folder layout (config.json, model.safetensors, preprocessor_config.json)."""
+    from transformers import Wav2Vec2FeatureExtractor
+
+    tiny_wav2vec2(seed).save_pretrained(folder, safe_serialization=True)
+    Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True).save_pretrained(folder)
+    return folder
 
 
 def tiny_vae(version: str, seed: int = SEED) -> nn.Module:
@@ -123,12 +159,15 @@ def write_official_folder(folder, task_variant: str | Variant) -> DemoModels:
     (tok_dir / "spiece.model").write_bytes(proto)
     vae = _save_pth(tiny_vae(variant.vae).state_dict(), folder / OFFICIAL_VAE[variant.vae])
     clip = _save_pth(tiny_clip_state_dict("official"), folder / OFFICIAL_CLIP) if variant.uses_clip else None
+    if variant.task == "s2v":
+        write_tiny_wav2vec2(folder / "wav2vec2-large-xlsr-53-english")
     return DemoModels(variant, dits, t5, vae, clip)
 
 
 def write_comfy_files(models_dir, task_variant: str | Variant, names: dict[str, str | list[str]]) -> DemoModels:
     """Comfy-Org single files under ``models_dir/<kind>/<name>``; ``names`` maps kind -> file name (a list of
-    [high, low] for the A14B experts): ``diffusion_models``, ``text_encoders``, ``vae``, optional ``clip_vision``."""
+    [high, low] for the A14B experts): ``diffusion_models``, ``text_encoders``, ``vae``, optional ``clip_vision``,
+    ``audio_encoders`` (S2V: wav2vec2 in transformers names, as the Comfy-Org file)."""
     variant = _variant(task_variant)
     root = Path(models_dir)
     dit_names = names["diffusion_models"]
@@ -143,7 +182,10 @@ def write_comfy_files(models_dir, task_variant: str | Variant, names: dict[str, 
     clip = None
     if names.get("clip_vision"):
         clip = _save_st(tiny_clip_state_dict("hf"), root / "clip_vision" / names["clip_vision"])
-    return DemoModels(variant, dits, t5, vae, clip)
+    audio = None
+    if names.get("audio_encoders"):
+        audio = _save_st(tiny_wav2vec2().state_dict(), root / "audio_encoders" / names["audio_encoders"])
+    return DemoModels(variant, dits, t5, vae, clip, audio)
 
 
 def official_t5_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -18,19 +18,25 @@ def run(s: Settings) -> Path | None:
 
     With several processes every rank must call this; rank 0 returns the file, the others None."""
     if s.refine_from is not None:
-        from ..distributed.ranks import world_size
-
-        if world_size() > 1:
-            raise InputError("--refine_from runs in one process; start it without torchrun")
+        _one_process("--refine_from")
         from .refine import run_refine
 
         return run_refine(s)
-    if s.extend_from is not None:
-        from ..distributed.ranks import world_size
+    if s.s2v is not None:
+        _one_process("--task s2v-14B")
+        from .s2v import run_s2v
 
-        if world_size() > 1:
-            raise InputError("--extend_from runs in one process; start it without torchrun")
+        return run_s2v(s)
+    if s.extend_from is not None:
+        _one_process("--extend_from")
         from .extend import run_extension
 
         return run_extension(s)
     return generate_video(s)
+
+
+def _one_process(what: str) -> None:
+    from ..distributed.ranks import world_size
+
+    if world_size() > 1:
+        raise InputError(f"{what} runs in one process; start it without torchrun")

@@ -7,7 +7,7 @@ their velocity there is replaced by the one whose clean estimate is the known la
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -25,6 +25,7 @@ class ModelInputs:
     token_mask: torch.Tensor | None = None  # TI2V-5B: per-token timestep factor [B, L] (0 on the start frame(s))
     known: torch.Tensor | None = None  # 36-channel models: latents of the leading frames, held by ``hold``
     batch: int = 1
+    branch_kwargs: dict = field(default_factory=dict)  # per guidance branch ("cond" / "uncond"): extra model inputs
 
     @classmethod
     def build(cls, experts: ExpertSet, text: TextEmbeds, cond: ImageCond | None, shape, device) -> "ModelInputs":

@@ -88,7 +88,7 @@ def sample(experts: ExpertSet, latents: torch.Tensor, text: TextEmbeds, settings
            noise: torch.Tensor | None = None, image_cond: ImageCond | None = None, step_cache=None,
            callback: Callable[[StepInfo], None] | None = None, device=None, offload_device=None,
            solver_state: SolverState | None = None, cfg_parallel=None,
-           interrupt: Callable[[], None] | None = None) -> SampleResult:
+           interrupt: Callable[[], None] | None = None, s2v=None) -> SampleResult:
     """Denoise ``latents`` [B, C, T, h, w] (normalised) with ``experts`` (an ExpertSet, or one WanDiT). With
     ``add_noise`` and start 0 the run starts from ``noise`` alone, like the official scripts; a later start mixes
     noise in at that step's sigma.
@@ -102,12 +102,20 @@ def sample(experts: ExpertSet, latents: torch.Tensor, text: TextEmbeds, settings
 
     ``interrupt`` (optional) is called before every transformer block and may raise to cancel the run. Before the
     first step the run is checked against the memory budget; after the first step and at the end the latents must
-    be finite (``NonFiniteError`` names the likely cause)."""
+    be finite (``NonFiniteError`` names the likely cause).
+
+    ``s2v`` (a ``wan.dit.s2v.S2VInputs``, S2V models): the clip's audio, reference, motion and pose conditioning;
+    the unconditional branch gets it with the audio zeroed (official)."""
     s = settings
     experts = as_expert_set(experts)
     device = torch.device(device) if device is not None else getattr(latents, "device", torch.device("cpu"))
     run = _plan_run(experts, latents, text, s, noise, image_cond, device)
     run.cfg_parallel = cfg_parallel
+    if s2v is not None:
+        if run.windows is not None:
+            raise InputError("context windows do not apply to speech-to-video: it already makes long videos clip by "
+                             "clip; disconnect Wan Context Windows")
+        run.inputs.branch_kwargs = {"cond": {"s2v": s2v}, "uncond": {"s2v": s2v.without_audio()}}
     check_sampling(run.experts, latents.shape, device, step_cache is not None, s.keep_both_resident, s.context)
     if run.windows is not None:
         noise, step_cache = run.windows.prepare(noise, step_cache)
@@ -205,7 +213,7 @@ def _guided(model, x, t, inputs: ModelInputs, scale: float, step_cache, step: in
     """v = v_u + g (v_c - v_u): the conditional forward first, then the unconditional one (skipped at g = 1);
     with ``cfg_parallel`` each rank runs one of them."""
     def forward(context, branch):
-        kwargs = {"clip_fea": inputs.clip, "y": inputs.y}
+        kwargs = {"clip_fea": inputs.clip, "y": inputs.y, **inputs.branch_kwargs.get(branch, {})}
         if step_cache is None:
             return model(x, t, context, **kwargs)
         return step_cache.forward(model, x, t, context, step=step, branch=branch, expert=expert, **kwargs)
