@@ -141,9 +141,9 @@ def _laid_out():
 
 
 def test_min_node_size_follows_the_frontend_rule(mappings):
-    """Save Wan Video: 1 socket row (images) + 4 widgets (fps, prefix, format, crf): 20 + 4 x 24 + 8 + 6 = 130;
-    a seed adds its control widget (MakeFrames: 1 output row + 3 widgets = 20 + 72 + 14 = 106)."""
-    assert min_node_size("WanExpertsSaveVideo", mappings)[1] == 130
+    """Save Wan Video: 2 socket rows (images, audio) + 4 widgets (fps, prefix, format, crf): 2 x 20 + 4 x 24 + 8 + 6
+    = 150; a seed adds its control widget (MakeFrames: 1 output row + 3 widgets = 20 + 72 + 14 = 106)."""
+    assert min_node_size("WanExpertsSaveVideo", mappings)[1] == 150
     assert min_node_size("MakeFrames", mappings)[1] == 106
     assert min_node_size("WanExpertsSaveVideo", mappings)[0] >= 210
 
