@@ -3,9 +3,17 @@
 Oracle: the official ``QwenPromptExpander`` (``wan22``: ``wan/utils/prompt_extend.py``) running its own
 ``extend`` / ``extend_with_img`` on models loaded by transformers from the same folder; its VL path uses the
 official ``qwen_vl_utils.process_vision_info`` and transformers' own ``Qwen2_5_VLProcessor``. Both sides must
-build the same chat messages, hand ``generate`` identical tensors (exact equality) and return the same text.
+build the same chat messages, hand ``generate`` identical tensors (exact equality; pixel values: see below) and
+return the same text.
 The official constructor is skipped (it needs accelerate's ``device_map``; the processor class needs torchvision
-to load, so it is assembled from the folder's parts)."""
+to load, so it is assembled from the folder's parts).
+
+Pixel values: the official processor is loaded with ``use_fast=True``, i.e. transformers' torchvision image
+processor, and torchvision is not installed here. Its numbers come from transformers' PIL image processor (its own
+rescale, normalise, patchify code) with the one step that differs, the resize, replaced by the numpy model of
+torchvision's uint8 antialiased bicubic resize (tests/oracles/resample.py, written from the resampling rules, no
+torch). The resize must match it exactly (uint8); the pixel values within 1e-6 (torchvision fuses rescale and
+normalise into one float32 step, the PIL processor runs them one after the other; measured 2.4e-7)."""
 import gc
 import logging
 import sys
@@ -19,10 +27,14 @@ from PIL import Image
 
 import tiny_qwen
 from oracles import official
+from oracles import resample as tv_resize
 from wan.errors import InputError
 from wan.prompts import LocalOptions, extend_prompt
+from wan.prompts.images import qwen_vl_image
+from wan.prompts.qwen_pixels import qwen_pixels, resize_uint8
 
 SEED = 7
+PIXEL_TOLERANCE = 1e-6
 
 
 @pytest.fixture(scope="module")
@@ -80,13 +92,27 @@ def _processor(folder, tokenizer):
 
     processor = object.__new__(transformers.Qwen2_5_VLProcessor)
     processor.tokenizer, processor.video_processor = tokenizer, None
-    processor.image_processor = transformers.AutoImageProcessor.from_pretrained(
-        folder, min_pixels=256 * 28 * 28, max_pixels=1280 * 28 * 28)  # the official AutoProcessor arguments
+    processor.image_processor = official_image_processor(folder)
     processor.chat_template = folder_chat_template(folder)
     processor.image_token, processor.video_token = "<|image_pad|>", "<|video_pad|>"
     processor.image_token_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
     processor.video_token_id = tokenizer.convert_tokens_to_ids("<|video_pad|>")
     return processor
+
+
+def official_image_processor(folder):
+    """The official (torchvision) image processor's numbers without torchvision: see the module docstring."""
+    from transformers.models.qwen2_vl import image_processing_pil_qwen2_vl as pil_processor
+
+    class TorchvisionResize(pil_processor.Qwen2VLImageProcessorPil):
+        def resize(self, image, size, resample, factor, **kwargs):
+            assert image.dtype == np.uint8 and resample == 3  # uint8 CHW, bicubic: torchvision's native uint8 path
+            height, width = pil_processor.smart_resize(*image.shape[-2:], factor=factor,
+                                                       min_pixels=size.shortest_edge, max_pixels=size.longest_edge)
+            return tv_resize.resize_uint8(image, height, width)
+
+    # the official AutoProcessor arguments
+    return TorchvisionResize.from_pretrained(folder, min_pixels=256 * 28 * 28, max_pixels=1280 * 28 * 28)
 
 
 def _official_vision_utils():
@@ -118,7 +144,10 @@ def ours(folder, prompt, **kwargs):
 def assert_same_generate_inputs(a: dict, b: dict):
     assert a.keys() == b.keys()
     for name in a:
-        if isinstance(a[name], torch.Tensor):
+        if name == "pixel_values":
+            assert a[name].shape == b[name].shape and a[name].dtype == b[name].dtype
+            assert (a[name] - b[name]).abs().max() <= PIXEL_TOLERANCE
+        elif isinstance(a[name], torch.Tensor):
             assert torch.equal(a[name], b[name]), name
         else:
             assert a[name] == b[name], name
@@ -231,3 +260,33 @@ def test_a_broken_model_falls_back_to_the_original_prompt(folders, tmp_path, cap
     assert not got.extended and got.prompt == "a cat" and got.message
     assert any("Extending prompt failed" in r.getMessage() and "Falling back to the original prompt" in r.getMessage()
                for r in caplog.records if r.levelno == logging.WARNING)
+
+
+@pytest.mark.parametrize("size, seed", [((90, 60), 0), ((120, 56), 1), ((2300, 1400), 2), ((1500, 1600), 3),
+                                        ((700, 504), 4)])
+def test_vl_pixel_values_are_the_torchvision_processor_ones(folders, size, seed):
+    """Small images are enlarged, large ones reduced, budget-sized ones kept, by the processor; each case against
+    the oracle of the module docstring. The PIL image processor (what transformers falls back to without
+    torchvision, used here before) is off by more than the tolerance wherever it resizes."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    snapped = qwen_vl_image(image(*size, seed=seed))
+    ref = official_image_processor(folders["vision"])(images=[snapped], return_tensors="pt")
+    pil = Qwen2VLImageProcessorPil.from_pretrained(folders["vision"], min_pixels=256 * 28 * 28,
+                                                   max_pixels=1280 * 28 * 28)
+    got = qwen_pixels([snapped], pil)  # only the processor's settings are read
+    assert torch.equal(got["image_grid_thw"], ref["image_grid_thw"])
+    assert got["pixel_values"].dtype == torch.float32 and got["pixel_values"].shape == ref["pixel_values"].shape
+    assert (got["pixel_values"] - ref["pixel_values"]).abs().max() <= PIXEL_TOLERANCE
+    fallback = pil(images=[snapped], return_tensors="pt")["pixel_values"]
+    resized = tuple(int(n) * 14 for n in ref["image_grid_thw"][0, 1:]) != (snapped.height, snapped.width)
+    assert ((fallback - ref["pixel_values"]).abs().max() > 100 * PIXEL_TOLERANCE) == resized
+
+
+@pytest.mark.parametrize("shape, out", [((3, 56, 84), (392, 560)), ((3, 1512, 1988), (868, 1148)),
+                                        ((3, 60, 90), (60, 45)), ((3, 33, 17), (280, 10)), ((3, 7, 300), (500, 3))])
+def test_uint8_resize_equals_the_resampling_model_exactly(shape, out):
+    """Up, down, one axis only, extreme ratios: every uint8 value as the oracle's integer arithmetic gives it."""
+    x = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
+    got = resize_uint8(torch.from_numpy(x), *out)
+    assert got.dtype == torch.uint8 and np.array_equal(got.numpy(), tv_resize.resize_uint8(x, *out))

@@ -4,7 +4,9 @@ tokenizer (Qwen2.5) or processor (Qwen2.5-VL).
 The Qwen2.5-VL processor is assembled here from its parts (tokenizer, image processor, chat template) because the
 processor class of recent ``transformers`` refuses to load without torchvision even for still images: the chat
 text is rendered with the processor's template, each image placeholder is repeated once per merged image patch,
-and the image token positions are marked for the model's 3-D rotary positions where the model asks for them.
+and the image token positions are marked for the model's 3-D rotary positions where the model asks for them. The
+pixel values are computed as the official (torchvision) image processor computes them (``qwen_pixels``), whether
+or not torchvision is installed.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import torch
 
 from ..checks import json_value
 from .images import qwen_vl_image
+from .qwen_pixels import qwen_pixels, supported
 from .messages import local_vision_messages, text_messages
 
 IMAGE_TOKEN = "<|image_pad|>"
@@ -35,7 +38,10 @@ def chat_inputs(parts: QwenParts, system: str, prompt: str, images: list, style:
         text = _render(parts, text_messages(system, prompt))
         return dict(parts.tokenizer([text], return_tensors="pt"))
     text = _render(parts, local_vision_messages(system, prompt, images, style))
-    vision = parts.image_processor(images=[qwen_vl_image(image) for image in images], return_tensors="pt")
+    snapped = [qwen_vl_image(image) for image in images]
+    processor = parts.image_processor
+    vision = qwen_pixels(snapped, processor) if supported(processor) else \
+        dict(processor(images=snapped, return_tensors="pt"))
     text = expand_image_tokens(text, vision["image_grid_thw"], parts.image_processor.merge_size, _image_token(parts))
     inputs = {**parts.tokenizer([text], return_tensors="pt", padding=True), **vision}
     if "mm_token_type_ids" in inspect.signature(parts.model.forward).parameters:
