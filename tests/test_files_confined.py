@@ -145,3 +145,21 @@ def test_standalone_model_names_stay_in_their_folder(pack, models_dir):
     with pytest.raises(FileNotFoundError):
         host.model_path("vae", "fifo.safetensors")
     assert torch.device(host.compute_device()).type in ("cpu", "cuda")
+
+
+def test_links_an_admin_placed_are_used_but_side_file_links_may_not_lead_out(pack, files, folder, models_dir,
+                                                                             tmp_path, PackInputError):
+    """README 'Security': a model file that is a link (a Hugging Face cache blob) and a model folder that is a link
+    are used as they are; a side file named by a graph must still resolve inside the model folders."""
+    host = pack.nodes.host
+    blob = tmp_path / "blobs" / "abc123"
+    blob.parent.mkdir()
+    blob.write_bytes(b"weights")
+    os.symlink(blob, models_dir / "vae" / "linked.safetensors")
+    assert os.path.realpath(host.model_path("vae", "linked.safetensors")) == str(blob.resolve())
+    disk = tmp_path / "other_disk"
+    (disk / "google").mkdir(parents=True)
+    (disk / "google" / "spiece.model").write_bytes(sup.train_spiece())
+    os.symlink(disk, folder / "mounted")  # a sub-folder that is a link: its files resolve outside the folder
+    with pytest.raises(PackInputError, match="links may not lead outside"):
+        files.confined_file("text_encoders", "mounted/google/spiece.model", "tokenizer", 1 << 20)
