@@ -7,7 +7,8 @@ runs: the widget values of the inputs it names, None for a linked one; anything 
 runs nodes in dependency order inside ``torch.inference_mode()``, calls
 ``getattr(cls(), cls.FUNCTION)(**inputs)``, fills hidden inputs (``PROMPT`` = the graph, ``EXTRA_PNGINFO`` =
 ``{"workflow": ...}``, ``UNIQUE_ID`` = the node id), and takes a returned ``{"ui": ..., "result": ...}`` dict
-apart. Core nodes the example workflows use on purpose (``LoadImage``, ``LoadAudio``) get minimal stand-ins here.
+apart. Core nodes the example workflows use on purpose (``LoadImage``, ``LoadAudio``, ``LoadVideo``,
+``GetVideoComponents``) get minimal stand-ins here.
 """
 from __future__ import annotations
 
@@ -70,7 +71,57 @@ class LoadAudio:
         return (load_audio(LoadImage.input_dir / audio),)
 
 
-CORE_STAND_INS = {"LoadImage": LoadImage, "LoadAudio": LoadAudio}
+class VideoFile:
+    """Stand-in for core's ``VideoFromFile``: ``get_components()`` decodes every frame (no frame-rate change)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def get_components(self):
+        from types import SimpleNamespace
+
+        import av
+
+        with av.open(str(self.path)) as container:
+            stream = container.streams.video[0]
+            frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+            rate = stream.average_rate
+        images = torch.from_numpy(np.stack(frames)).float() / 255.0
+        return SimpleNamespace(images=images, audio=None, frame_rate=rate)
+
+
+class LoadVideo:
+    """Stand-in for core ComfyUI ``LoadVideo``: a video file from the input folder -> VIDEO."""
+
+    RETURN_TYPES = ("VIDEO",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"file": ([], {"video_upload": True})}}
+
+    def load(self, file):
+        return (VideoFile(LoadImage.input_dir / file),)
+
+
+class GetVideoComponents:
+    """Stand-in for core ComfyUI ``GetVideoComponents``: VIDEO -> frames IMAGE [N, H, W, 3], AUDIO, fps."""
+
+    RETURN_TYPES = ("IMAGE", "AUDIO", "FLOAT")
+    RETURN_NAMES = ("images", "audio", "fps")
+    FUNCTION = "split"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"video": ("VIDEO",)}}
+
+    def split(self, video):
+        parts = video.get_components()
+        return parts.images, parts.audio, float(parts.frame_rate)
+
+
+CORE_STAND_INS = {"LoadImage": LoadImage, "LoadAudio": LoadAudio, "LoadVideo": LoadVideo,
+                  "GetVideoComponents": GetVideoComponents}
 
 
 def all_node_classes(pack) -> dict:

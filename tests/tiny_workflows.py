@@ -81,8 +81,12 @@ def write_models(graph: dict, models_dir: Path, tiny_models) -> None:
             os.link(source, models_dir / kind / name)
 
 
+POSE_FRAMES = 12  # more than one tiny clip (TINY_S2V), so the pose video is cut, not padded
+
+
 def write_images(graph: dict, input_dir: Path) -> None:
-    """A random 80x48 picture for every LoadImage node of ``graph``, and a 0.5 s tone for every LoadAudio node."""
+    """A random 80x48 picture for every LoadImage node of ``graph``, a 0.5 s tone for every LoadAudio node, and a
+    16 fps video of moving stick figures (a pose video) for every LoadVideo node."""
     import wave
 
     from PIL import Image
@@ -96,6 +100,24 @@ def write_images(graph: dict, input_dir: Path) -> None:
         with wave.open(str(input_dir / node["inputs"]["audio"]), "wb") as w:
             w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
             w.writeframes((np.sin(2 * np.pi * 330 * t) * 12000).astype(np.int16).tobytes())
+    for node in (n for n in graph.values() if n["class_type"] == "LoadVideo"):
+        write_pose_video(input_dir / node["inputs"]["file"])
+
+
+def write_pose_video(path: Path, frames: int = POSE_FRAMES) -> None:
+    """Coloured limbs on black, swaying from frame to frame, as 16 fps mp4 (96x64: sides a codec takes)."""
+    import torch
+
+    from wan.video import write_video
+
+    video = torch.zeros(frames, 64, 96, 3)
+    for i in range(frames):
+        x = 40 + 2 * i
+        video[i, 10:50, x:x + 3, 0] = 1.0  # trunk
+        video[i, 20:23, x - 15:x + 18, 1] = 1.0  # arms
+        video[i, 50:60, x - 6 - i // 2:x - 3 - i // 2, 2] = 1.0  # legs
+        video[i, 50:60, x + 6 + i // 2:x + 9 + i // 2, 2] = 1.0
+    write_video(video, path, fps=16.0)
 
 
 def shrink(graph: dict) -> dict:

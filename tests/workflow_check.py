@@ -17,12 +17,14 @@ The rules, taken from ComfyUI core (``execution.py``) and the frontend (``useInt
 - Extra serialized values: an ``INT`` with option ``control_after_generate`` (or, when the option is absent, an
   ``INT`` named ``seed`` or ``noise_seed``) and a ``FLOAT`` with a true ``control_after_generate`` are followed
   by their control value (``fixed``/``increment``/``decrement``/``randomize``). A combo with ``image_upload``
-  is followed by the upload button's value ``"image"``.
+  or ``video_upload`` is followed by the upload button's value ``"image"`` (the frontend's video upload reuses
+  the image upload widget).
 - Numbers without ``min``/``max`` are clamped by the frontend to 0..2048, so those bounds apply then too.
 - Link types must equal the source's ``RETURN_TYPES`` entry and the target's declared input type (``*`` matches
   anything; combos travel as ``COMBO``). Required socket inputs must be linked (core refuses the prompt
   otherwise).
-- Core node types are allowed only from ``CORE_NODES`` (used on purpose: notes, image loading).
+- Core node types are allowed only from ``CORE_NODES`` (used on purpose: notes, loading images, audio and
+  video, a video's frames).
 - A combo input named in the node's ``VALIDATE_INPUTS`` is not checked against its choices by core
   (``execution.py``): the node's own check decides (e.g. a tokenizer value '' saved by an earlier version).
 
@@ -59,8 +61,11 @@ CORE_NODES = {
     "MarkdownNote": ({"required": {"text": ("STRING", {"multiline": True})}}, ()),
     "LoadImage": ({"required": {"image": ([], {"image_upload": True})}}, ("IMAGE", "MASK")),
     "LoadAudio": ({"required": {"audio": ([], {"audio_upload": True})}}, ("AUDIO",)),
+    "LoadVideo": ({"required": {"file": ([], {"video_upload": True})}}, ("VIDEO",)),
+    "GetVideoComponents": ({"required": {"video": ("VIDEO", {})}}, ("IMAGE", "AUDIO", "FLOAT")),
 }
-OPEN_CORE_COMBOS = {("LoadImage", "image"), ("LoadAudio", "audio")}  # files in the user's input folder
+CORE_OUTPUT_NAMES = {"GetVideoComponents": ("images", "audio", "fps")}  # where core names outputs unlike types
+OPEN_CORE_COMBOS = {("LoadImage", "image"), ("LoadAudio", "audio"), ("LoadVideo", "file")}  # user's input folder
 
 
 # Frontend geometry (litegraph): title bar, socket row and widget heights; min width of a node with widgets
@@ -71,7 +76,7 @@ WIDGETS_PAD, NODE_MARGIN, MIN_WIDGET_NODE_WIDTH = 8, 6, 210
 TITLE_FONT, LABEL_FONT, CHAR_EM = 14, 12, 0.6
 MULTILINE_HEIGHT = 100  # a DOM text box: at least this tall (the frontend's minimum is smaller)
 WIDGET_VALUE_ROOM = 110  # arrows, margins and the value beside a widget's label
-IMAGE_PREVIEW_HEIGHT = 220  # LoadImage shows the picked image below its widgets
+IMAGE_PREVIEW_HEIGHT = 220  # LoadImage (LoadVideo) shows the picked image (video) below its widgets
 GROUP_TITLE_HEIGHT = 34  # group font 24 px x 1.4
 NOTE_TYPES = ("Note", "MarkdownNote")
 
@@ -127,7 +132,7 @@ def widget_slots(input_types: dict) -> list[Slot]:
             slots.append(Slot(name, "value", type_name, options, choices))
             if _has_control(name, type_name, options):
                 slots.append(Slot(name, "control"))
-            if type_name == "COMBO" and options.get("image_upload"):
+            if type_name == "COMBO" and (options.get("image_upload") or options.get("video_upload")):
                 slots.append(Slot(name, "upload"))
     return slots
 
@@ -196,7 +201,7 @@ def _check_value(slot: Slot, value, is_file: bool) -> str | None:
     if slot.type == "COMBO":
         if is_file:
             ok = isinstance(value, str) and (value.lower().endswith(WEIGHT_SUFFIXES)
-                                             or slot.input in ("image", "audio"))
+                                             or slot.input in ("image", "audio", "file"))
             return None if ok else f"{value!r} is not a file name"
         return None if value in slot.choices else f"{value!r} is not one of {list(slot.choices)}"
     if slot.type == "BOOLEAN":
@@ -379,5 +384,5 @@ def _text_width(text: str, font: int) -> float:
 def _output_names(node_type: str, mappings: dict) -> tuple:
     cls = mappings.get(node_type)
     if cls is None:
-        return node_spec(node_type, mappings)[1]
+        return CORE_OUTPUT_NAMES.get(node_type, node_spec(node_type, mappings)[1])
     return tuple(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES))

@@ -22,7 +22,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from spec_types import N, Spec  # noqa: E402
 from workflow_check import (  # noqa: E402
-    CORE_NODES, GROUP_TITLE_HEIGHT, TITLE_HEIGHT, min_node_size, socket_type, widget_slots)
+    CORE_NODES, CORE_OUTPUT_NAMES, GROUP_TITLE_HEIGHT, TITLE_HEIGHT, min_node_size, socket_type, widget_slots)
 
 SEED_CONTROL = "fixed"  # the stored seed reproduces the example; switch to "randomize" in the UI for variety
 NODE_WIDTH, NODE_GAP, GROUP_PAD, GROUP_GAP = 340, 30, 20, 40
@@ -46,7 +46,7 @@ def node_types(node_type: str, mappings: dict):
         cls = mappings[node_type]
         return cls.INPUT_TYPES(), tuple(cls.RETURN_TYPES), tuple(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES))
     inputs, outputs = CORE_NODES[node_type]
-    return inputs, outputs, outputs
+    return inputs, outputs, CORE_OUTPUT_NAMES.get(node_type, outputs)
 
 
 def widget_values(node: N, input_types: dict) -> dict:
@@ -168,7 +168,7 @@ def _stages(spec: Spec) -> list[tuple[str, str, list[N]]]:
 
 
 def _has_image(nodes: list[N]) -> bool:
-    return any(n.type in ("LoadImage", "LoadAudio") for n in nodes)
+    return any(n.type in ("LoadImage", "LoadAudio", "LoadVideo") for n in nodes)
 
 
 def _round_up(value: float, step: int = 10) -> int:

@@ -320,11 +320,16 @@ S2V_PROMPT = ("A young woman with short dark hair speaks warmly to the camera in
 AUDIO_ENCODER_FILE = "wav2vec2_large_english_fp16.safetensors"
 
 
-def s2v_talking() -> Spec:
-    """Wan 2.2 S2V-14B: a portrait and a speech track -> a talking video with the speech muxed in."""
-    vid, dit, name = "wan22_s2v_14b", "wan2.2_s2v_14B_bf16.safetensors", "wan2.2_s2v_14B_talking_portrait"
-    title = "Wan 2.2 speech to video (S2V-14B): portrait + speech -> talking video with sound"
+def s2v(pose: bool = False) -> Spec:
+    """Wan 2.2 S2V-14B: a portrait and a speech track -> a talking video with the speech muxed in; with ``pose``,
+    the body follows a pose video (skeleton frames) loaded by core Load Video + Get Video Components."""
+    vid, dit = "wan22_s2v_14b", "wan2.2_s2v_14B_bf16.safetensors"
+    name = "wan2.2_s2v_14B_pose_driven" if pose else "wan2.2_s2v_14B_talking_portrait"
+    title = ("Wan 2.2 speech to video (S2V-14B), pose-driven: portrait + speech + pose video -> video with sound"
+             if pose else "Wan 2.2 speech to video (S2V-14B): portrait + speech -> talking video with sound")
     v = VARIANTS[vid]
+    pose_nodes = [N("pose_file", "LoadVideo", {"file": "pose.mp4"}, title="Pose video (16 fps)"),
+                  N("pose", "GetVideoComponents", {}, {"video": ("pose_file", 0)})] if pose else []
     nodes = [N("dit", "WanExpertsLoadDiT", {"model_name": dit}),
              N("audio_enc", "WanExpertsLoadAudioEncoder", {"audio_encoder_name": AUDIO_ENCODER_FILE}),
              N("t5", "WanExpertsLoadTextEncoder", {"text_encoder_name": T5_FILE}),
@@ -334,19 +339,28 @@ def s2v_talking() -> Spec:
              N("image", "LoadImage", {"image": "portrait.png"}, title="Portrait"),
              N("audio", "LoadAudio", {"audio": "speech.wav"}, title="Speech"),
              N("audio_embeds", "WanExpertsAudioEncode", {}, {"audio_encoder": ("audio_enc", 0), "audio": ("audio", 0)}),
+             *pose_nodes,
              N("s2v", "WanExpertsSoundToVideo",
                {"width": 832, "height": 448, "frames_per_clip": v.frames, "clips": 0, "seed": SEED, "steps": v.steps,
                 "cfg": v.guidance[0], "shift": v.shift, "solver": "unipc", "start_from_ref": False},
                {"model": ("dit", 0), "vae": ("vae", 0), "text": ("text", 0), "audio_embeds": ("audio_embeds", 0),
-                "ref_image": ("image", 0)}),
+                "ref_image": ("image", 0), **({"pose_video": ("pose", 0)} if pose else {})}),
              N("save", "WanExpertsSaveVideo", {"fps": float(v.fps), "filename_prefix": "video/Wan2.2_s2v"},
                {"images": ("s2v", 0), "audio": ("audio", 0)})]
     files = [("diffusion_models", dit), ("audio_encoders", AUDIO_ENCODER_FILE), ("text_encoders", T5_FILE),
              ("vae", VAE21)]
-    extra = (" Put the portrait and the speech (wav, mp3, flac ...) into `ComfyUI/input/`. The video lasts as long as "
-             "the speech: clips of 80 frames (5 s), each steered by the last 73 frames of the one before; the first "
-             "clip has 77. For a pose-driven video, connect pose frames (16 fps, e.g. from core Load Video + Get Video "
-             "Components) to pose_video. Save Wan Video muxes the speech into the mp4.")
+    inputs = "the portrait, the speech (wav, mp3, flac ...) and the pose video" if pose else \
+        "the portrait and the speech (wav, mp3, flac ...)"
+    extra = (f" Put {inputs} into `ComfyUI/input/`. The video lasts as long as the speech: clips of 80 frames "
+             "(5 s), each steered by the last 73 frames of the one before; the first clip has 77.")
+    if pose:
+        extra += (" The pose video is skeleton frames (OpenPose / DWPose style), one per output frame at 16 fps, "
+                  "any size (scaled to cover the video and centre-cropped); past its end the body moves freely. "
+                  "Make it from a driving video with the DWPose Estimator or OpenPose Pose node of "
+                  "comfyui_controlnet_aux (core has no pose estimator), saved at 16 fps with core Save Video.")
+    else:
+        extra += (" For a pose-driven video see wan2.2_s2v_14B_pose_driven (a pose video into pose_video).")
+    extra += " Save Wan Video muxes the speech into the mp4."
     return Spec(name, title, _files_note(title, files, REPACK_22, "40 steps, shift 3, guidance 4.5, 80 frames per "
                                          "clip at 16 fps, the S2V negative prompt; width and height multiples of 64",
                                          extra), nodes)
@@ -356,7 +370,8 @@ TEACACHE = N("cache", "WanExpertsTeaCache", {"threshold": 0.08, "mode": "e"})  #
 MAGCACHE = N("cache", "WanExpertsMagCache", {"threshold": 0.05, "K": 2, "retention_ratio": 0.2})
 
 SPECS = [
-    s2v_talking(),
+    s2v(),
+    s2v(pose=True),
     t2v_13b(),
     i2v_14b(),
     flf2v_14b(),
