@@ -48,9 +48,13 @@ class SequenceParallel:
     def split(self, tokens: torch.Tensor, t: torch.Tensor, freqs: torch.Tensor):
         """This rank's part of one forward: (tokens [B, L/p, C], t [B, 1] or [B, L/p], freqs [L/p, 1, D/2],
         the ``TokenShard`` that gathers them back)."""
-        shard = TokenShard(self, tokens.shape[1])
+        shard = self.shard(tokens.shape[1])
         t = t if t.shape[1] == 1 else shard.split(t, dim=1)
         return shard.split(tokens, dim=1), t, shard.split(freqs, dim=0), shard
+
+    def shard(self, length: int) -> "TokenShard":
+        """This rank's slice of a sequence of ``length`` tokens."""
+        return TokenShard(self, length)
 
 
 class TokenShard:

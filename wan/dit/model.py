@@ -195,7 +195,9 @@ class WanDiT(nn.Module):
         state = self.prepare(x, t, context, clip_fea, y)
         return self.finish(self.run_blocks(state), state)
 
-    def prepare(self, x, t, context, clip_fea=None, y=None) -> DiTState:
+    def prepare(self, x, t, context, clip_fea=None, y=None, *, shard_tokens: bool = True) -> DiTState:
+        """``shard_tokens`` False: the whole sequence even under sequence parallel (a subclass that appends tokens
+        splits the longer sequence itself)."""
         t = self._check_inputs(x, t, context, clip_fea, y)
         cfg, dtype = self.config, self.compute_dtype
         if y is not None:
@@ -203,7 +205,7 @@ class WanDiT(nn.Module):
         tokens, grid = patchify(x.to(dtype), self.patch_embedding)
         tokens = tokens.float()
         freqs, shard = grid_freqs(*grid, cfg.head_dim, tokens.device), None
-        if self.sequence_parallel is not None:  # this rank's tokens, with their timesteps and rotations
+        if self.sequence_parallel is not None and shard_tokens:  # this rank's tokens, timesteps and rotations
             tokens, t, freqs, shard = self.sequence_parallel.split(tokens, t, freqs)
         e = self.time_embedding(sinusoid(cfg.freq_dim, t).float())
         e0 = self.time_projection(e).unflatten(-1, (6, cfg.dim))

@@ -6,11 +6,15 @@ frame-packed motion tokens of the previous frames (negative frame positions); a 
 (``trainable_cond_mask``: 0 noisy, 1 reference, 2 motion) is added; reference and motion tokens are modulated with
 timestep 0 (``zero_timestep``); after the blocks in ``audio_inject_layers`` the noisy tokens of each latent frame
 attend to that frame's audio tokens (AdaIN first); the head reads the noisy tokens only.
+
+Sequence parallel (Ulysses, official ``use_sp``): the whole sequence (noisy, reference and motion tokens) is split
+over the ranks, each slice modulated by the timestep of its tokens' kind; before each audio injection the tokens are
+gathered, the injection runs on the whole sequence, and each rank takes its slice again (as the official code).
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -148,10 +152,7 @@ class WanS2VDiT(WanDiT):
         return self.finish(self.run_blocks(state), state)
 
     def prepare(self, x, t, context, clip_fea=None, y=None, s2v: S2VInputs | None = None) -> S2VState:
-        if self.sequence_parallel is not None:
-            raise InputError("the S2V model does not run with sequence parallel (Ulysses) yet; run it on one GPU "
-                             "per process (--dit_fsdp alone works)")
-        base = super().prepare(x, t, context, clip_fea, y)
+        base = super().prepare(x, t, context, clip_fea, y, shard_tokens=False)
         self._check_s2v(s2v, x)
         cfg, dtype, b = self.config, self.compute_dtype, x.shape[0]
         tokens = base.x
@@ -178,7 +179,11 @@ class WanS2VDiT(WanDiT):
         else:
             e0 = e0.expand(-1, 2, -1, -1)
         audio_global, audio = self.encode_audio(s2v.audio, f)
-        return S2VState(tokens, base.e, e0, base.context, 0, torch.cat(freqs, dim=0), base.grid, None,
+        freqs, shard = torch.cat(freqs, dim=0), None
+        if self.sequence_parallel is not None:  # this rank's slice of the whole sequence
+            shard = self.sequence_parallel.shard(tokens.shape[1])
+            tokens, freqs = shard.split(tokens, dim=1), shard.split(freqs, dim=0)
+        return S2VState(tokens, base.e, e0, base.context, 0, freqs, base.grid, shard,
                         split=base.x.shape[1], audio=audio.to(dtype), audio_global=audio_global)
 
     def encode_audio(self, audio: torch.Tensor, latent_frames: int) -> tuple[torch.Tensor | None, torch.Tensor]:
@@ -194,11 +199,21 @@ class WanS2VDiT(WanDiT):
         return (None if glob is None else glob[:, past:]), local
 
     def run_blocks(self, s: S2VState) -> torch.Tensor:
-        x, dtype = s.x, self.compute_dtype
+        """The noisy tokens after the blocks (whole, on every rank)."""
+        x, dtype, shard = s.x, self.compute_dtype, s.shard
+        self_attn = None if shard is None else shard.attention(self._attn)
+        split = s.split if shard is None else min(max(s.split - shard.start, 0), shard.local)  # in this slice
         for i, block in enumerate(streamed(self, x)):
-            x = block(x, s.e0, s.context, s.n_img, s.freqs, self._attn, split=s.split)
-            x = self.audio_injector(x, i, s.audio, s.audio_global, s.split, dtype, self._attn)
-        return x[:, :s.split]
+            x = block(x, s.e0, s.context, s.n_img, s.freqs, self._attn, self_attn, split=split)
+            if shard is not None and self.audio_injector.injects_after(i):
+                x = shard.split(self.audio_injector(shard.gather(x), i, s.audio, s.audio_global, s.split, dtype,
+                                                    self._attn), dim=1)
+            else:
+                x = self.audio_injector(x, i, s.audio, s.audio_global, s.split, dtype, self._attn)
+        return (x if shard is None else shard.gather(x))[:, :s.split]
+
+    def finish(self, x: torch.Tensor, s: S2VState) -> torch.Tensor:
+        return super().finish(x, replace(s, shard=None))  # run_blocks gathered the tokens already
 
     def _check_s2v(self, s2v: S2VInputs | None, x: torch.Tensor) -> None:
         if not isinstance(s2v, S2VInputs):

@@ -109,6 +109,9 @@ class AudioInjector(nn.Module):
         if adain:
             self.injector_adain_layers = nn.ModuleList(AdaIN(dim) for _ in layers)
 
+    def injects_after(self, block: int) -> bool:
+        return block in self.slot
+
     def forward(self, x: torch.Tensor, block: int, audio: torch.Tensor, audio_global: torch.Tensor | None,
                 n_video: int, dtype: torch.dtype, attn: AttentionFn) -> torch.Tensor:
         """x: float32 [B, L, C] (video tokens first); audio [B, T, n, C], audio_global [B, T, 1, C]."""
