@@ -88,10 +88,17 @@ def tiny_wav2vec2(seed: int = SEED) -> nn.Module:
 
 
 def write_tiny_wav2vec2(folder: Path, seed: int = SEED) -> Path:
-    """The official folder layout (config.json, model.safetensors, preprocessor_config.json)."""
+    """The official folder layout (config.json, model.safetensors, preprocessor_config.json). The weights are
+    written here, not by ``save_pretrained``, which writes them on rank 0 only once torch.distributed runs."""
+    from safetensors.torch import save_file
     from transformers import Wav2Vec2FeatureExtractor
 
-    tiny_wav2vec2(seed).save_pretrained(folder, safe_serialization=True)
+    model = tiny_wav2vec2(seed)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.config.to_json_file(folder / "config.json")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"),
+              metadata={"format": "pt"})
     Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True).save_pretrained(folder)
     return folder
 

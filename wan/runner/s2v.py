@@ -2,7 +2,9 @@
 --pose_video --num_clip --infer_frames --start_from_ref``) and the official size rule (the largest size with sides
 that are multiples of 64 within the ``--size`` area, from the image's aspect ratio).
 
-The official ``--enable_tts`` (CosyVoice text-to-speech) is not shipped: it is refused with a message."""
+The official ``--enable_tts`` (CosyVoice text-to-speech) is not shipped: it is refused with a message. Under
+torchrun the official multi-GPU flags apply (``--ulysses_size``, ``--dit_fsdp``, ``--t5_fsdp``); ``--cfg_parallel``
+is refused."""
 from __future__ import annotations
 
 import logging
@@ -55,6 +57,9 @@ def s2v_options(args, width: int, height: int) -> S2VOptions:
         raise InputError(f"--num_clip {args.num_clip} must be at least 1 (leave it out: as many as the audio lasts)")
     if args.frame_num is not None:
         raise InputError("--frame_num does not apply to s2v-14B: use --infer_frames (frames per clip) and --num_clip")
+    if getattr(args, "cfg_parallel", False):
+        raise InputError("--cfg_parallel does not apply to s2v-14B (its clip loop runs both guidance branches in "
+                         "each process): split the work with --ulysses_size N (and --dit_fsdp, --t5_fsdp) instead")
     if args.image is None and not args.demo:
         raise InputError("--task s2v-14B needs the reference portrait: pass --image path/to/image.png")
     audio = None if args.audio is None else Path(args.audio)
@@ -125,14 +130,18 @@ def load_pose_video(path: Path, fps: int = 16) -> torch.Tensor:
     return torch.from_numpy(__import__("numpy").stack(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
-def run_s2v(s) -> Path:
-    """Image + audio -> video file with the audio muxed in (one process)."""
+def run_s2v(s) -> Path | None:
+    """Image + audio -> video file with the audio muxed in.
+
+    Under torchrun every rank runs the clip loop with the DiT sharded (``--dit_fsdp``) and its tokens split
+    (``--ulysses_size``), as the official script does; rank 0 writes the file and returns it, the others None."""
     from ..dit import load_dit
+    from ..distributed.ranks import is_main, share_from_main
     from ..encoders.audio import load_audio_encoder
     from ..sampling import SamplerSettings
     from ..sampling.s2v import fit_frames, generate_s2v
     from ..video import write_video
-    from .pipeline import encode_text, load_image, load_vae, official_files, run_description
+    from .pipeline import encode_text, load_image, load_vae, official_files, parallel_setup, run_description
 
     o: S2VOptions = s.s2v
     files = official_files(s.ckpt_dir, s.task, s.variant)
@@ -144,15 +153,21 @@ def run_s2v(s) -> Path:
     height, width = size_within_area(image.shape[1], image.shape[2], o.max_area)
     ref = fit_frames(image[None], height, width)[0]
     pose = None if o.pose_video is None else load_pose_video(o.pose_video)
-    device = torch.device(s.device)
+    par = parallel_setup(s, files)  # None for one process
+    device = par.device if par else torch.device(s.device)
+    seed = share_from_main(s.seed)  # one noise for all ranks
     embeds = load_audio_encoder(s.ckpt_dir / AUDIO_FOLDER, device=device).encode(audio)
-    text = encode_text(files, s, device)
-    model = load_dit(files.dits[0], device=device)
+    text = encode_text(files, s, device, par)
+    model = load_dit(files.dits[0], device=device, sharding=par.dit_sharding(device) if par else None)
+    if par:
+        par.attach([model])
     vae = load_vae(files, device)
     settings = SamplerSettings(steps=s.steps, shift=s.shift, solver=s.solver, cfg_high=s.guidance[0],
                                cfg_low=s.guidance[0])
     video = generate_s2v(model, vae, text, ref, embeds, settings, frames_per_clip=o.infer_frames, clips=o.num_clip,
-                         seed=s.seed, pose=pose, start_from_ref=o.start_from_ref, fps=s.variant.fps, device=device)
+                         seed=seed, pose=pose, start_from_ref=o.start_from_ref, fps=s.variant.fps, device=device)
+    if not is_main():
+        return None
     frames = ((video.permute(1, 2, 3, 0) + 1) / 2).clamp(0, 1)
     s.width, s.height, s.frames = width, height, frames.shape[0]
     return write_video(frames, s.save_file, fps=s.variant.fps, audio=audio,

@@ -23,7 +23,6 @@ def run(s: Settings) -> Path | None:
 
         return run_refine(s)
     if s.s2v is not None:
-        _one_process("--task s2v-14B")
         from .s2v import run_s2v
 
         return run_s2v(s)
