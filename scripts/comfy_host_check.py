@@ -45,7 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
 for _p in (ROOT, ROOT / "tests"):
     sys.path.insert(0, str(_p))
 
-from tiny_workflows import TINY, TinyModels, expected_frames, shrink, write_images, write_models  # noqa: E402
+from tiny_workflows import (  # noqa: E402
+    TINY, TinyModels, expected_frames, expected_size, shrink, write_images, write_models)
 
 API_DIR = ROOT / "workflows" / "api"
 PACK_LINK = "ComfyUI-WanExperts"
@@ -327,7 +328,7 @@ def check_api_workflows(server: Server, base: Path, report: Report, only: str | 
         with av.open(str(file)) as container:
             frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
             meta = dict(container.metadata)
-        shape_ok = len(frames) == expected_frames(graph) and frames[0].shape[:2] == (TINY["height"], TINY["width"])
+        shape_ok = len(frames) == expected_frames(graph) and frames[0].shape[:2] == expected_size(graph)
         report.check(shape_ok, f"{path.stem}: {len(frames)} frames of {frames[0].shape[:2]} in {file.name}")
         stored = json.loads(meta.get("prompt", "null")) or {}
         for node in stored.values():
