@@ -355,7 +355,7 @@ def s2v(pose: bool = False) -> Spec:
              "(5 s), each steered by the last 73 frames of the one before; the first clip has 77.")
     if pose:
         extra += (" The pose video is skeleton frames (OpenPose / DWPose style), one per output frame at 16 fps, "
-                  "any size (scaled to cover the video and centre-cropped); past its end the body moves freely. "
+                  "any size (scaled to cover the video and centre-cropped); after it ends the pose is blank. "
                   "Make it from a driving video with the DWPose Estimator or OpenPose Pose node of "
                   "comfyui_controlnet_aux (core has no pose estimator), saved at 16 fps with core Save Video.")
     else:
