@@ -1,13 +1,22 @@
-"""GGUF DiT: forward time of Q8_0 and Q4_K models against the same model unquantised (fp32 and bf16, same process),
-and peak RSS while loading a GGUF file of over 1 GB (fresh subprocess).
+"""GGUF DiT: forward time of Q8_0 and Q4_K models against the same model unquantised (fp32 and bf16, same process)
+at each thread count of a sweep; optionally against ComfyUI-GGUF's dequantisation; and peak RSS while loading a
+community-layout GGUF file of over 1 GB (fresh subprocess).
 
     python benchmarks/gguf_bench.py          # dim 1536, 2 layers, 1560 tokens; a 1.5 GB Q8_0 file (Wan 2.1 1.3B shapes)
+    python benchmarks/gguf_bench.py --threads 1 2 4 --peer ~/ComfyUI/custom_nodes/ComfyUI-GGUF
     python benchmarks/gguf_bench.py --tiny   # a quick smoke run (small model, small file)
 
+``--peer PATH``: a ComfyUI-GGUF checkout. Its ``dequant.py`` (torch only; the rest of it needs ComfyUI) runs in a
+process of its own, never imported here: there the same files load twice, and in the second model every GGUF layer
+dequantises through the peer's ``dequantize`` (the path its ``GGMLOps`` layers take, ``dequant_dtype`` default)
+instead of ours; everything else in the forward is the same code, so the ratio is the dequantisation's share.
+Both are timed interleaved, forwards and dequantisation alone (every GGUF layer once), per thread count.
+
 Targets: a Q8_0 forward costs <= 1.3 x the unquantised one in the same compute dtype at dim >= 1536 (the per-layer
-dequantisation is the overhead; it shrinks as the token count grows); peak RSS growth while loading the file and
-touching every stored weight <= 1.1 x the file size (weights stay in the memory-mapped file, quantised). The CPU
-may be shared: repeats are interleaved and medians reported.
+dequantisation is the overhead; it shrinks as the token count grows); ours <= 0.9 x the peer's forward at every
+thread count; peak RSS growth while loading the file and touching every stored weight <= 1.05 x the file size
+(weights stay in the memory-mapped file: quantised blocks, and the F16 text and time embeddings). The CPU may be
+shared: repeats are interleaved and medians reported; a thread count above the free cores measures the queue.
 """
 from __future__ import annotations
 
@@ -30,7 +39,12 @@ from wan.dit.config import WanDiTConfig  # noqa: E402
 from wan.dit.model import WanDiT  # noqa: E402
 from wan.quant.gguf_write import write_gguf  # noqa: E402
 from benchmarks.dit_forward import random_official_weights  # noqa: E402
-from harness import interleaved_forwards  # noqa: E402
+from harness import interleaved_forwards, interleaved_medians  # noqa: E402
+from wan.quant.base import WeightFormat  # noqa: E402
+from wan.quant.gguf_format import GGUFFormat  # noqa: E402
+
+COMMUNITY_F16 = ("text_embedding.", "time_embedding.", "time_projection.")  # Linear weights the community files
+# keep in F16
 
 
 def shapes_of(cfg: WanDiTConfig) -> dict[str, tuple[int, ...]]:
@@ -38,34 +52,102 @@ def shapes_of(cfg: WanDiTConfig) -> dict[str, tuple[int, ...]]:
         return {k: tuple(v.shape) for k, v in WanDiT(cfg).state_dict().items()}
 
 
-def time_forward(cfg: WanDiTConfig, grid: tuple[int, int, int], repeats: int) -> dict:
+def write_files(cfg: WanDiTConfig, folder: Path) -> dict[str, Path]:
+    """The unquantised file and the Q8_0 and Q4_K GGUF files of one random model."""
     weights = random_official_weights(cfg)
-    with tempfile.TemporaryDirectory() as tmp:
-        plain = Path(tmp) / "dit.safetensors"
-        save_file(weights, str(plain))
-        q8 = Path(tmp) / "dit-Q8_0.gguf"
-        write_gguf(q8, weights, T.Q8_0)  # quantised from the same values
-        q4k = Path(tmp) / "dit-Q4_K.gguf"
-        write_gguf(q4k, dict(shapes_of(cfg)), T.Q4_K)  # random blocks: gguf cannot quantise K-quants
-        del weights
-        results = {dtype: _time_models(cfg, grid, repeats, dtype, plain, q8, q4k) for dtype in ("fp32", "bf16")}
+    paths = {"plain": folder / "dit.safetensors", "Q8_0": folder / "dit-Q8_0.gguf", "Q4_K": folder / "dit-Q4_K.gguf"}
+    save_file(weights, str(paths["plain"]))
+    write_gguf(paths["Q8_0"], weights, T.Q8_0, types=community_types(weights))  # quantised from the same values
+    # random blocks: gguf cannot quantise K-quants
+    write_gguf(paths["Q4_K"], dict(shapes_of(cfg)), T.Q4_K, types=community_types(weights))
+    return paths
+
+
+def community_types(names) -> dict[str, T]:
+    return {k: T.F16 for k in names if k.startswith(COMMUNITY_F16) and k.endswith(".weight")}
+
+
+def time_forward(cfg: WanDiTConfig, paths: dict, grid: tuple[int, int, int], repeats: int, threads: list[int]) -> dict:
+    results = {}
+    for dtype in ("fp32", "bf16"):
+        models = {name: wan.load_dit(p, dtype=dtype, num_heads=cfg.num_heads) for name, p in paths.items()}
+        for n in threads:
+            torch.set_num_threads(n)
+            results[dtype, n] = _time_models(cfg, models, grid, repeats)
     return results
 
 
-def _time_models(cfg, grid, repeats, dtype, plain, q8, q4k) -> dict:
-    models = {name: wan.load_dit(p, dtype=dtype, num_heads=cfg.num_heads)
-              for name, p in (("plain", plain), ("Q8_0", q8), ("Q4_K", q4k))}
-    compute = models["plain"].compute_dtype
+def forward_inputs(cfg: WanDiTConfig, grid, dtype: torch.dtype):
     f, h, w = grid
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(1, cfg.in_dim, f, 2 * h, 2 * w, generator=g).to(compute)
-    ctx = torch.randn(1, cfg.text_len, cfg.text_dim, generator=g).to(compute)
-    t = torch.tensor([700.0])
-    outs, med = interleaved_forwards(models, (x, t, ctx), repeats)  # the warm-up outputs check Q8_0 agreement
+    x = torch.randn(1, cfg.in_dim, f, 2 * h, 2 * w, generator=g).to(dtype)
+    ctx = torch.randn(1, cfg.text_len, cfg.text_dim, generator=g).to(dtype)
+    return x, torch.tensor([700.0]), ctx
+
+
+def _time_models(cfg, models, grid, repeats) -> dict:
+    f, h, w = grid
+    args = forward_inputs(cfg, grid, models["plain"].compute_dtype)
+    outs, med = interleaved_forwards(models, args, repeats)  # the warm-up outputs check Q8_0 agreement
     outs = {k: v.float() for k, v in outs.items()}
     err = ((outs["Q8_0"] - outs["plain"]).abs().max() / outs["plain"].abs().max()).item()
     return {"tokens": f * h * w, **{f"{k}_s": v for k, v in med.items()},
             "Q8_0_ratio": med["Q8_0"] / med["plain"], "Q4_K_ratio": med["Q4_K"] / med["plain"], "q8_rel_err": err}
+
+
+# --- ComfyUI-GGUF's dequantisation, in a process of its own ----------------------------------------------------------
+class PeerFormat(WeightFormat):
+    """A GGUF layer dequantised by the peer's ``dequantize`` (float32 unless told, then cast, as its ops do)."""
+
+    def __init__(self, peer, fmt: GGUFFormat):
+        self.peer, self.qtype, self.logical_shape = peer, fmt.qtype, fmt.logical_shape
+        self.name = f"peer {fmt.name}"
+
+    def dequantize(self, layer, dtype, device):
+        if self.qtype in (T.F32, T.F16, T.BF16):
+            return layer.weight.to(device=device, dtype=dtype)
+        return self.peer.dequantize(layer.weight, self.qtype, self.logical_shape).to(dtype)
+
+
+def peer_probe(args) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("peer_dequant", Path(args.peer) / "dequant.py")
+    peer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(peer)
+    cfg = WanDiTConfig(**json.loads(args.config))
+    grid = tuple(json.loads(args.grid))
+    out = {}
+    for qtype in ("Q8_0", "Q4_K"):
+        path = Path(args.folder) / f"dit-{qtype}.gguf"
+        for dtype in ("fp32", "bf16"):
+            ours = wan.load_dit(path, dtype=dtype, num_heads=cfg.num_heads)
+            theirs = wan.load_dit(path, dtype=dtype, num_heads=cfg.num_heads)
+            layers = [(m, n) for m, n in zip(ours.modules(), theirs.modules())
+                      if isinstance(getattr(m, "weight_format", None), GGUFFormat)]
+            for _, layer in layers:
+                layer.weight_format = PeerFormat(peer, layer.weight_format)
+            for n in args.threads:
+                torch.set_num_threads(n)
+                outs, med = interleaved_forwards({"ours": ours, "peer": theirs},
+                                                 forward_inputs(cfg, grid, ours.compute_dtype), args.repeats)
+                err = ((outs["ours"].float() - outs["peer"].float()).abs().max()
+                       / outs["ours"].float().abs().max()).item()
+                alone = interleaved_medians({side: (lambda i=i: [pair[i].weight_format.dequantize(
+                    pair[i], ours.compute_dtype, torch.device("cpu")) for pair in layers])
+                    for i, side in enumerate(("ours", "peer"))}, args.repeats)
+                out[f"{qtype} {dtype} {n}"] = {"forward": med, "dequantize": alone, "rel_diff": err}
+    print(json.dumps(out))
+
+
+def compare_peer(cfg, folder: Path, grid, repeats: int, threads: list[int], peer: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--peer-probe", "--peer", peer, "--folder", str(folder),
+                          "--config", json.dumps(cfg.to_dict()), "--grid", json.dumps(list(grid)),
+                          "--repeats", str(repeats), "--threads", *map(str, threads)],
+                         capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"the peer process failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 MEMORY_PROBE = r"""
@@ -84,7 +166,8 @@ print(json.dumps({'base_kb': base, 'peak_kb': int(status()['VmHWM'].split()[0])}
 def measure_load_memory(cfg: WanDiTConfig) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "big-Q8_0.gguf"
-        write_gguf(path, dict(shapes_of(cfg)), T.Q8_0)
+        shapes = dict(shapes_of(cfg))
+        write_gguf(path, shapes, T.Q8_0, types=community_types(shapes))
         size = path.stat().st_size
         out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(ROOT), str(path), str(cfg.num_heads)],
                              capture_output=True, text=True, check=True)
@@ -92,13 +175,40 @@ def measure_load_memory(cfg: WanDiTConfig) -> dict:
     return {"file_gb": size / 1e9, "ratio": (probe["peak_kb"] - probe["base_kb"]) * 1024 / size}
 
 
+def report_speed(speed: dict, cfg: WanDiTConfig) -> None:
+    for (dtype, n), r in speed.items():
+        print(f"forward {dtype}, {n} thread(s), dim {cfg.dim}, {cfg.num_layers} layers, {r['tokens']} tokens: "
+              f"plain {r['plain_s']:.3f} s, Q8_0 {r['Q8_0_s']:.3f} s (ratio {r['Q8_0_ratio']:.3f}, target <= 1.3), "
+              f"Q4_K {r['Q4_K_s']:.3f} s (ratio {r['Q4_K_ratio']:.3f}); Q8_0 output within "
+              f"{r['q8_rel_err']:.1e} of the unquantised one")
+
+
+def report_peer(results: dict) -> None:
+    print("ours / ComfyUI-GGUF's dequantisation (same forward code otherwise; own process, interleaved):")
+    for key, r in results.items():
+        fwd, deq = r["forward"], r["dequantize"]
+        print(f"  {key:<14} thread(s): forward {fwd['ours']:.3f} / {fwd['peer']:.3f} s = "
+              f"{fwd['ours'] / fwd['peer']:.3f} (target <= 0.9)   dequantise alone {deq['ours']:.3f} / "
+              f"{deq['peer']:.3f} s = {deq['ours'] / deq['peer']:.3f}   outputs within {r['rel_diff']:.1e}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="small sizes for a quick smoke run")
     parser.add_argument("--repeats", type=int, default=None, help="timed forwards per model (default 5; tiny 2)")
+    parser.add_argument("--threads", type=int, nargs="+", default=None,
+                        help="torch CPU thread counts to sweep (default: torch's own)")
+    parser.add_argument("--peer", default=None, help="path of a ComfyUI-GGUF checkout (its dequant.py)")
     parser.add_argument("--skip-memory", action="store_true", help="time the forwards only")
     parser.add_argument("--skip-speed", action="store_true", help="measure the loading memory only")
+    parser.add_argument("--peer-probe", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--folder", help=argparse.SUPPRESS)
+    parser.add_argument("--config", help=argparse.SUPPRESS)
+    parser.add_argument("--grid", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.threads = args.threads or [torch.get_num_threads()]
+    if args.peer_probe:
+        return peer_probe(args)
     if args.tiny:
         speed_cfg = WanDiTConfig(dim=256, ffn_dim=1024, num_heads=2, num_layers=1, text_dim=256)
         grid, repeats = (2, 8, 12), 2
@@ -107,17 +217,18 @@ def main() -> None:
         speed_cfg = WanDiTConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=2)
         grid, repeats = (1, 30, 52), 5  # 1560 tokens: one 480 x 832 frame
         mem_cfg = WanDiTConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30)  # Wan 2.1 1.3B: ~1.5 GB Q8_0
-    speed = {} if args.skip_speed else time_forward(speed_cfg, grid, args.repeats or repeats)
-    for dtype, r in speed.items():
-        print(f"forward {dtype}, dim {speed_cfg.dim}, {speed_cfg.num_layers} layers, {r['tokens']} tokens: "
-              f"plain {r['plain_s']:.3f} s, Q8_0 {r['Q8_0_s']:.3f} s (ratio {r['Q8_0_ratio']:.3f}, target <= 1.3), "
-              f"Q4_K {r['Q4_K_s']:.3f} s (ratio {r['Q4_K_ratio']:.3f}); Q8_0 output within "
-              f"{r['q8_rel_err']:.1e} of the unquantised one")
+    repeats = args.repeats or repeats
+    if not args.skip_speed:
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = write_files(speed_cfg, Path(tmp))
+            report_speed(time_forward(speed_cfg, paths, grid, repeats, args.threads), speed_cfg)
+            if args.peer:
+                report_peer(compare_peer(speed_cfg, Path(tmp), grid, repeats, args.threads, args.peer))
     if args.skip_memory:
         return
     mem = measure_load_memory(mem_cfg)
-    print(f"loading a {mem['file_gb']:.2f} GB Q8_0 GGUF and touching every weight: peak RSS growth "
-          f"{mem['ratio']:.3f} x file size (target <= 1.1)")
+    print(f"loading a {mem['file_gb']:.2f} GB community-layout Q8_0 GGUF and touching every weight: peak RSS growth "
+          f"{mem['ratio']:.3f} x file size (target <= 1.05)")
 
 
 if __name__ == "__main__":

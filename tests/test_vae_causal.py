@@ -101,10 +101,10 @@ def test_several_output_frames_stay_a_3d_convolution_with_the_official_result():
 
 @pytest.mark.parametrize("version", ["2.1", "2.2"])
 def test_cpu_passes_keep_conv_weights_channels_last_with_unchanged_values(version, tmp_path):
-    """A CPU pass puts every conv weight in the channels-last layout of its stream, once (oneDNN would otherwise
-    reorder each weight on every call); loading does not (a VAE used on a GPU keeps the file's layout and map); the
-    values stay as loaded (the official-parity tests check those against the file), and a second decode is
-    identical."""
+    """A VAE loaded on the CPU has every conv weight in the channels-last layout of its CPU passes already (oneDNN
+    would otherwise reorder each weight on every call); a VAE whose weights were put back in another layout (as
+    after a pass on a GPU) is converted once by the next CPU pass; the values stay as loaded (the official-parity
+    tests check those against the file), and every decode is identical."""
     from test_vae_tiny import official_vae, save_pth
 
     import wan.vae as wv
@@ -113,7 +113,10 @@ def test_cpu_passes_keep_conv_weights_channels_last_with_unchanged_values(versio
     vae = wv.load_vae(save_pth(reference, tmp_path / "vae.pth"))
     convs = {n: m for n, m in vae.model.named_modules() if isinstance(m, torch.nn.Conv3d)}
     big = [m for m in convs.values() if m.weight.shape[2:].numel() > 1]
-    assert big and not any(m.weight.is_contiguous(memory_format=torch.channels_last_3d) for m in big)  # as loaded
+    assert big and all(m.weight.is_contiguous(memory_format=torch.channels_last_3d) for m in big)  # as loaded
+    for name, value in reference.state_dict().items():
+        if name.endswith(".weight") and value.dim() == 5:
+            assert torch.equal(vae.model.get_parameter(name), value), name
     before = {name: m.weight.detach().clone() for name, m in convs.items()}
     z = torch.randn(1, vae.z_dim, 3, 4, 4, generator=torch.Generator().manual_seed(0))
     first = vae.decode(z)

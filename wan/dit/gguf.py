@@ -1,8 +1,10 @@
 """Wan DiT GGUF files (city96/ComfyUI-GGUF layout) -> plain tensors and quantised Linear layers, without copying.
 
-Quantised 2-D ``.weight`` tensors (the Linear layers) keep their raw blocks, as views of the memory-mapped file,
-with a ``GGUFFormat`` each; every other quantised tensor (a reshaped patch embedding, a quantised modulation) is
-dequantised here, to float32. F32 / F16 / BF16 tensors are views of the file.
+2-D ``.weight`` tensors (the Linear layers) stay as stored, views of the memory-mapped file, with a ``GGUFFormat``
+each: raw blocks dequantised per forward, or F32 / F16 / BF16 values cast per forward (like every compact layer,
+so the F16 text and time embeddings of community files are never copied at load). Every other quantised tensor (a
+reshaped patch embedding, a quantised modulation) is dequantised here, to float32; other float tensors are views
+of the file.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ def read_gguf_dit(source: Path) -> tuple[dict[str, torch.Tensor], dict[str, Quan
     check_supported(gguf)
     sd, quantized = {}, {}
     for name, t in tensors.items():
-        if t.quantized and name.endswith(".weight") and len(t.shape) == 2:
+        if name.endswith(".weight") and len(t.shape) == 2:  # Linear weights, quantised or float: kept as stored
             quantized[name[: -len(".weight")]] = t.layer()
         else:
             sd[name] = t.dequantize(torch.float32) if t.quantized else t.data

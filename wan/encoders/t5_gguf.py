@@ -2,8 +2,8 @@
 
 Tensor names are llama.cpp's (``token_embd``, ``enc.blk.N.attn_q`` ...), renamed to the official ones by
 ``t5_keys``; shapes come from the file (ggml order reversed) or ``comfy.gguf.orig_shape.*`` metadata
-(``wan.quant.gguf_file``). Quantised Linear weights keep their raw blocks, as views of the memory-mapped file, with a
-``GGUFFormat`` each, and are dequantised per layer, per forward, like the DiT's. The other quantised tensors (the
+(``wan.quant.gguf_file``). Linear weights keep their raw blocks (or F16 / F32 values), as views of the memory-mapped file,
+with a ``GGUFFormat`` each, and are dequantised (cast) per layer, per forward, like the DiT's. The other quantised tensors (the
 token embedding, norms, relative-position biases) are dequantised once, at load, to the compute dtype.
 """
 from __future__ import annotations
@@ -60,10 +60,10 @@ def read_gguf_text_encoder(path: Path) -> GGUFTextEncoder:
         if name.startswith(GGUF_IGNORED):
             continue
         key = gguf_key_to_official(name)
-        if not t.quantized:
-            plain[key] = t.data
-        elif is_linear_weight(key) and len(t.shape) == 2:
+        if is_linear_weight(key) and len(t.shape) == 2:  # quantised or float: kept as stored, per-forward cast
             quantized[key[: -len(".weight")]] = t.layer()
+        elif not t.quantized:
+            plain[key] = t.data
         else:
             deferred[key] = t
     return GGUFTextEncoder(gguf, plain, quantized, deferred)

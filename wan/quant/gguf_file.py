@@ -45,7 +45,8 @@ class GGUFTensor:
         return dequantize(self.data, self.qtype, self.shape, dtype)
 
     def layer(self) -> QuantizedLayer:
-        """This quantised tensor as a Linear layer's stored weight: its raw blocks (still a view of the file)."""
+        """This tensor as a Linear layer's stored weight, still a view of the file: raw blocks (quantised types)
+        or typed values (float types, cast per forward)."""
         return QuantizedLayer(GGUFFormat(self.qtype, self.shape), self.data, self.shape)
 
 

@@ -1,8 +1,11 @@
 """GGUF (ggml) block formats turned back into float weights by plain torch ops, on whatever device the bytes are.
 
-Each kernel takes the raw blocks as a uint8 tensor ``[n_blocks, type_size]`` and returns float32
-``[n_blocks, block_size]``, computed in the same order as ggml's reference (``gguf.quants``), so the float32 result
-is bit for bit the reference's. Layouts (bytes per block, ``QK_K = 256`` elements for the K-quants):
+Each kernel takes the raw blocks as a uint8 tensor ``[n_blocks, type_size]`` and writes ``out`` ``[n_blocks,
+block_size]`` (float32, or another float dtype: the float32 value rounded once), computed in the same order as
+ggml's reference (``gguf.quants``), so the float32 result is bit for bit the reference's. A kernel is a few
+whole-tensor ops (integer codes, then one product and at most one sum in float32), each of which torch runs on all
+its threads; ``dequantize`` hands it a million values at a time (see ``BLOCK_VALUES``). Layouts (bytes per block,
+``QK_K = 256`` elements for the K-quants):
 
     Q8_0  d:f16 | qs:int8[32]                          Q4_0  d | qs:u8[16] (low nibbles = 0..15, high = 16..31)
     Q4_1  d | m | qs[16]                                Q5_0  d | qh:u8[4] (bit i = 5th bit of i) | qs[16]
@@ -40,20 +43,39 @@ def _nibbles(qs: torch.Tensor) -> torch.Tensor:
 
 
 def _to_float(q: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    """Small scale factors (a few per block) as float32."""
     return (q.to(torch.int16) - offset).float() if offset else q.float()
 
 
-def q8_0(b: torch.Tensor) -> torch.Tensor:
-    d = _f16(b, 0)
-    return b[:, 2:].view(torch.int8).float().mul_(d)
+def _centred(codes: torch.Tensor, offset: int) -> torch.Tensor:
+    """Unsigned codes below 128 minus ``offset``, as int8 (exact), in place on ``codes`` (a fresh tensor)."""
+    return codes.view(torch.int8).sub_(offset)
 
 
-def q4_0(b: torch.Tensor) -> torch.Tensor:
-    return _f16(b, 0) * _to_float(_nibbles(b[:, 2:]), 8)
+def _scaled(codes: torch.Tensor, scale: torch.Tensor, out: torch.Tensor, offset: torch.Tensor | None = None,
+            subtract: bool = True) -> None:
+    """``out = scale * codes (-|+) offset``, computed in float32 and rounded once into ``out``'s dtype.
+
+    ``codes``: integer codes shaped like ``out``; ``scale`` / ``offset``: float32, broadcast over them. Every step
+    is one whole-tensor op on operands of one dtype (torch's vectorised kernels, spread over its threads)."""
+    values = out if out.dtype == torch.float32 else torch.empty(out.shape, dtype=torch.float32, device=out.device)
+    values.copy_(codes).mul_(scale)
+    if offset is not None:
+        values.sub_(offset) if subtract else values.add_(offset)
+    if values is not out:
+        out.copy_(values)
 
 
-def q4_1(b: torch.Tensor) -> torch.Tensor:
-    return _f16(b, 0) * _to_float(_nibbles(b[:, 4:])) + _f16(b, 2)
+def q8_0(b: torch.Tensor, out: torch.Tensor) -> None:
+    _scaled(b[:, 2:].view(torch.int8), _f16(b, 0), out)
+
+
+def q4_0(b: torch.Tensor, out: torch.Tensor) -> None:
+    _scaled(_centred(_nibbles(b[:, 2:]), 8), _f16(b, 0), out)
+
+
+def q4_1(b: torch.Tensor, out: torch.Tensor) -> None:
+    _scaled(_nibbles(b[:, 4:]), _f16(b, 0), out, _f16(b, 2), subtract=False)
 
 
 def _five_bit(qh: torch.Tensor, qs: torch.Tensor) -> torch.Tensor:
@@ -61,25 +83,30 @@ def _five_bit(qh: torch.Tensor, qs: torch.Tensor) -> torch.Tensor:
     return _nibbles(qs) | (high << 4)
 
 
-def q5_0(b: torch.Tensor) -> torch.Tensor:
-    return _f16(b, 0) * _to_float(_five_bit(b[:, 2:6], b[:, 6:]), 16)
+def q5_0(b: torch.Tensor, out: torch.Tensor) -> None:
+    _scaled(_centred(_five_bit(b[:, 2:6], b[:, 6:]), 16), _f16(b, 0), out)
 
 
-def q5_1(b: torch.Tensor) -> torch.Tensor:
-    return _f16(b, 0) * _to_float(_five_bit(b[:, 4:8], b[:, 8:])) + _f16(b, 2)
+def q5_1(b: torch.Tensor, out: torch.Tensor) -> None:
+    _scaled(_five_bit(b[:, 4:8], b[:, 8:]), _f16(b, 0), out, _f16(b, 2), subtract=False)
 
 
-def iq4_nl(b: torch.Tensor) -> torch.Tensor:
-    return _f16(b, 0) * _const(IQ4_VALUES, torch.float32, b.device)[_nibbles(b[:, 2:]).long()]
+def _lookup(codes: torch.Tensor) -> torch.Tensor:
+    """The IQ4 table's int8 values at 4-bit ``codes``."""
+    return _const(IQ4_VALUES, torch.int8, codes.device)[codes.long()]
 
 
-def q2_k(b: torch.Tensor) -> torch.Tensor:
+def iq4_nl(b: torch.Tensor, out: torch.Tensor) -> None:
+    _scaled(_lookup(_nibbles(b[:, 2:])), _f16(b, 0), out)
+
+
+def q2_k(b: torch.Tensor, out: torch.Tensor) -> None:
     n = b.shape[0]
     scales, qs = b[:, :16], b[:, 16:80]
     dl = (_f16(b, 80) * _to_float(scales & 0x0F)).view(n, 16, 1)
     ml = (_f16(b, 82) * _to_float(scales >> 4)).view(n, 16, 1)
-    q = _to_float(_bits(qs.reshape(n, 2, 32), (0, 2, 4, 6), 3).reshape(n, 16, 16))
-    return (dl * q - ml).view(n, QK_K)
+    q = _bits(qs.reshape(n, 2, 32), (0, 2, 4, 6), 3).reshape(n, 16, 16)
+    _scaled(q, dl, out.view(n, 16, 16), ml)
 
 
 def _q3_k_scales(s: torch.Tensor) -> torch.Tensor:
@@ -90,13 +117,14 @@ def _q3_k_scales(s: torch.Tensor) -> torch.Tensor:
     return _to_float(low | (high << 4), 32)
 
 
-def q3_k(b: torch.Tensor) -> torch.Tensor:
+def q3_k(b: torch.Tensor, out: torch.Tensor) -> None:
     n = b.shape[0]
     hmask, qs = b[:, :32], b[:, 32:96]
     dl = (_f16(b, 108) * _q3_k_scales(b[:, 96:108])).view(n, 16, 1)
-    low = _bits(qs.reshape(n, 2, 32), (0, 2, 4, 6), 3).reshape(n, 16, 16).to(torch.int16)
-    high = _bits(hmask, range(8), 1).reshape(n, 16, 16).to(torch.int16)
-    return (dl * (low - ((high ^ 1) << 2)).float()).view(n, QK_K)
+    low = _bits(qs.reshape(n, 2, 32), (0, 2, 4, 6), 3).reshape(n, 16, 16)
+    high = _bits(hmask, range(8), 1).reshape(n, 16, 16)
+    codes = low.view(torch.int8).sub_(((high ^ 1) << 2).view(torch.int8))  # low - 4 where the high bit is clear
+    _scaled(codes, dl, out.view(n, 16, 16))
 
 
 def _k_scales_mins(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,12 +135,12 @@ def _k_scales_mins(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return _to_float(scales), _to_float(mins)
 
 
-def _k_dequant(b: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+def _k_dequant(b: torch.Tensor, q: torch.Tensor, out: torch.Tensor) -> None:
     n = b.shape[0]
     scales, mins = _k_scales_mins(b[:, 4:16])
     d = (_f16(b, 0) * scales).view(n, 8, 1)
     dm = (_f16(b, 2) * mins).view(n, 8, 1)
-    return (d * _to_float(q) - dm).view(n, QK_K)
+    _scaled(q, d, out.view(n, 8, 32), dm)
 
 
 def _k_low4(qs: torch.Tensor) -> torch.Tensor:
@@ -121,33 +149,33 @@ def _k_low4(qs: torch.Tensor) -> torch.Tensor:
     return _bits(qs.reshape(n, 4, 32), (0, 4), 0x0F).reshape(n, 8, 32)
 
 
-def q4_k(b: torch.Tensor) -> torch.Tensor:
-    return _k_dequant(b, _k_low4(b[:, 16:144]))
+def q4_k(b: torch.Tensor, out: torch.Tensor) -> None:
+    _k_dequant(b, _k_low4(b[:, 16:144]), out)
 
 
-def q5_k(b: torch.Tensor) -> torch.Tensor:
+def q5_k(b: torch.Tensor, out: torch.Tensor) -> None:
     high = _bits(b[:, 16:48], range(8), 1)  # group g takes bit g of the 32 qh bytes
-    return _k_dequant(b, _k_low4(b[:, 48:176]) | (high << 4))
+    _k_dequant(b, _k_low4(b[:, 48:176]) | (high << 4), out)
 
 
-def q6_k(b: torch.Tensor) -> torch.Tensor:
+def q6_k(b: torch.Tensor, out: torch.Tensor) -> None:
     n = b.shape[0]
     ql, qh = b[:, :128], b[:, 128:192]
     d = (_f16(b, 208) * b[:, 192:208].view(torch.int8).float()).view(n, 16, 1)
     low = _bits(ql.reshape(n, 2, 64), (0, 4), 0x0F).reshape(n, 8, 32)
     high = _bits(qh.reshape(n, 2, 32), (0, 2, 4, 6), 3).reshape(n, 8, 32)
-    q = _to_float(low | (high << 4), 32).view(n, 16, 16)
-    return (d * q).view(n, QK_K)
+    codes = _centred(low | (high << 4), 32).view(n, 16, 16)
+    _scaled(codes, d, out.view(n, 16, 16))
 
 
-def iq4_xs(b: torch.Tensor) -> torch.Tensor:
+def iq4_xs(b: torch.Tensor, out: torch.Tensor) -> None:
     n = b.shape[0]
     scales_h = b[:, 2].to(torch.int32) | (b[:, 3].to(torch.int32) << 8)
     high = ((scales_h.unsqueeze(1) >> _const(tuple(range(0, 16, 2)), torch.int32, b.device)) & 3).to(torch.uint8)
     low = torch.stack([b[:, 4:8] & 0x0F, b[:, 4:8] >> 4], dim=2).reshape(n, 8)
     dl = (_f16(b, 0) * _to_float(low | (high << 4), 32)).view(n, 8, 1)
     codes = _bits(b[:, 8:].reshape(n, 8, 16), (0, 4), 0x0F).reshape(n, 8, 32)
-    return (dl * _const(IQ4_VALUES, torch.float32, b.device)[codes.long()]).view(n, QK_K)
+    _scaled(_lookup(codes), dl, out.view(n, 8, 32))
 
 
 KERNELS = {
@@ -156,9 +184,11 @@ KERNELS = {
 }
 FLOAT_TYPES = {T.F32: torch.float32, T.F16: torch.float16, T.BF16: torch.bfloat16}
 SUPPORTED = tuple(FLOAT_TYPES) + tuple(KERNELS)
-# On the CPU, blocks are dequantised a chunk of this many values at a time: the float32 intermediates stay in cache
-# and each op stays on one thread (torch's grain size), several times faster than whole-tensor passes.
-CPU_CHUNK = 32768
+# The kernels take at most this many values at a time: few enough that their float32 intermediates stay in the
+# CPU's cache, many enough that each op spreads over every thread (torch's grain: 32768) and that a tensor takes a
+# handful of ops per million values. Measured against whole-tensor passes (1536 x 8960, one thread, process time):
+# Q8_0 to bf16 15 ms against 71 ms, Q4_K 81 against 151, Q6_K 71 against 167; to fp32 within noise of them.
+BLOCK_VALUES = 1 << 20
 
 
 def dequantize(raw: torch.Tensor, qtype: int, shape, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -173,10 +203,8 @@ def dequantize(raw: torch.Tensor, qtype: int, shape, dtype: torch.dtype = torch.
         raise NotImplementedError(f"GGUF type {qtype.name} cannot be dequantised")
     block_size, type_size = GGML_QUANT_SIZES[qtype]
     blocks, kernel = raw.reshape(-1, type_size).contiguous(), KERNELS[qtype]
-    if blocks.device.type != "cpu":
-        return kernel(blocks).reshape(shape).to(dtype)
-    out = torch.empty(blocks.shape[0], block_size, dtype=dtype)
-    step = max(1, CPU_CHUNK // block_size)
+    out = torch.empty(blocks.shape[0], block_size, dtype=dtype, device=blocks.device)
+    step = blocks.shape[0] if blocks.device.type != "cpu" else max(1, BLOCK_VALUES // block_size)
     for start in range(0, blocks.shape[0], step):
-        out[start:start + step] = kernel(blocks[start:start + step])
+        kernel(blocks[start:start + step], out[start:start + step])
     return out.reshape(shape)

@@ -10,6 +10,7 @@ from ..weights.checkpoint import read_state_dict, wrong_kind_message
 from ..errors import CheckpointError
 from ..latents import STATS
 from ..weights.assign import assign_weights, compute_dtype
+from ..weights.owned import read_owned
 from .config import WanVAEConfig
 from .keys import normalize_keys
 from .model import WanVAEModel
@@ -27,6 +28,8 @@ def load_vae(path, dtype=None, device="cpu") -> WanVAE:
     """Load a Wan 2.1 or 2.2 VAE: official ``.pth``, Comfy-Org ``.safetensors``, or a diffusers folder.
 
     ``dtype``: compute dtype (None/"default": the file's own float dtype). The version (2.1 / 2.2) is detected.
+    On the CPU the weights are read into the VAE's own memory in the form its passes use (one copy: no map of the
+    file beside a converted copy); on another device they are assigned from the file's map and moved.
     """
     source = _weights_source(Path(path))
     sd, layout = normalize_keys(read_state_dict(source, what="VAE file"))
@@ -40,6 +43,9 @@ def load_vae(path, dtype=None, device="cpu") -> WanVAE:
         raise CheckpointError(f"'{source.name}' has {config.z_dim} latent channels; Wan VAEs have 16 (2.1) or 48 (2.2)."
                               f" It is another model's VAE.")
     compute = compute_dtype(dtype, sd["decoder.conv1.weight"].dtype, fallback=torch.float32)
+    if torch.device(device).type == "cpu":  # read again, each tensor straight into the form the CPU passes use
+        del sd
+        sd = normalize_keys(read_owned(source, "VAE file", lambda _, t: for_cpu(t, compute)))[0]
     with torch.device("meta"):
         model = WanVAEModel(config)
     assign_weights(model, sd, {}, compute, source, f"Wan {config.version} VAE")
@@ -50,6 +56,14 @@ def load_vae(path, dtype=None, device="cpu") -> WanVAE:
     log.info("Loaded Wan %s VAE (z %d, base %d/%d) from %s [%s], compute %s", config.version, config.z_dim,
              config.dim, config.dec_dim, source.name, layout, str(compute).replace("torch.", ""))
     return vae
+
+
+def for_cpu(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A tensor as a VAE on the CPU keeps it: float weights in the compute dtype, conv weights channels-last (the
+    layout of the CPU passes, see ``WanVAEModel.layout_for``): converted once here, never again per pass."""
+    dtype = dtype if t.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64) else t.dtype
+    fmt = torch.channels_last_3d if t.dim() == 5 else torch.contiguous_format
+    return t.to(dtype=dtype, memory_format=fmt)
 
 
 def _weights_source(path: Path) -> Path:

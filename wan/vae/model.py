@@ -145,8 +145,8 @@ class WanVAEModel(nn.Module):
 
     def use_layout(self, fmt: torch.memory_format) -> None:
         """Every conv weight in layout ``fmt``, one weight at a time (values unchanged; a weight already in it is
-        left alone, so this costs nothing after the first time; a converted weight is a new tensor, no longer a
-        view of the file: the VAE's size in RAM, against a copy of each weight on every chunk otherwise)."""
+        left alone, so this costs nothing after the first time). A VAE loaded for the CPU has its weights in the
+        CPU layout from the start (``wan.vae.loader``); this converts only after a device changed the layout."""
         for module in self.modules():
             if isinstance(module, nn.Conv3d) and not module.weight.is_contiguous(memory_format=fmt):
                 module.weight.data = module.weight.data.contiguous(memory_format=fmt)

@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from ..errors import CheckpointError, InputError
 from ..finite import check_loaded_weights
-from .ops import FP8_DTYPES, Linear
+from .ops import FLOAT_DTYPES, FP8_DTYPES, Linear
 from ..quant import SCALED_FP8
 from ..quant.fp8 import checked_scale, is_marker
 
@@ -73,12 +73,12 @@ def assign_weights(module: nn.Module, sd: dict[str, torch.Tensor], scales: dict[
     ``sharding`` (``wan.distributed.fsdp.FsdpSharding``, the module already wrapped by it): each tensor is cut to
     this rank's shard before it is converted, so only the shard is ever copied.
     """
-    quantized = quantized or {}
+    linear_weights = {f"{n}.weight" for n, m in module.named_modules() if isinstance(m, Linear)}
+    sd, quantized = _float_layers_as_tensors(sd, quantized or {}, linear_weights if sharding is None else set())
     if sharding is not None:
         sharding.refuse_quantized(quantized)
     expected = module.state_dict()
     _check_keys(set(expected), set(sd) | {f"{name}.weight" for name in quantized}, source, what)
-    linear_weights = {f"{n}.weight" for n, m in module.named_modules() if isinstance(m, Linear)}
     weights = {}
     for key, want in expected.items():
         layer = quantized.get(key[: -len(".weight")]) if key.endswith(".weight") else None
@@ -101,6 +101,17 @@ def assign_weights(module: nn.Module, sd: dict[str, torch.Tensor], scales: dict[
             layer.scale_weight = checked_scale(scale, layer.weight.shape[0], name, source.name)
             layer.weight_format = SCALED_FP8
     check_loaded_weights(module, source.name, what)
+
+
+def _float_layers_as_tensors(sd: dict, quantized: dict, keep: set[str]) -> tuple[dict, dict]:
+    """Layers stored as plain float values (a GGUF file's F16 / F32 tensors) stay layers (cast per forward, never
+    copied) where ``keep`` holds their weight; elsewhere (a non-Linear module, FSDP shards) they are tensors."""
+    moved = {n: q for n, q in quantized.items()
+             if f"{n}.weight" not in keep and q.format is not None and q.stored.dtype in FLOAT_DTYPES}
+    if not moved:
+        return sd, quantized
+    sd = {**sd, **{f"{n}.weight": q.stored.reshape(q.shape) for n, q in moved.items()}}
+    return sd, {n: q for n, q in quantized.items() if n not in moved}
 
 
 def _set_quantized(layer: nn.Module, q) -> None:

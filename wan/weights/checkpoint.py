@@ -27,13 +27,15 @@ GGUF_SUFFIX = ".gguf"
 COMMON_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "module.", "model.")
 
 
-def read_state_dict(path: str | os.PathLike, what: str = "model file") -> dict[str, torch.Tensor]:
-    """Return every tensor of ``path`` by name. Safetensors tensors are views of the memory-mapped file."""
+def read_state_dict(path: str | os.PathLike, what: str = "model file", mapped: bool = True) -> dict[str, torch.Tensor]:
+    """Return every tensor of ``path`` by name. Safetensors tensors are views of the memory-mapped file, and so are
+    a pickle checkpoint's unless ``mapped`` is False (then each tensor is read into memory of its own; for
+    safetensors read that way see ``wan.weights.owned``)."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{what} not found: '{path}'. Check the path, or put the file in the folder the loader lists.")
     if path.is_dir():
-        return read_state_dict(find_weights_in_folder(path, what), what)
+        return read_state_dict(find_weights_in_folder(path, what), what, mapped)
     require_regular_file(path, what)
     name = path.name.lower()
     if name.endswith(INDEX_SUFFIX):
@@ -41,7 +43,7 @@ def read_state_dict(path: str | os.PathLike, what: str = "model file") -> dict[s
     if name.endswith(SAFETENSORS_SUFFIX):
         return _read_safetensors(path, what)
     if name.endswith(PICKLE_SUFFIXES):
-        return _read_pickle(path, what)
+        return _read_pickle(path, what, mapped)
     if is_gguf(path):
         raise CheckpointError(f"{what} '{path.name}' is a GGUF file, which only the DiT loaders (Load Wan DiT, "
                               f"Load Wan 2.2 MoE) and the text-encoder loader (Load Wan Text Encoder) read. Use a "
@@ -127,10 +129,10 @@ def _read_index(path: Path, what: str) -> dict[str, torch.Tensor]:
     return out
 
 
-def _read_pickle(path: Path, what: str) -> dict[str, torch.Tensor]:
+def _read_pickle(path: Path, what: str, mapped: bool = True) -> dict[str, torch.Tensor]:
     try:
         try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=mapped)
         except RuntimeError as exc:
             if "mmap" not in str(exc):  # old (non-zip) format cannot be memory-mapped
                 raise
