@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from .dit.compile import CompileOptions
 from .dit.loader import expert_source, load_dit, resolve_role
 from .dit.model import WanDiT
 from .checks import finite_number
@@ -24,6 +25,7 @@ class ExpertSet:
     high: WanDiT
     low: WanDiT | None = None
     boundary: float | None = None
+    compile: CompileOptions | None = None  # compiled transformer blocks while sampling (wan.dit.compile)
 
     def __post_init__(self):
         if self.low is None:

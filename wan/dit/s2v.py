@@ -20,6 +20,7 @@ from ..errors import CheckpointError, InputError
 from ..weights.ops import layer_norm
 from ..memory.offload import streamed
 from .config import WanDiTConfig
+from .compile import call_block
 from .model import Block, DiTState, WanDiT, patchify, sinusoid
 from .rope import position_freqs
 from .s2v_audio import CausalAudioEncoder, AudioInjector
@@ -196,7 +197,7 @@ class WanS2VDiT(WanDiT):
     def run_blocks(self, s: S2VState) -> torch.Tensor:
         x, dtype = s.x, self.compute_dtype
         for i, block in enumerate(streamed(self, x)):
-            x = block(x, s.e0, s.context, s.n_img, s.freqs, self._attn, split=s.split)
+            x = call_block(self, block, x, s.e0, s.context, s.n_img, s.freqs, self._attn, split=s.split)
             x = self.audio_injector(x, i, s.audio, s.audio_global, s.split, dtype, self._attn)
         return x[:, :s.split]
 

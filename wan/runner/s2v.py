@@ -129,6 +129,7 @@ def run_s2v(s) -> Path:
     """Image + audio -> video file with the audio muxed in (one process)."""
     from ..dit import load_dit
     from ..encoders.audio import load_audio_encoder
+    from ..experts import ExpertSet
     from ..sampling import SamplerSettings
     from ..sampling.s2v import fit_frames, generate_s2v
     from ..video import write_video
@@ -147,7 +148,7 @@ def run_s2v(s) -> Path:
     device = torch.device(s.device)
     embeds = load_audio_encoder(s.ckpt_dir / AUDIO_FOLDER, device=device).encode(audio)
     text = encode_text(files, s, device)
-    model = load_dit(files.dits[0], device=device)
+    model = ExpertSet(load_dit(files.dits[0], device=device, fp8_matmul=s.fp8_matmul), compile=s.compile)
     vae = load_vae(files, device)
     settings = SamplerSettings(steps=s.steps, shift=s.shift, solver=s.solver, cfg_high=s.guidance[0],
                                cfg_low=s.guidance[0])
