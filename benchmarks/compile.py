@@ -13,8 +13,9 @@ Per compute dtype it prints:
 then, once, the recompile count over a 20-step Wan 2.2 A14B run (both experts, tiny width) with TeaCache and a LoRA
 of a different strength on each expert: graphs compiled in the first step and after it (target 0 after it).
 
-Times are wall-clock medians of interleaved rounds; on a machine shared with other work they carry that load's
-noise (the ratio less than the absolute times).
+Times are medians of rounds (wall clock, or with ``--clock cpu --threads 1`` this process's CPU time); on a machine
+shared with other work they carry that load's noise. Eager and compiled rounds are not interleaved (the compiled
+model is lent its runner for its rounds only), so compare runs made under the same load.
 """
 from __future__ import annotations
 
@@ -53,7 +54,8 @@ def inputs(cfg: WanDiTConfig, grid: tuple[int, int, int], dtype: torch.dtype):
 
 
 @torch.no_grad()
-def measure_dtype(cfg: WanDiTConfig, grid, dtype: torch.dtype, repeats: int, options: CompileOptions) -> dict:
+def measure_dtype(cfg: WanDiTConfig, grid, dtype: torch.dtype, repeats: int, options: CompileOptions,
+                  clock: str = "wall") -> dict:
     model = build(cfg, dtype)
     x, t, ctx = inputs(cfg, grid, dtype)
     state = model.prepare(x, t, ctx[0])
@@ -73,9 +75,9 @@ def measure_dtype(cfg: WanDiTConfig, grid, dtype: torch.dtype, repeats: int, opt
         first = time.perf_counter() - start
         rss_growth = (rss_kb("VmHWM") - rss_before) / 2 ** 20
         compiled = interleaved_medians({"block": lambda: runner.call(block, state.x, *block_args), "step": step},
-                                       repeats)
+                                       repeats, clock=clock)
         failed = runner.failed if runner is not None else "compile unavailable"
-    eager = interleaved_medians({"block": eager_block, "step": step}, repeats)
+    eager = interleaved_medians({"block": eager_block, "step": step}, repeats, clock=clock)
     return {"eager": eager, "compiled": compiled, "first": first, "rss": rss_growth, "failed": failed}
 
 
@@ -138,7 +140,7 @@ def main(argv=None) -> int:
           f"{cfg.text_len} text tokens; {timing}; torch {torch.__version__}, {options}")
     dtypes = ["fp32", "bf16"] if args.dtype == "both" else [args.dtype]
     for name in dtypes:
-        r = measure_dtype(cfg, grid, DTYPES[name], args.repeats, options)
+        r = measure_dtype(cfg, grid, DTYPES[name], args.repeats, options, args.clock)
         if r["failed"]:
             print(f"  {name}: compile did not run ({r['failed']}); eager only")
         e, c = r["eager"], r["compiled"]

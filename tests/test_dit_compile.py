@@ -282,3 +282,20 @@ def test_cli_flags():
     args = build_parser().parse_args(["--demo", "--compile", "--compile_scope", "whole_model", "--fp8_matmul"])
     assert compile_settings(args) == {"compile": CompileOptions(scope="whole model"), "fp8_matmul": True}
     assert compile_settings(build_parser().parse_args(["--demo"])) == {"compile": None, "fp8_matmul": False}
+
+
+def test_s2v_blocks_compile_without_breaks(tmp_path):
+    """Wan 2.2 S2V: its blocks (segment-wise modulation) compiled one by one, the audio injector eager between them."""
+    from tiny_dit import save_safetensors, state_dict_of
+    from tiny_s2v import official_s2v, s2v_inputs
+    from wan.dit.s2v import S2VInputs
+
+    model = wan.load_dit(save_safetensors(state_dict_of(official_s2v()), tmp_path / "wan2.2_s2v_tiny.safetensors"))
+    x, ctx, ref, motion, pose, audio = s2v_inputs(frames=2, h=8, w=8, seed=6)
+    cond = S2VInputs(audio, ref, motion, pose)
+    with torch.no_grad():
+        eager = model(x, torch.tensor([500.0]), ctx, s2v=cond)
+        with compiled_models([model], EAGER, "cpu") as runner:
+            out = model(x, torch.tensor([500.0]), ctx, s2v=cond)
+    assert runner.failed is None and breaks() == {} and graphs() == 1
+    assert torch.equal(out, eager)

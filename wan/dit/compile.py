@@ -42,6 +42,7 @@ DYNAMIC = {"auto": None, "off": False, "on": True}
 SCOPES = ("blocks", "whole model")
 ATTR = "block_runner"  # the model attribute (in its __dict__) holding the runner during a run
 CXX_NAMES = ("g++", "c++", "clang++", "cl")
+OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)  # raised as it is: no fallback
 GRAPHS_PER_REGION = 64  # dynamo's limit of graphs per compiled function (its default, 8, is below the number of
 # block layouts of a GGUF K_M file, which mixes quantisation types from block to block)
 
@@ -121,8 +122,8 @@ class BlockRunner:
         if self.failed is None:
             fp8_product.kernel(x.device)  # probed eagerly: the compiled code only reads the answer
             try:
-                return compiled(target, _unviewed(x), *(_unviewed(a) for a in args), **kwargs)
-            except (torch.OutOfMemoryError, InputError):
+                return compiled(target, _graph_input(x), *(_graph_input(a) for a in args), **kwargs)
+            except (OUT_OF_MEMORY, InputError):
                 raise
             except Exception as exc:  # noqa: BLE001 - any compile failure: fall back, never stop sampling
                 self.failed = _reason(exc)
@@ -230,12 +231,16 @@ def _stack_forward(blocks: nn.ModuleList, x: torch.Tensor, *args, **kwargs) -> t
     return x
 
 
-def _unviewed(value):
-    """A view as a plain tensor on the same memory (no copy): the first block's input is a view of the token
-    projection, the next blocks' are not, and with symbolic shapes dynamo guards on the view's base."""
-    if torch.is_tensor(value) and value._is_view() and not value.requires_grad:
-        return value.detach()
-    return value
+def _graph_input(value):
+    """A tensor as the compiled graph takes it: a view as a plain tensor on the same memory (the first block's input
+    is a view of the token projection, the next blocks' are not, and with symbolic shapes dynamo guards on the view's
+    base); a complex tensor (the rotary table) as its real view [..., 2], since inductor generates no complex code
+    (``wan.dit.rope.apply_rope`` takes either). Neither copies."""
+    if not torch.is_tensor(value):
+        return value
+    if value.is_complex():
+        return torch.view_as_real(value).detach()
+    return value.detach() if value._is_view() and not value.requires_grad else value
 
 
 def _pre_hooks(block: nn.Module, x: torch.Tensor, args: tuple) -> None:
