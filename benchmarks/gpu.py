@@ -17,7 +17,11 @@ Configurations: bf16; scaled fp8 (Comfy-Org layout: fp8 weights, one float32 sca
 (files written with the community converters' layout, loaded through ``wan.load_dit``; their blocks are random valid
 data, so their output is not compared with diffusers', but one layer's dequantisation on the device is compared bit
 for bit with the ``gguf`` package's own); block streaming with half the blocks streamed from CPU memory;
-SageAttention when installed. A configuration is one entry in ``CONFIGS`` plus a weight builder in ``BUILDERS``.
+SageAttention and FlashAttention when installed (time and deviation against our bf16 sdpa run: the facts
+``CUDA_MEASURED`` in wan/dit/attention.py is filled from); compiled blocks (``wan.dit.compile``: the first step's
+time is the compile overhead); fp8 products on the scaled-fp8 weights (``wan.quant.fp8_product``; skipped below
+sm89), alone and compiled, each against its uncompiled / exact run. A configuration is one entry in ``CONFIGS`` plus
+a weight builder in ``BUILDERS``.
 """
 from __future__ import annotations
 
@@ -40,6 +44,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from wan.dit.attention import available_backends  # noqa: E402
+from wan.dit.compile import CompileOptions, compile_problem, compiled_models  # noqa: E402
+from wan.quant import fp8_product  # noqa: E402
+from wan.weights.ops import use_fp8_products  # noqa: E402
 from wan.dit.config import WanDiTConfig  # noqa: E402
 from wan.dit.model import WanDiT  # noqa: E402
 from wan.memory.place import residency  # noqa: E402
@@ -57,12 +64,18 @@ class Config:
     weights: str  # a key of BUILDERS
     attention: str = "sdpa"
     stream_half: bool = False  # offload_blocks = half the blocks
+    compile: bool = False  # compiled blocks (wan.dit.compile, default options)
+    fp8_matmul: bool = False  # fp8 products on the fp8 weights (wan.quant.fp8_product)
 
-    def skip_reason(self) -> str | None:
+    def skip_reason(self, device) -> str | None:
         if self.attention not in available_backends():
             return f"attention '{self.attention}' is not installed"
         if self.weights == "fp8_scaled" and not FP8_DTYPES:
             return "this PyTorch has no float8 dtypes"
+        if self.fp8_matmul and fp8_product.kernel(device) is None:
+            return "no fp8 product kernel on this device (CUDA needs sm89+)"
+        if self.compile and compile_problem(CompileOptions(), device) is not None:
+            return compile_problem(CompileOptions(), device)
         return None
 
 
@@ -72,6 +85,11 @@ CONFIGS = [
     Config("bf16, block streaming (half the blocks)", "bf16", stream_half=True),
     Config("fp8 scaled, block streaming (half the blocks)", "fp8_scaled", stream_half=True),
     Config("bf16, sage attention", "bf16", attention="sage"),
+    Config("bf16, flash attention", "bf16", attention="flash"),
+    Config("bf16, compiled blocks", "bf16", compile=True),
+    Config("fp8 scaled, fp8 products", "fp8_scaled", fp8_matmul=True),
+    Config("fp8 scaled, fp8 products, compiled blocks", "fp8_scaled", fp8_matmul=True, compile=True),
+    Config("bf16, sage attention, compiled blocks", "bf16", attention="sage", compile=True),
     Config("gguf Q8_0", "gguf_q8_0"),
     Config("gguf Q4_K", "gguf_q4_k"),
     Config("gguf Q4_K, block streaming (half the blocks)", "gguf_q4_k", stream_half=True),
@@ -217,8 +235,13 @@ def model_inputs(shapes: Shapes, device, dtype):
 
 
 def measure(step: Callable[[], torch.Tensor], repeats: int, device) -> tuple[float, float | None, torch.Tensor]:
-    """(median step seconds, peak GiB since the last reset, the output of the last step). One warm-up step."""
+    """(median step seconds, peak GiB since the last reset, the output of the last step). One warm-up step, whose
+    time is kept in ``LAST_FIRST_STEP`` (for compiled runs: the compile overhead)."""
+    sync(device)
+    start = time.perf_counter()
     out = step()
+    sync(device)
+    LAST_FIRST_STEP[0] = time.perf_counter() - start
     times = []
     for _ in range(repeats):
         sync(device)
@@ -228,6 +251,9 @@ def measure(step: Callable[[], torch.Tensor], repeats: int, device) -> tuple[flo
         times.append(time.perf_counter() - start)
     peak = torch.cuda.max_memory_allocated(device) / GiB if device.type == "cuda" else None
     return statistics.median(times), peak, out
+
+
+LAST_FIRST_STEP = [0.0]
 
 
 def sync(device) -> None:
@@ -246,6 +272,8 @@ def fresh(device) -> None:
 def run_ours(shapes: Shapes, sd, config: Config, device) -> tuple[Result, torch.Tensor]:
     fresh(device)
     model = build_ours(shapes, BUILDERS[config.weights](sd, device), config)
+    if config.fp8_matmul:
+        use_fp8_products(model)
     placement = ExpertPlacement([model], device, "cpu")
     x, t, ctx = model_inputs(shapes, device, torch.float32)
 
@@ -256,11 +284,17 @@ def run_ours(shapes: Shapes, sd, config: Config, device) -> tuple[Result, torch.
         return out
 
     try:
-        seconds, peak, out = measure(step, shapes.repeats, device)
+        with compiled_models([model], CompileOptions() if config.compile else None, device) as runner:
+            seconds, peak, out = measure(step, shapes.repeats, device)
         weights = residency(model).device_bytes
     finally:
         placement.release()
     result = Result(config.name, seconds, peak)
+    if config.compile:
+        failed = runner.failed if runner is not None else "unavailable"
+        result.note = (f"FAILED: compile fell back ({failed}); " if failed else "") + (
+            f"first step {LAST_FIRST_STEP[0]:.1f} s (compile)")
+        return result, out.float()
     if config.weights.startswith("gguf") and not config.stream_half:
         result.note = gguf_kernel_check(model, device)
     elif peak is not None and not config.stream_half:  # how good is the estimate block streaming's auto mode uses?
@@ -300,7 +334,7 @@ def run_all(shapes: Shapes, device) -> list[Result]:
         results.append(Result("diffusers bf16 (anchor)", note=f"skipped: diffusers not installed ({exc})"))
     resident: dict[tuple[str, str], torch.Tensor] = {}  # outputs without streaming, by (weights, attention)
     for config in CONFIGS:
-        reason = config.skip_reason()
+        reason = config.skip_reason(device)
         if reason:
             results.append(Result(config.name, note=f"skipped: {reason}"))
             continue
@@ -322,10 +356,19 @@ def _compared(result: Result, out, config: Config, anchor: Result | None, refere
         if not config.weights.startswith("gguf"):  # GGUF blocks are random data, not the anchor's weights
             notes.insert(0, f"vs diffusers {relative_error(out, reference):.1e} (max, relative)")
     key = (config.weights, config.attention)
-    if not config.stream_half:
-        resident[key] = out
+    plain = ("bf16", "sdpa")
+    if config.attention != "sdpa" and plain in resident and not config.compile:  # the facts auto needs (attention.py)
+        sdpa_out, sdpa_s = resident[plain]
+        notes.append(f"vs bf16 sdpa: time {result.step_s / sdpa_s:.2f}x, error {relative_error(out, sdpa_out):.1e}")
+    elif config.compile or config.fp8_matmul:  # the same weights and kernels, compiled or with fp8 activations
+        base = resident.get((config.weights, config.attention))
+        if base is not None:
+            notes.append(f"vs uncompiled exact run: time {result.step_s / base[1]:.2f}x, error "
+                         f"{relative_error(out, base[0]):.1e}")
+    if not config.stream_half and not config.compile and not config.fp8_matmul:
+        resident[key] = (out, result.step_s)
     elif key in resident:  # streaming moves bytes only: the output must not change at all
-        notes.append("bit-equal to resident" if torch.equal(out, resident[key]) else
+        notes.append("bit-equal to resident" if torch.equal(out, resident[key][0]) else
                      "FAILED: differs from the resident run")
     result.note = "; ".join(notes)
     return result

@@ -23,6 +23,10 @@ OFFLOAD_TOOLTIP = ("Block streaming for GPUs too small for the whole model: this
                    "have 40 blocks, 1.3B and 5B 30. Slower as N grows; the model is not copied in system memory (two "
                    "block-sized buffers are).")
 OFFLOAD_INPUT = ("INT", {"default": 0, "min": -1, "max": 64, "tooltip": OFFLOAD_TOOLTIP})
+FP8_MATMUL_INPUT = ("BOOLEAN", {"default": False, "tooltip": (
+    "fp8 files (fp8, scaled fp8, comfy_quant fp8): multiply in fp8 instead of converting each weight to bf16 first "
+    "(activations rounded to fp8 per token; error bound in the README). Faster on GPUs with fp8 units (RTX 40xx, "
+    "H100 and newer); elsewhere the normal product runs and the log says so. Off = exact.")})
 ATTENTION_TOOLTIP = ("Attention kernel. 'auto' picks the fastest exact one measured for the device and precision "
                      "(CPU bf16: 'split', otherwise 'sdpa'); 'sdpa' is PyTorch's; 'split' computes it as chunked "
                      "matrix products; 'sage' and 'flash' need the sageattention / flash-attn package and a CUDA GPU.")
@@ -54,12 +58,13 @@ class WanExpertsLoadDiT:
                 "low_noise hint in the file name, else 'single'.")}),
             "attention": (list(BACKENDS), {"default": "auto", "tooltip": ATTENTION_TOOLTIP}),
             "offload_blocks": OFFLOAD_INPUT,
+            "fp8_matmul": FP8_MATMUL_INPUT,
         }}
 
-    def load(self, model_name, dtype="default", role="auto", attention="auto", offload_blocks=0):
+    def load(self, model_name, dtype="default", role="auto", attention="auto", offload_blocks=0, fp8_matmul=False):
         path = host.model_path("diffusion_models", model_name)
         model = load_dit(path, dtype=dtype, device=host.offload_device(), role=role, attention=attention,
-                         offload_blocks=offload_blocks)
+                         offload_blocks=offload_blocks, fp8_matmul=bool(fp8_matmul))
         return (ExpertSet(model),)
 
 
@@ -86,6 +91,7 @@ class WanExpertsLoadMoE:
                 "0.900 for I2V (the official values).")}),
             "attention": (list(BACKENDS), {"default": "auto", "tooltip": ATTENTION_TOOLTIP}),
             "offload_blocks": OFFLOAD_INPUT,
+            "fp8_matmul": FP8_MATMUL_INPUT,
         }}
 
     @classmethod
@@ -93,12 +99,12 @@ class WanExpertsLoadMoE:
         return verdict(number_problem(cls, boundary=boundary))
 
     def load(self, high_noise_model, low_noise_model, dtype="default", boundary=0.0, attention="auto",
-             offload_blocks=0):
+             offload_blocks=0, fp8_matmul=False):
         high = host.model_path("diffusion_models", high_noise_model)
         low = host.model_path("diffusion_models", low_noise_model)
         experts = load_moe(high, low, dtype=dtype, device=host.offload_device(),
                            boundary="auto" if boundary == 0 else boundary, attention=attention,
-                           offload_blocks=offload_blocks)
+                           offload_blocks=offload_blocks, fp8_matmul=bool(fp8_matmul))
         log.info("Wan MoE %s: boundary %.3f (%s)", experts.variant.id if experts.variant else "?", experts.boundary,
                  "auto" if boundary == 0 else "set")
         return (experts,)

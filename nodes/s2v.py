@@ -146,7 +146,7 @@ class WanExpertsSoundToVideo:
         host.check_interrupted()
 
         def run():
-            return generate_s2v(experts.high, vae, text, ref, audio_embeds, settings, frames_per_clip=frames_per_clip,
+            return generate_s2v(experts, vae, text, ref, audio_embeds, settings, frames_per_clip=frames_per_clip,
                                 clips=n_clips, seed=seed, pose=pose, previous=previous, start_from_ref=start_from_ref,
                                 device=host.compute_device(), offload_device=host.offload_device(),
                                 callback=lambda clip: progress.update(1), interrupt=host.check_interrupted)

@@ -58,6 +58,16 @@ def test_auto_follows_the_table():
         assert torch.equal(attention.auto(q, k, v), chosen(q, k, v))
 
 
+def test_auto_on_cuda_takes_only_measured_and_installed_backends(monkeypatch):
+    assert attention.CUDA_MEASURED == {}  # filled from benchmarks/gpu.py measurements only
+    monkeypatch.setattr(attention, "CUDA_MEASURED", {torch.bfloat16: ("flash", "sage")})
+    monkeypatch.setattr(attention, "_INSTALLED", {"flash": False, "sage": True})
+    assert attention.auto_backend("cuda", torch.bfloat16) == "sage"
+    assert attention.auto_backend("cuda", torch.float16) == "sdpa"  # not measured for this dtype
+    monkeypatch.setattr(attention, "_INSTALLED", {"flash": False, "sage": False})
+    assert attention.auto_backend("cuda", torch.bfloat16) == "sdpa"
+
+
 def test_unknown_backend_names_the_choices():
     with pytest.raises(InputError, match="unknown; choose one of .*'auto'"):
         attention.get_attention("fast")

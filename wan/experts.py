@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from .dit.compile import CompileOptions
 from .dit.loader import expert_source, load_dit, resolve_role
 from .dit.model import WanDiT
 from .checks import finite_number
@@ -24,6 +25,7 @@ class ExpertSet:
     high: WanDiT
     low: WanDiT | None = None
     boundary: float | None = None
+    compile: CompileOptions | None = None  # compiled transformer blocks while sampling (wan.dit.compile)
 
     def __post_init__(self):
         if self.low is None:
@@ -109,15 +111,16 @@ def check_wan22_file(model: WanDiT, source: Path) -> None:
 
 
 def load_moe(high_path, low_path, dtype=None, device="cpu", boundary="auto", attention: str = "auto",
-             offload_blocks=0, sharding=None) -> ExpertSet:
+             offload_blocks=0, sharding=None, fp8_matmul: bool = False) -> ExpertSet:
     """Load the two Wan 2.2 A14B experts (files, or the same official folder twice) as one ExpertSet;
-    ``offload_blocks`` (block streaming) and ``sharding`` (FSDP) apply to each expert (see ``load_dit``)."""
+    ``offload_blocks`` (block streaming), ``sharding`` (FSDP) and ``fp8_matmul`` apply to each expert (see
+    ``load_dit``)."""
     sources = expert_source(Path(high_path), "high"), expert_source(Path(low_path), "low")
     check_pair_files(*sources)
     high = load_dit(high_path, dtype=dtype, device=device, role="high", attention=attention,
-                    offload_blocks=offload_blocks, sharding=sharding)
+                    offload_blocks=offload_blocks, sharding=sharding, fp8_matmul=fp8_matmul)
     low = load_dit(low_path, dtype=dtype, device=device, role="low", attention=attention,
-                   offload_blocks=offload_blocks, sharding=sharding)
+                   offload_blocks=offload_blocks, sharding=sharding, fp8_matmul=fp8_matmul)
     check_pair(high, low)
     for model, source in zip((high, low), sources):
         check_wan22_file(model, source)

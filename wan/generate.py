@@ -19,6 +19,7 @@ from pathlib import Path
 from .checks import finite_number
 from .sampling.color import COLOR_MATCH
 from .distributed.options import ParallelOptions, check_options
+from .dit.compile import add_compile_flags, compile_settings
 from .errors import InputError, WanError
 from .runner.pipeline import Settings
 from .runner.s2v import add_s2v_flags, s2v_options
@@ -81,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora_low", action="append", default=[], metavar="FILE[:STRENGTH]",
                    help="a LoRA for the low-noise expert only (Wan 2.2 A14B, e.g. the LOW file of a pair)")
     p.add_argument("--device", default="auto", help="cuda, cuda:1, cpu, or auto")
+    add_compile_flags(p)
     add_prompt_extend_flags(p)
     add_refine_flags(p)
     add_s2v_flags(p)
@@ -144,7 +146,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         extend_from=_extend_from(args, frames), extend_overlap=args.extend_overlap, color_match=args.color_match,
         ulysses_size=args.ulysses_size, cfg_parallel=args.cfg_parallel, dit_fsdp=args.dit_fsdp, t5_fsdp=args.t5_fsdp,
         loras=lora_choices({"both": args.lora, "high": args.lora_high, "low": args.lora_low}, variant.moe, args.demo),
-        s2v=s2v, **refine)
+        s2v=s2v, **compile_settings(args), **refine)
 
 
 def parse_size(size: str, task: str, variant: Variant, demo: bool = False) -> tuple[int, int]:

@@ -1,7 +1,8 @@
 """The Wan diffusion transformer.
 
 Modules: ``config`` (sizes read from the weights), ``model`` (blocks, head, ``WanDiT``), ``attention``, ``rope``,
-``islands`` (float32 layers), ``keys`` / ``gguf`` / ``loader`` (every file layout to one model). Variants add their
+``islands`` (float32 layers), ``keys`` / ``gguf`` / ``loader`` (every file layout to one model), ``compile``
+(compiled transformer blocks: ``CompileOptions`` on an ``ExpertSet``). Variants add their
 extra modules beside ``model.py`` (VACE, S2V, Animate) and reuse its blocks.
 
 May import: ``wan.weights`` (Linear, checkpoints), ``wan.quant``, ``wan.memory`` (block streaming),

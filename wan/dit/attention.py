@@ -34,19 +34,34 @@ SPLIT_SCORES_BYTES = 128 * 2**20  # the split backend holds the scores of at mos
 #   cpu float16:  self sdpa 398, split 10188; cross sdpa 95, split 1483     -> sdpa (no fast fp16 matmul here)
 #   cpu float32:  self sdpa 262, split 462;  cross sdpa 70, split 119       -> sdpa
 # Anything else (CUDA and other devices) runs ``sdpa``: PyTorch dispatches it to its own FlashAttention /
-# memory-efficient kernels there; ``flash`` (the same algorithm) and ``sage`` (8-bit quantised q kᵀ, so not exact)
-# stay explicit choices until the benchmark measures them (``--device cuda`` prints the same lines).
+# memory-efficient kernels there. ``flash`` (the same algorithm) and ``sage`` (8-bit quantised q kᵀ, so not exact)
+# are picked by ``auto`` on CUDA only through ``CUDA_MEASURED``: backends that ``benchmarks/gpu.py`` (its "attention"
+# rows: time / sdpa's and the output's deviation from sdpa's) measured faster than ``sdpa`` and within
+# ``AUTO_MAX_ERROR``, in order of preference, each used only when its package is installed. No GPU run has filled it
+# yet, so it is empty: nothing is claimed that was not measured.
 AUTO_TABLE: dict[tuple[str, torch.dtype], str] = {
     ("cpu", torch.bfloat16): "split",
     ("cpu", torch.float16): "sdpa",
     ("cpu", torch.float32): "sdpa",
 }
+CUDA_MEASURED: dict[torch.dtype, tuple[str, ...]] = {}
+AUTO_MAX_ERROR = 2e-2  # largest relative deviation (max |Δ| / max |sdpa|) a measured backend may show for auto
 AUTO_FALLBACK = "sdpa"
 
 
 def available_backends() -> list[str]:
-    return list(BUILTIN_BACKENDS) + [name for name, (mod, _) in OPTIONAL_BACKENDS.items()
-                                     if importlib.util.find_spec(mod)]
+    return list(BUILTIN_BACKENDS) + [name for name, installed in _installed().items() if installed]
+
+
+def _installed() -> dict[str, bool]:
+    """Which optional backends' packages are installed (looked up once per process)."""
+    if not _INSTALLED:
+        _INSTALLED.update({name: importlib.util.find_spec(mod) is not None
+                           for name, (mod, _) in OPTIONAL_BACKENDS.items()})
+    return _INSTALLED
+
+
+_INSTALLED: dict[str, bool] = {}
 
 
 def get_attention(name: str = "auto") -> AttentionFn:
@@ -56,7 +71,7 @@ def get_attention(name: str = "auto") -> AttentionFn:
     if name not in OPTIONAL_BACKENDS:
         raise InputError(f"attention backend '{name}' is unknown; choose one of {list(BACKENDS)}.")
     module, package = OPTIONAL_BACKENDS[name]
-    if importlib.util.find_spec(module) is None:
+    if not _installed()[name]:
         raise InputError(
             f"attention backend '{name}' needs the '{package}' package, which is not installed. "
             f"Install it with 'pip install {package}' (needs a CUDA GPU), or choose 'auto'."
@@ -65,7 +80,11 @@ def get_attention(name: str = "auto") -> AttentionFn:
 
 
 def auto_backend(device_type: str, dtype: torch.dtype) -> str:
-    """The backend ``auto`` runs for tensors of this device type and dtype (see ``AUTO_TABLE``)."""
+    """The backend ``auto`` runs for tensors of this device type and dtype (``AUTO_TABLE``; on CUDA the first
+    installed backend of ``CUDA_MEASURED``)."""
+    if device_type == "cuda":
+        installed = _installed()
+        return next((name for name in CUDA_MEASURED.get(dtype, ()) if installed.get(name)), AUTO_FALLBACK)
     return AUTO_TABLE.get((device_type, dtype), AUTO_FALLBACK)
 
 
@@ -77,7 +96,8 @@ def describe(name: str, device_type: str, dtype: torch.dtype) -> str:
 
 
 def auto(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    return _BUILTIN[auto_backend(q.device.type, q.dtype)](q, k, v)
+    name = auto_backend(q.device.type, q.dtype)
+    return _BUILTIN[name](q, k, v) if name in _BUILTIN else get_attention(name)(q, k, v)
 
 
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ from ..memory.offload import parse_offload_blocks, set_block_streaming
 from ..quant.comfy_quant import format_counts, split_quantized_layers, with_header_markers
 from ..variants import ROLES, VARIANTS, detect_variant
 from ..weights.assign import build_with_weights, compute_dtype
+from ..weights.ops import use_fp8_products
 from .attention import describe
 from .config import WanDiTConfig
 from .islands import keep_float32_islands
@@ -31,7 +32,7 @@ EXPERT_FOLDERS = {"high": "high_noise_model", "low": "low_noise_model"}
 
 
 def load_dit(path, dtype=None, device="cpu", role: str | None = None, num_heads: int | None = None,
-             attention: str = "auto", offload_blocks=0, sharding=None) -> WanDiT:
+             attention: str = "auto", offload_blocks=0, sharding=None, fp8_matmul: bool = False) -> WanDiT:
     """Load a DiT from a ``.safetensors``/``.pth`` file, a sharded index, or an official/diffusers folder.
 
     ``dtype``: compute dtype (None/"default": the file's own, bf16 for fp8 files). ``role``: "high", "low" or
@@ -39,7 +40,9 @@ def load_dit(path, dtype=None, device="cpu", role: str | None = None, num_heads:
     (``wan.memory.offload``): 0 = off, N = the last N blocks stay on the offload device and are streamed to the GPU as they
     run, "auto" (or -1) = N chosen from the free GPU memory when the model first runs. ``sharding``: a
     ``wan.distributed.fsdp.FsdpSharding`` to load only this rank's shard of every weight (FSDP; no block streaming). ``attention``: a backend of ``wan.dit.attention`` ("auto": the fastest
-    exact one for the device and dtype of each call).
+    exact one for the device and dtype of each call). ``fp8_matmul``: fp8 and scaled-fp8 Linear weights (comfy_quant
+    fp8 too) multiply fp8-quantised activations (``wan.quant.fp8_product``) where the device has a kernel, instead of
+    being dequantised; off by default (the product is then approximate, within the bound documented there).
     """
     path = Path(path)
     role = resolve_role(role, path)
@@ -69,11 +72,12 @@ def load_dit(path, dtype=None, device="cpu", role: str | None = None, num_heads:
     model.compute_dtype = compute
     model.source, model.layout = str(path), layout
     set_block_streaming(model, offload_blocks)
+    fp8_note = _fp8_products(model, fp8_matmul)
     if torch.device(device) != torch.device("cpu"):
         model.to(device)
     log.info("Loaded %s (%s, role %s) from %s [%s], compute %s, attention %s%s", variant.id, _size(config), role,
              path.name, layout, str(compute).replace("torch.", ""),
-             describe(attention, torch.device(device).type, compute), _streaming(model))
+             describe(attention, torch.device(device).type, compute), _streaming(model) + fp8_note)
     return model
 
 
@@ -130,6 +134,16 @@ def heads_from_folder(source: Path) -> int | None:
         return None
     heads = cfg.get("num_heads") or cfg.get("num_attention_heads") if isinstance(cfg, dict) else None
     return heads if isinstance(heads, int) and not isinstance(heads, bool) and heads > 0 else None
+
+
+def _fp8_products(model: WanDiT, on: bool) -> str:
+    if not on:
+        return ""
+    count = use_fp8_products(model)
+    if count == 0:
+        log.info("fp8_matmul: '%s' has no fp8 Linear weights (fp8 products apply to fp8, scaled-fp8 and comfy_quant "
+                 "fp8 files); the option does nothing", getattr(model, "source", "the model"))
+    return f", fp8 products on {count} layers"
 
 
 def _streaming(model: WanDiT) -> str:

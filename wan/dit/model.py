@@ -16,6 +16,7 @@ from ..memory.offload import streamed
 from ..weights.ops import LayerNorm, Linear, RMSNorm, layer_norm
 from ..variants import Variant
 from .attention import AttentionFn, get_attention
+from .compile import run_blocks
 from .config import WanDiTConfig
 from .rope import apply_rope, grid_freqs
 
@@ -222,9 +223,9 @@ class WanDiT(nn.Module):
 
     def run_blocks(self, s: DiTState) -> torch.Tensor:
         x, self_attn = s.x, (None if s.shard is None else s.shard.attention(self._attn))
-        for block in streamed(self, x):  # self.blocks; with block streaming (wan.memory.offload) each arrives just in time
-            x = block(x, s.e0, s.context, s.n_img, s.freqs, self._attn, self_attn)
-        return x
+        # self.blocks; with block streaming (wan.memory.offload) each arrives just in time; compiled during a run
+        # with compile options (wan.dit.compile)
+        return run_blocks(self, streamed(self, x), x, s.e0, s.context, s.n_img, s.freqs, self._attn, self_attn)
 
     def finish(self, x: torch.Tensor, s: DiTState) -> torch.Tensor:
         out = self.head(x, s.e)

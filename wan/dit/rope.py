@@ -35,7 +35,12 @@ def grid_freqs(f: int, h: int, w: int, head_dim: int, device: torch.device) -> t
 
 
 def apply_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent channel pairs of x [B, L, H, D] (in float32) and return x's dtype."""
+    """Rotate adjacent channel pairs of x [B, L, H, D] (in float32) and return x's dtype. ``freqs``: the complex
+    rotations, or in compiled code (``wan.dit.compile``) their real view [..., 2]."""
+    if torch.compiler.is_compiling():  # inductor makes no code for complex numbers: the same product in reals
+        a, b = x.float().reshape(*x.shape[:-1], -1, 2).unbind(-1)
+        c, s = (torch.view_as_real(freqs) if freqs.is_complex() else freqs).unbind(-1)
+        return torch.stack([a * c - b * s, a * s + b * c], dim=-1).flatten(-2).to(x.dtype)
     xc = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
     return torch.view_as_real(xc * freqs).flatten(-2).to(x.dtype)
 

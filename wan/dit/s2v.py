@@ -24,6 +24,7 @@ from ..errors import CheckpointError, InputError
 from ..weights.ops import layer_norm
 from ..memory.offload import streamed
 from .config import WanDiTConfig
+from .compile import call_block
 from .model import Block, DiTState, WanDiT, patchify, sinusoid
 from .rope import position_freqs
 from .s2v_audio import CausalAudioEncoder, AudioInjector
@@ -204,7 +205,7 @@ class WanS2VDiT(WanDiT):
         self_attn = None if shard is None else shard.attention(self._attn)
         split = s.split if shard is None else min(max(s.split - shard.start, 0), shard.local)  # in this slice
         for i, block in enumerate(streamed(self, x)):
-            x = block(x, s.e0, s.context, s.n_img, s.freqs, self._attn, self_attn, split=split)
+            x = call_block(self, block, x, s.e0, s.context, s.n_img, s.freqs, self._attn, self_attn, split=split)
             if shard is not None and self.audio_injector.injects_after(i):
                 x = shard.split(self.audio_injector(shard.gather(x), i, s.audio, s.audio_global, s.split, dtype,
                                                     self._attn), dim=1)

@@ -4,7 +4,8 @@ Every Linear computes with ``weight = dequantise(stored) + patches`` (see ``wan.
 stored tensor (fp8, scaled fp8, GGUF blocks, comfy_quant, ...) into a real weight of the compute dtype, one layer
 at a time, and LoRA patches (``wan.weights.patches``) are added on top. A plain float weight has no format: it is cast.
 
-Modules: ``base`` (the protocol), ``fp8`` (scaled fp8), ``nvfp4`` and ``comfy_quant`` (Comfy-Org per-layer
+Modules: ``base`` (the protocol), ``fp8`` (scaled fp8), ``fp8_product`` (fp8 weights times e4m3-rounded
+activations, ``torch._scaled_mm``, instead of dequantising), ``nvfp4`` and ``comfy_quant`` (Comfy-Org per-layer
 quantisation), ``gguf_kernels`` / ``gguf_format`` / ``gguf_file`` (GGUF blocks, dequantised by torch code),
 ``gguf_write`` (write Wan state dicts as GGUF files, for tests and benchmarks). The GGUF modules import the ``gguf``
 package and are imported only when a GGUF file is used.

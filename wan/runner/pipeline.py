@@ -62,6 +62,8 @@ class Settings:
     dit_fsdp: bool = False  # DiT weights sharded over the processes (FSDP)
     t5_fsdp: bool = False  # text-encoder weights sharded over the processes (FSDP)
     s2v: object = None  # wan.runner.s2v.S2VOptions for --task s2v-14B
+    compile: object = None  # wan.dit.compile.CompileOptions (--compile): compiled transformer blocks
+    fp8_matmul: bool = False  # --fp8_matmul: fp8 products on fp8 DiT weights
 
     @property
     def parallel(self):
@@ -227,9 +229,10 @@ def load_experts(files: ModelFiles, s: Settings, device, par=None):
     sharding = par.dit_sharding(home) if par else None
     if s.variant.moe:
         experts = load_moe(s.ckpt_dir, s.ckpt_dir, dtype=dtype, device=home, boundary=s.variant.boundary,
-                           sharding=sharding)
+                           sharding=sharding, fp8_matmul=s.fp8_matmul)
     else:
-        experts = ExpertSet(load_dit(files.dits[0], dtype=dtype, device=home, sharding=sharding))
+        experts = ExpertSet(load_dit(files.dits[0], dtype=dtype, device=home, sharding=sharding,
+                                     fp8_matmul=s.fp8_matmul))
     check_task(experts, s)
     if s.loras:
         from ..lora import apply_choices
@@ -237,7 +240,7 @@ def load_experts(files: ModelFiles, s: Settings, device, par=None):
         experts = apply_choices(experts, s.loras)
     if par:
         par.attach(experts.models)
-    return experts
+    return replace(experts, compile=s.compile)
 
 
 def check_task(experts, s: Settings) -> None:

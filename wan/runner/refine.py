@@ -62,8 +62,9 @@ def load_refiners(files, s: Settings, device, settings: SamplerSettings):
         return load_experts(files, s, device), settings, s.refine_expert
     log.info("%s: the kept steps use only the %s-noise expert; the other is not loaded", s.task, role)
     home = "cpu" if s.offload else device
-    model = load_dit(s.ckpt_dir, dtype="bf16" if device.type == "cuda" else "fp32", device=home, role=role)
-    experts = ExpertSet(model)
+    model = load_dit(s.ckpt_dir, dtype="bf16" if device.type == "cuda" else "fp32", device=home, role=role,
+                     fp8_matmul=s.fp8_matmul)
+    experts = ExpertSet(model, compile=s.compile)
     check_task(experts, s)
     experts = apply_choices(experts, [replace(c, expert="both") for c in s.loras if c.expert in ("both", role)])
     guidance = s.guidance[0] if role == "low" else s.guidance[1]

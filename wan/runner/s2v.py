@@ -138,6 +138,7 @@ def run_s2v(s) -> Path | None:
     from ..dit import load_dit
     from ..distributed.ranks import is_main, share_from_main
     from ..encoders.audio import load_audio_encoder
+    from ..experts import ExpertSet
     from ..sampling import SamplerSettings
     from ..sampling.s2v import fit_frames, generate_s2v
     from ..video import write_video
@@ -158,9 +159,11 @@ def run_s2v(s) -> Path | None:
     seed = share_from_main(s.seed)  # one noise for all ranks
     embeds = load_audio_encoder(s.ckpt_dir / AUDIO_FOLDER, device=device).encode(audio)
     text = encode_text(files, s, device, par)
-    model = load_dit(files.dits[0], device=device, sharding=par.dit_sharding(device) if par else None)
+    dit = load_dit(files.dits[0], device=device, sharding=par.dit_sharding(device) if par else None,
+                   fp8_matmul=s.fp8_matmul)
     if par:
-        par.attach([model])
+        par.attach([dit])
+    model = ExpertSet(dit, compile=s.compile)
     vae = load_vae(files, device)
     settings = SamplerSettings(steps=s.steps, shift=s.shift, solver=s.solver, cfg_high=s.guidance[0],
                                cfg_low=s.guidance[0])

@@ -15,6 +15,7 @@ from ..budget.check import check_sampling
 from ..checks import finite_number, whole_number
 from ..conditioning import ImageCond, TextEmbeds
 from ..errors import InputError
+from ..dit.compile import compiled_models
 from ..experts import ExpertSet, as_expert_set
 from ..finite import check_input, check_output
 from .interrupt import interruptible
@@ -125,7 +126,7 @@ def sample(experts: ExpertSet, latents: torch.Tensor, text: TextEmbeds, settings
     if step_cache is not None:
         step_cache.begin(timesteps=[run.schedule.timestep(i) for i in run.steps], experts=run.experts)
     try:
-        with interruptible(experts.models, interrupt):
+        with interruptible(experts.models, interrupt), compiled_models(experts.models, experts.compile, device):
             for n, i in enumerate(run.steps):
                 x = _step(run, placement, n, i, x, s, step_cache, callback)
                 if n == 0:

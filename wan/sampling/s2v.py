@@ -27,6 +27,7 @@ from ..dit.s2v import MOTION_FRAMES, S2VInputs, WanS2VDiT
 from ..encoders.audio import AudioEmbeds
 from ..encoders.audio_features import clips_for, frame_buckets
 from ..errors import InputError
+from ..experts import ExpertSet
 from .loop import SamplerSettings, StepInfo, sample
 from .noise import make_noise
 
@@ -70,7 +71,7 @@ def s2v_frames(clips: int, frames_per_clip: int, drop_first_motion: bool = True)
 
 
 @torch.no_grad()
-def generate_s2v(model: WanS2VDiT, vae, text: TextEmbeds, ref_image: torch.Tensor, audio: AudioEmbeds,
+def generate_s2v(model: WanS2VDiT | ExpertSet, vae, text: TextEmbeds, ref_image: torch.Tensor, audio: AudioEmbeds,
                  settings: SamplerSettings, *, frames_per_clip: int = 80, clips: int = 0, seed: int = 0,
                  pose: torch.Tensor | None = None, previous: torch.Tensor | None = None,
                  start_from_ref: bool = False, fps: int = 16, device=None, offload_device=None,
@@ -80,6 +81,8 @@ def generate_s2v(model: WanS2VDiT, vae, text: TextEmbeds, ref_image: torch.Tenso
 
     ``pose``: [N, 3, H', W'] in [-1, 1] (any size, resized); ``previous``: [N, 3, H, W] frames to continue from.
     ``settings``: the shared sampler's settings per clip (official: unipc, 40 steps, shift 3, guidance 4.5)."""
+    experts = model if isinstance(model, ExpertSet) else None  # a WAN_MODEL keeps its compile options
+    model = experts.high if experts is not None else model
     if not isinstance(model, WanS2VDiT):
         raise InputError(f"speech-to-video needs the Wan 2.2 S2V-14B model; got {getattr(model, 'variant', model)}")
     height, width = _check_image(ref_image)
@@ -101,7 +104,7 @@ def generate_s2v(model: WanS2VDiT, vae, text: TextEmbeds, ref_image: torch.Tenso
         cond = S2VInputs(features[..., r * frames_per_clip:(r + 1) * frames_per_clip], ref_latent, motion,
                          poses[r], drop_motion=drop)
         step_cb = None if callback is None else (lambda info, r=r: callback(S2VClip(r, n_clips, info)))
-        latents = sample(model, torch.zeros(shape), text, run, noise=make_noise(shape, seed + r), device=device,
+        latents = sample(experts or model, torch.zeros(shape), text, run, noise=make_noise(shape, seed + r), device=device,
                          offload_device=offload_device, callback=step_cb, interrupt=interrupt, s2v=cond).latents
         first = ref_latent if cond.drop_motion else motion
         video = vae.decode(vae.denormalize(torch.cat([first.to(latents), latents], dim=2)),

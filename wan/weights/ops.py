@@ -15,6 +15,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..quant import fp8_product
+from ..quant.fp8 import SCALED_FP8
+
 FP8_DTYPES = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 PASS_MACS = 32  # one elementwise pass over a weight, in multiply-adds of a matrix product (see Linear._side_path_is_cheaper)
@@ -22,6 +25,7 @@ PASS_MACS = 32  # one elementwise pass over a weight, in multiply-adds of a matr
 
 class Linear(nn.Linear):
     side_path = "auto"  # "auto" (cheaper path), "never" (always rebuild the weight) or "always" (when possible)
+    fp8_products = False  # fp8 weight x fp8 activation products (``wan.quant.fp8_product``); set by ``use_fp8_products``
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -31,6 +35,11 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = _cast(self.bias, x.dtype, x.device)
+        if self.fp8_products and self._fp8_product_applies(x):
+            y = fp8_product.fp8_linear(x, self.weight, self.scale_weight, bias)
+            for patch in self.weight_patches:
+                y = patch.add_side(y, x)
+            return y
         if self.weight_patches and self._side_path_is_cheaper(x):
             y = F.linear(x, self.dequantize(x.dtype, x.device), bias)
             for patch in self.weight_patches:
@@ -83,6 +92,12 @@ class Linear(nn.Linear):
             rebuild *= 2
         return rows * sum(costs) < rebuild
 
+    def _fp8_product_applies(self, x: torch.Tensor) -> bool:
+        """fp8 products need the fp8 values as stored (plain or scaled fp8), patches with a side form (rebuilding
+        the weight would undo the point), a half-precision input and a device kernel."""
+        return (self.weight_format in (None, SCALED_FP8) and all(p.side_cost() is not None for p in self.weight_patches)
+                and fp8_product.usable(self.weight, x))
+
     def _apply(self, fn, recurse=True):
         """Move patches with the layer (``.to(device)``, block streaming); a patch is never changed in place."""
         out = super()._apply(fn, recurse)
@@ -94,6 +109,17 @@ class Linear(nn.Linear):
         extra = f", format={self.weight_format}" if self.weight_format is not None else ""
         patches = f", patches={len(self.weight_patches)}" if self.weight_patches else ""
         return super().extra_repr() + extra + patches
+
+
+def use_fp8_products(model: nn.Module, on: bool = True) -> int:
+    """Turn fp8 products on (or off) for every Linear of ``model`` whose weight is stored as fp8 or scaled fp8
+    (comfy_quant fp8 included); returns how many layers can use them."""
+    count = 0
+    for layer in model.modules():
+        if isinstance(layer, Linear) and layer.weight.dtype in FP8_DTYPES and layer.weight_format in (None, SCALED_FP8):
+            layer.fp8_products = on
+            count += 1
+    return count
 
 
 def _cast(t: torch.Tensor | None, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:

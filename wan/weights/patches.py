@@ -8,7 +8,7 @@ moving one to another device gives a new patch.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 
@@ -53,6 +53,14 @@ class LowRank(Patch):
     up: torch.Tensor
     down: torch.Tensor
     scale: float
+    # the scale as a 0-d float32 tensor: compiled code (wan.dit.compile) reads it as an input, so experts whose LoRA
+    # scales differ, or a new strength, reuse one graph (a Python number would be a constant of the graph)
+    scale_tensor: torch.Tensor | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self):
+        if self.scale_tensor is None:
+            object.__setattr__(self, "scale_tensor", torch.tensor(float(self.scale), dtype=torch.float32,
+                                                                  device=self.up.device))
 
     def factors(self, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """``up`` [out, r] and ``down`` [r, in·kernel] as matrices in ``dtype`` on ``device``."""
@@ -61,14 +69,14 @@ class LowRank(Patch):
 
     def delta(self, shape, device) -> torch.Tensor:
         up, down = self.factors(device, torch.float32)
-        return (up @ down).mul_(self.scale).reshape(shape)
+        return (up @ down).mul_(self._scale()).reshape(shape)
 
     def apply(self, w: torch.Tensor) -> torch.Tensor:
         return w + self.delta(w.shape, w.device)
 
     def side(self, x: torch.Tensor) -> torch.Tensor:
         up, down = self.factors(x.device, x.dtype)  # the scale goes on the small factor, not on the output
-        return torch.nn.functional.linear(torch.nn.functional.linear(x, down), up * self.scale)
+        return torch.nn.functional.linear(torch.nn.functional.linear(x, down), up * self._scale(x.dtype))
 
     def side_cost(self) -> int:
         return self.down[0].numel() * self.down.shape[0] + self.up.shape[0] * self.up.shape[1]
@@ -76,7 +84,7 @@ class LowRank(Patch):
     def add_side(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The second product accumulates straight into ``y`` with the scale as its factor (one matrix product
         with accumulate: no output-sized temporary, no separate addition pass, no scaled copy of ``up``)."""
-        if y.requires_grad or not y.is_contiguous():
+        if y.requires_grad or not y.is_contiguous() or torch.compiler.is_compiling():
             return super().add_side(y, x)
         up, down = self.factors(x.device, x.dtype)
         h = torch.nn.functional.linear(x, down)
@@ -86,6 +94,10 @@ class LowRank(Patch):
     @property
     def rank(self) -> int:
         return self.down.shape[0]
+
+    def _scale(self, dtype: torch.dtype = torch.float32):
+        """The scale: the Python number eagerly, the tensor in compiled code."""
+        return self.scale_tensor.to(dtype) if torch.compiler.is_compiling() else self.scale
 
 
 @dataclass(frozen=True)
