@@ -227,6 +227,4 @@ def _rows_of(calls: list[Call]) -> slice:
 
 def _select_rows(state, rows: slice):
     """The DiT state of some rows of the batch (per-sample tensors sliced, shared tables kept)."""
-    from dataclasses import replace
-
-    return replace(state, x=state.x[rows], e=state.e[rows], e0=state.e0[rows], context=state.context[rows])
+    return state.rows(rows)
