@@ -5,6 +5,8 @@ is not on PyPI, and its module imports CUDA-only code at import time. ``Official
 ``Wan2_1_VAE.encode`` / ``decode`` (a list of videos, each through the inner ``WanVAE_`` with [mean, 1/std])."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -119,3 +121,41 @@ def decode_latent(vae, zs, ref_images=None):
             z = z[:, len(refs):, :, :]
         trimed_zs.append(z)
     return vae.decode(trimed_zs)
+
+
+@torch.no_grad()
+def generate_latents(model, vae, context, context_null, input_frames, input_masks, input_ref_images, scheduler,
+                     guide_scale=5.0, context_scale=1.0, seed=0, models=None, boundary=None, guides=None):
+    """``WanVace.generate`` from the VACE context to the sampled latent (before ``decode_latent``), on the CPU:
+    the VACE encodes, the noise of the seed over the reference and video frames, cond then uncond forward with the
+    same VACE context, guidance and the scheduler step. ``models`` / ``boundary`` / ``guides`` (low, high): the Wan
+    2.2 expert switch of the official A14B loops (``t >= boundary * 1000`` -> high), for the VACE-Fun pair."""
+    z0 = vace_encode_frames(vae, input_frames, input_ref_images, masks=input_masks)
+    m0 = vace_encode_masks(input_masks, input_ref_images)
+    z = vace_latent(z0, m0)
+
+    target_shape = list(z0[0].shape)
+    target_shape[0] = int(target_shape[0] / 2)
+    seed_g = torch.Generator(device="cpu")
+    seed_g.manual_seed(seed)
+    noise = [torch.randn(target_shape[0], target_shape[1], target_shape[2], target_shape[3], dtype=torch.float32,
+                         generator=seed_g)]
+    seq_len = math.ceil((target_shape[2] * target_shape[3]) / (2 * 2) * target_shape[1])
+
+    latents = noise
+    arg_c = {'context': context, 'seq_len': seq_len}
+    arg_null = {'context': context_null, 'seq_len': seq_len}
+    for t in scheduler.timesteps:
+        scale, net = guide_scale, model
+        if boundary is not None:
+            high = t.item() >= boundary * 1000
+            net, scale = models["high" if high else "low"], guides[1] if high else guides[0]
+        timestep = torch.stack([t])
+        noise_pred_cond = net(latents, t=timestep, vace_context=z, vace_context_scale=context_scale, **arg_c)[0]
+        noise_pred_uncond = net(latents, t=timestep, vace_context=z, vace_context_scale=context_scale,
+                                **arg_null)[0]
+        noise_pred = noise_pred_uncond + scale * (noise_pred_cond - noise_pred_uncond)
+        temp_x0 = scheduler.step(noise_pred.unsqueeze(0), t, latents[0].unsqueeze(0), return_dict=False,
+                                 generator=seed_g)[0]
+        latents = [temp_x0.squeeze(0)]
+    return latents[0]

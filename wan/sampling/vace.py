@@ -14,6 +14,8 @@ sampler drops them from the finished latent (``VaceInputs.ref_frames``).
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 
@@ -22,6 +24,8 @@ from ..dit.vace import VaceInputs
 from ..errors import InputError
 from ..latents import normalize
 from .shapes import latent_shape
+
+log = logging.getLogger("wan_experts")
 
 MASK_THRESHOLD = 0.5  # official: inactive / reactive split at mask > 0.5
 MAX_STRENGTH = 10.0
@@ -148,3 +152,46 @@ def _device(vae) -> torch.device:
 
 def _encode(vae, video: torch.Tensor, callback) -> torch.Tensor:
     return vae.encode(video) if callback is None else vae.encode(video, callback=callback)
+
+
+def check_vace_run(experts, vace: VaceInputs | None, latents: torch.Tensor) -> None:
+    """Before sampling: a VACE context goes to VACE models only and fits the latent (reference frames included);
+    a VACE model without one runs as text-to-video (logged)."""
+    models = experts.models
+    name = experts.variant.id if getattr(experts, "variant", None) else "Wan"
+    vace_models = [m for m in models if getattr(m, "vace_config", None) is not None]
+    if vace is None:
+        if vace_models:
+            log.info("Wan sampler: the VACE model got no VACE context and runs as text-to-video; connect Wan VACE "
+                     "Conditioning for reference images, a control video or a mask")
+        return
+    if not isinstance(vace, VaceInputs):
+        raise InputError(f"vace must come from Wan VACE Conditioning (WAN_VACE); got {type(vace).__name__}")
+    if len(vace_models) != len(models):
+        raise InputError(f"a VACE context was connected, but this {name} model has no VACE blocks. Load a VACE model "
+                         f"(Wan 2.1 VACE 1.3B / 14B, or both Wan 2.2 VACE-Fun A14B experts), or disconnect the VACE "
+                         f"context")
+    in_dim = vace_models[0].vace_config.in_dim
+    lat = vace.latents
+    if not torch.is_tensor(lat) or lat.dim() != 5 or lat.shape[1] != in_dim:
+        got = tuple(lat.shape) if torch.is_tensor(lat) else type(lat).__name__
+        raise InputError(f"the VACE context {got} does not fit this model ({in_dim} channels); make it with Wan VACE "
+                         f"Conditioning")
+    b, _, t, h, w = latents.shape
+    if lat.shape[0] not in (1, b) or tuple(lat.shape[2:]) != (t, h, w):
+        hint = ""
+        if tuple(lat.shape[3:]) == (h, w) and lat.shape[2] == t + vace.ref_frames:
+            hint = (f" The latent lacks the {vace.ref_frames} reference frame(s): use the latent output of Wan VACE "
+                    f"Conditioning, not an empty latent")
+        raise InputError(f"the VACE context {tuple(lat.shape)} does not fit the latent {tuple(latents.shape)}: "
+                         f"frames, height and width must match (the same width, height and frames in Wan VACE "
+                         f"Conditioning).{hint}")
+    if not bool(torch.isfinite(lat).all()):
+        raise InputError("the VACE context contains NaN or infinite values; check the inputs of Wan VACE Conditioning")
+
+
+def drop_reference_frames(latents: torch.Tensor, vace: VaceInputs | None) -> torch.Tensor:
+    """The finished latent without the reference frames in front (official ``decode_latent``)."""
+    if vace is None or not vace.ref_frames:
+        return latents
+    return latents[:, :, vace.ref_frames:]
