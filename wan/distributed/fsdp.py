@@ -63,8 +63,9 @@ class FsdpSharding:
 
 
 def dit_units(model: nn.Module) -> list[nn.Module]:
-    """Each block, each embedding and the head (the patch embedding stays with the root)."""
-    units = [*model.blocks, model.text_embedding, model.time_embedding, model.time_projection, model.head]
+    """Each block (VACE blocks too), each embedding and the head (the patch embeddings stay with the root)."""
+    units = [*model.blocks, *getattr(model, "vace_blocks", ()), model.text_embedding, model.time_embedding,
+             model.time_projection, model.head]
     return units + ([model.img_emb] if getattr(model, "img_emb", None) is not None else [])
 
 

@@ -93,12 +93,13 @@ class VaceBlock(Block):
         self.before_proj = Linear(cfg.dim, cfg.dim) if first else None
         self.after_proj = Linear(cfg.dim, cfg.dim)
 
-    def hint(self, c, x0, e0, context, n_img, freqs, attn, self_attn=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the VACE tokens after this block, its hint), both float32; ``x0`` the video tokens before block 0."""
+    def forward(self, c, e0, context, n_img, freqs, attn, self_attn=None, x0=None):
+        """(the VACE tokens after this block, its hint), both float32; ``x0`` the video tokens before block 0.
+        Called as a module (``block(...)``), so FSDP gathers its weights like any block's."""
         dtype = context.dtype
         if self.before_proj is not None:
             c = self.before_proj(c.to(dtype)).float() + x0
-        c = self.forward(c, e0, context, n_img, freqs, attn, self_attn)
+        c = super().forward(c, e0, context, n_img, freqs, attn, self_attn)
         return c, self.after_proj(c.to(dtype)).float()
 
 
@@ -147,7 +148,7 @@ class WanVaceDiT(WanDiT):
         for i, block in enumerate(streamed(self, x)):
             k = feeds.get(i)
             if k is not None:  # VACE block k only needs VACE block k - 1: run it just before its hint is used
-                c, hint = self.vace_blocks[k].hint(c, s.x, s.e0, s.context, s.n_img, s.freqs, self._attn, self_attn)
+                c, hint = self.vace_blocks[k](c, s.e0, s.context, s.n_img, s.freqs, self._attn, self_attn, x0=s.x)
             x = block(x, s.e0, s.context, s.n_img, s.freqs, self._attn, self_attn)
             if k is not None:
                 x = x + hint * s.strength
