@@ -69,6 +69,9 @@ VARIANTS: dict[str, Variant] = {
                 moe=True),
         Variant("wan22_ti2v_5b", "2.2", "ti2v", "5b", 50, 5.0, (5.0, 5.0), frames=121, fps=24, sizes=_SIZES_5B,
                 vae="2.2"),
+        # t2i-14B (official Wan 2.1 CLI): the T2V-14B model making one frame, written as an image
+        Variant("wan21_t2i_14b", "2.1", "t2v", "14b", 50, 5.0, (5.0, 5.0), frames=1,
+                sizes=_SIZES_14B + ("1024*1024",)),
         Variant("wan21_vace_1.3b", "2.1", "vace", "1.3b", 50, 16.0, (5.0, 5.0)),
         Variant("wan21_vace_14b", "2.1", "vace", "14b", 50, 16.0, (5.0, 5.0), sizes=_SIZES_14B),
         # VACE-Fun A14B (alibaba-pai): trained on the T2V-A14B experts, run with their schedule and switch point
