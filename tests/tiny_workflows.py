@@ -15,7 +15,8 @@ from wan.runner import demo
 from wan.lora.demo import write_demo_lora
 
 TINY = {"width": 64, "height": 32, "frames": 5, "steps": 3, "context_frames": 5, "context_overlap": 4,
-        "overlap_frames": 1, "strength": 0.5}  # strength: video to video runs one of the 3 steps
+        "overlap_frames": 1, "strength": 0.5,  # strength: video to video runs one of the 3 steps
+        "length": 5}  # core Image From Batch: as many control-video frames as the video has
 LONG_FRAMES = 13  # a video sampled in context windows: 4 latent frames in windows of 2
 EXTEND = "WanExpertsExtendVideo"
 FILE_INPUTS = {"model_name": "diffusion_models", "high_noise_model": "diffusion_models",
@@ -31,6 +32,8 @@ def variant_of(dit_name: str) -> str:
     name = dit_name.lower()
     if "s2v" in name:
         return "wan22_s2v_14b"
+    if "vace" in name:
+        return "wan22_vace_a14b" if "wan2.2" in name else "wan21_vace_1.3b" if "1.3b" in name else "wan21_vace_14b"
     if "ti2v" in name:
         return "wan22_ti2v_5b"
     if "flf2v" in name:
@@ -82,7 +85,8 @@ def write_models(graph: dict, models_dir: Path, tiny_models) -> None:
 
 
 def write_images(graph: dict, input_dir: Path) -> None:
-    """A random 80x48 picture for every LoadImage node of ``graph``, and a 0.5 s tone for every LoadAudio node."""
+    """A random 80x48 picture for every LoadImage node of ``graph``, a 9-frame 80x48 video for every LoadVideo node
+    and a 0.5 s tone for every LoadAudio node."""
     import wave
 
     from PIL import Image
@@ -91,6 +95,13 @@ def write_images(graph: dict, input_dir: Path) -> None:
     for i, node in enumerate(n for n in graph.values() if n["class_type"] == "LoadImage"):
         pixels = np.random.default_rng(i).integers(0, 255, (48, 80, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(input_dir / node["inputs"]["image"])
+    for i, node in enumerate(n for n in graph.values() if n["class_type"] == "LoadVideo"):  # 9 frames, 80x48
+        import torch
+
+        from wan.video import write_video
+
+        frames = np.random.default_rng(100 + i).random((9, 48, 80, 3), dtype=np.float32)
+        write_video(torch.from_numpy(frames), input_dir / node["inputs"]["file"])
     for node in (n for n in graph.values() if n["class_type"] == "LoadAudio"):
         t = np.arange(8000) / 16000
         with wave.open(str(input_dir / node["inputs"]["audio"]), "wb") as w:

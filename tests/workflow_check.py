@@ -59,8 +59,20 @@ CORE_NODES = {
     "MarkdownNote": ({"required": {"text": ("STRING", {"multiline": True})}}, ()),
     "LoadImage": ({"required": {"image": ([], {"image_upload": True})}}, ("IMAGE", "MASK")),
     "LoadAudio": ({"required": {"audio": ([], {"audio_upload": True})}}, ("AUDIO",)),
+    "LoadVideo": ({"required": {"file": ([], {"video_upload": True})}}, ("VIDEO",)),
+    "GetVideoComponents": ({"required": {"video": ("VIDEO", {})}}, ("IMAGE", "AUDIO", "FLOAT")),
+    "ImageScale": ({"required": {"image": ("IMAGE", {}),
+                                 "upscale_method": (["nearest-exact", "bilinear", "area", "bicubic", "lanczos"], {}),
+                                 "width": ("INT", {"default": 512, "min": 0, "max": 16384, "step": 1}),
+                                 "height": ("INT", {"default": 512, "min": 0, "max": 16384, "step": 1}),
+                                 "crop": (["disabled", "center"], {})}}, ("IMAGE",)),
+    "ImageFromBatch": ({"required": {"image": ("IMAGE", {}),
+                                     "batch_index": ("INT", {"default": 0, "min": 0, "max": 4095}),
+                                     "length": ("INT", {"default": 1, "min": 1, "max": 4096})}}, ("IMAGE",)),
+    "ImageToMask": ({"required": {"image": ("IMAGE", {}), "channel": (["red", "green", "blue", "alpha"], {})}},
+                    ("MASK",)),
 }
-OPEN_CORE_COMBOS = {("LoadImage", "image"), ("LoadAudio", "audio")}  # files in the user's input folder
+OPEN_CORE_COMBOS = {("LoadImage", "image"), ("LoadAudio", "audio"), ("LoadVideo", "file")}  # input folder files
 
 
 # Frontend geometry (litegraph): title bar, socket row and widget heights; min width of a node with widgets
@@ -196,7 +208,7 @@ def _check_value(slot: Slot, value, is_file: bool) -> str | None:
     if slot.type == "COMBO":
         if is_file:
             ok = isinstance(value, str) and (value.lower().endswith(WEIGHT_SUFFIXES)
-                                             or slot.input in ("image", "audio"))
+                                             or slot.input in ("image", "audio", "file"))
             return None if ok else f"{value!r} is not a file name"
         return None if value in slot.choices else f"{value!r} is not one of {list(slot.choices)}"
     if slot.type == "BOOLEAN":

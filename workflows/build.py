@@ -168,7 +168,7 @@ def _stages(spec: Spec) -> list[tuple[str, str, list[N]]]:
 
 
 def _has_image(nodes: list[N]) -> bool:
-    return any(n.type in ("LoadImage", "LoadAudio") for n in nodes)
+    return any(n.type in ("LoadImage", "LoadAudio", "LoadVideo") for n in nodes)
 
 
 def _round_up(value: float, step: int = 10) -> int:
