@@ -12,6 +12,7 @@ from ..wan.latents import denormalize, normalize
 from ..wan.sampling import SOLVERS, SamplerSettings, image_condition, latent_shape, make_noise, sample
 from ..wan.sampling.defaults import resolve_auto
 from ..wan.sampling.schedules import SCHEDULES
+from ..wan.sampling.vace import drop_reference_frames
 from . import host
 from .validation import number_problem, size_problem, verdict
 from .vae import ChunkProgress, on_compute_device
@@ -174,7 +175,10 @@ def _conditioning_inputs() -> dict:
 def _context_input() -> dict:
     return {"context": ("WAN_CONTEXT", {"tooltip": (
         "Optional context windows from Wan Context Windows: sample a video longer than the model's 81 (TI2V-5B: 121) "
-        "frames in overlapping windows.")})}
+        "frames in overlapping windows.")}),
+        "vace": ("WAN_VACE", {"tooltip": (
+            "VACE context from Wan VACE Conditioning (VACE models only); use its latent too. The reference frames "
+            "are removed from the finished latent.")})}
 
 
 class WanExpertsSamplerBasic:
@@ -204,9 +208,10 @@ class WanExpertsSamplerBasic:
         return verdict(number_problem(cls, cfg=cfg, shift=shift))
 
     def run(self, model, text, latent, seed, steps=0, cfg=0.0, shift=0.0, solver="unipc", image_cond=None,
-            step_cache=None, context=None):
+            step_cache=None, context=None, vace=None):
         return WanExpertsSampler().run(model, text, latent, seed, steps=steps, cfg_high=cfg, cfg_low=cfg, shift=shift,
-                                       solver=solver, image_cond=image_cond, step_cache=step_cache, context=context)
+                                       solver=solver, image_cond=image_cond, step_cache=step_cache, context=context,
+                                       vace=vace)
 
 
 class WanExpertsSampler:
@@ -270,7 +275,7 @@ class WanExpertsSampler:
     def run(self, model, text, latent, seed, steps=0, cfg_high=0.0, cfg_low=0.0, shift=0.0, solver="unipc",
             image_cond=None, step_cache=None, boundary=0.0, switch_step=-1, start_step=0, end_step=-1,
             add_noise=True, return_with_leftover_noise=False, denoise=1.0, schedule="official",
-            keep_both_experts_on_device=False, context=None):
+            keep_both_experts_on_device=False, context=None, vace=None):
         samples = _latent_samples(latent)
         auto = resolve_auto(model, steps, shift, cfg_high, cfg_low)
         log.info("Wan Sampler %s", auto.describe())
@@ -286,12 +291,13 @@ class WanExpertsSampler:
         result = sample(model, normalize(samples), text, settings,
                         noise=make_noise(samples.shape, seed) if add_noise else None, image_cond=image_cond,
                         step_cache=step_cache, callback=progress, device=device, offload_device=host.offload_device(),
-                        solver_state=latent.get(STATE_KEY), interrupt=host.check_interrupted)
+                        solver_state=latent.get(STATE_KEY), interrupt=host.check_interrupted, vace=vace)
         host.free_memory()
         if result.cache_report is not None:
             log.info("%s", result.cache_report.summary() if hasattr(result.cache_report, "summary")
                      else result.cache_report)
-        out = {"samples": denormalize(result.latents).cpu()}
+        latents = result.latents if result.solver_state is not None else drop_reference_frames(result.latents, vace)
+        out = {"samples": denormalize(latents).cpu()}
         if result.solver_state is not None:
             out[STATE_KEY] = result.solver_state.to("cpu")
         return (out,)

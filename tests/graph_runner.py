@@ -120,8 +120,67 @@ class GetVideoComponents:
         return parts.images, parts.audio, float(parts.frame_rate)
 
 
+class ImageScale:
+    """Stand-in for core ``ImageScale`` (Upscale Image): resize to width x height, optionally cropping the centre to
+    the target aspect first."""
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "upscale"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("IMAGE", {}), "upscale_method": (["nearest-exact", "bilinear", "area",
+                                                                          "bicubic", "lanczos"], {}),
+                             "width": ("INT", {"default": 512}), "height": ("INT", {"default": 512}),
+                             "crop": (["disabled", "center"], {})}}
+
+    def upscale(self, image, upscale_method, width, height, crop):
+        x = image.movedim(-1, 1)
+        h, w = x.shape[-2:]
+        if crop == "center" and w * height != h * width:
+            if w * height > h * width:
+                cw = round(h * width / height)
+                x = x[..., :, (w - cw) // 2:(w - cw) // 2 + cw]
+            else:
+                ch = round(w * height / width)
+                x = x[..., (h - ch) // 2:(h - ch) // 2 + ch, :]
+        mode = "bilinear" if upscale_method in ("bilinear", "lanczos") else upscale_method
+        return (torch.nn.functional.interpolate(x, size=(height, width), mode=mode).movedim(1, -1).clamp(0, 1),)
+
+
+class ImageFromBatch:
+    """Stand-in for core ``ImageFromBatch``: ``length`` images from ``batch_index``."""
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "frombatch"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("IMAGE", {}), "batch_index": ("INT", {"default": 0}),
+                             "length": ("INT", {"default": 1})}}
+
+    def frombatch(self, image, batch_index, length):
+        start = min(batch_index, image.shape[0] - 1)
+        return (image[start:start + length].clone(),)
+
+
+class ImageToMask:
+    """Stand-in for core ``ImageToMask`` (Convert Image to Mask): one channel of IMAGE -> MASK."""
+
+    RETURN_TYPES = ("MASK",)
+    FUNCTION = "image_to_mask"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("IMAGE", {}), "channel": (["red", "green", "blue", "alpha"], {})}}
+
+    def image_to_mask(self, image, channel):
+        return (image[..., ["red", "green", "blue", "alpha"].index(channel)],)
+
+
 CORE_STAND_INS = {"LoadImage": LoadImage, "LoadAudio": LoadAudio, "LoadVideo": LoadVideo,
-                  "GetVideoComponents": GetVideoComponents}
+                  "GetVideoComponents": GetVideoComponents, "ImageScale": ImageScale, "ImageFromBatch": ImageFromBatch,
+                  "ImageToMask": ImageToMask}
 
 
 def all_node_classes(pack) -> dict:

@@ -15,7 +15,8 @@ from wan.runner import demo
 from wan.lora.demo import write_demo_lora
 
 TINY = {"width": 64, "height": 32, "frames": 5, "steps": 3, "context_frames": 5, "context_overlap": 4,
-        "overlap_frames": 1, "strength": 0.5}  # strength: video to video runs one of the 3 steps
+        "overlap_frames": 1, "strength": 0.5,  # strength: video to video runs one of the 3 steps
+        "length": 5}  # core Image From Batch: as many control-video frames as the video has
 LONG_FRAMES = 13  # a video sampled in context windows: 4 latent frames in windows of 2
 EXTEND = "WanExpertsExtendVideo"
 FILE_INPUTS = {"model_name": "diffusion_models", "high_noise_model": "diffusion_models",
@@ -31,6 +32,8 @@ def variant_of(dit_name: str) -> str:
     name = dit_name.lower()
     if "s2v" in name:
         return "wan22_s2v_14b"
+    if "vace" in name:
+        return "wan22_vace_a14b" if "wan2.2" in name else "wan21_vace_1.3b" if "1.3b" in name else "wan21_vace_14b"
     if "ti2v" in name:
         return "wan22_ti2v_5b"
     if "flf2v" in name:
@@ -85,8 +88,9 @@ POSE_FRAMES = 12  # more than one tiny clip (TINY_S2V), so the pose video is cut
 
 
 def write_images(graph: dict, input_dir: Path) -> None:
-    """A random 80x48 picture for every LoadImage node of ``graph``, a 0.5 s tone for every LoadAudio node, and a
-    16 fps video of moving stick figures (a pose video) for every LoadVideo node."""
+    """A random 80x48 picture for every LoadImage node of ``graph``, a 0.5 s tone for every LoadAudio node, and for
+    every LoadVideo node a 16 fps video of moving stick figures (a pose video) in a speech-to-video graph, a random
+    9-frame 80x48 video in any other."""
     import wave
 
     from PIL import Image
@@ -95,12 +99,20 @@ def write_images(graph: dict, input_dir: Path) -> None:
     for i, node in enumerate(n for n in graph.values() if n["class_type"] == "LoadImage"):
         pixels = np.random.default_rng(i).integers(0, 255, (48, 80, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(input_dir / node["inputs"]["image"])
+    s2v = any(n["class_type"] == S2V for n in graph.values())
+    for i, node in enumerate(n for n in graph.values() if n["class_type"] == "LoadVideo" and not s2v):  # 9 x 80x48
+        import torch
+
+        from wan.video import write_video
+
+        frames = np.random.default_rng(100 + i).random((9, 48, 80, 3), dtype=np.float32)
+        write_video(torch.from_numpy(frames), input_dir / node["inputs"]["file"])
     for node in (n for n in graph.values() if n["class_type"] == "LoadAudio"):
         t = np.arange(8000) / 16000
         with wave.open(str(input_dir / node["inputs"]["audio"]), "wb") as w:
             w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
             w.writeframes((np.sin(2 * np.pi * 330 * t) * 12000).astype(np.int16).tobytes())
-    for node in (n for n in graph.values() if n["class_type"] == "LoadVideo"):
+    for node in (n for n in graph.values() if n["class_type"] == "LoadVideo" and s2v):
         write_pose_video(input_dir / node["inputs"]["file"])
 
 

@@ -63,6 +63,16 @@ CORE_NODES = {
     "LoadAudio": ({"required": {"audio": ([], {"audio_upload": True})}}, ("AUDIO",)),
     "LoadVideo": ({"required": {"file": ([], {"video_upload": True})}}, ("VIDEO",)),
     "GetVideoComponents": ({"required": {"video": ("VIDEO", {})}}, ("IMAGE", "AUDIO", "FLOAT")),
+    "ImageScale": ({"required": {"image": ("IMAGE", {}),
+                                 "upscale_method": (["nearest-exact", "bilinear", "area", "bicubic", "lanczos"], {}),
+                                 "width": ("INT", {"default": 512, "min": 0, "max": 16384, "step": 1}),
+                                 "height": ("INT", {"default": 512, "min": 0, "max": 16384, "step": 1}),
+                                 "crop": (["disabled", "center"], {})}}, ("IMAGE",)),
+    "ImageFromBatch": ({"required": {"image": ("IMAGE", {}),
+                                     "batch_index": ("INT", {"default": 0, "min": 0, "max": 4095}),
+                                     "length": ("INT", {"default": 1, "min": 1, "max": 4096})}}, ("IMAGE",)),
+    "ImageToMask": ({"required": {"image": ("IMAGE", {}), "channel": (["red", "green", "blue", "alpha"], {})}},
+                    ("MASK",)),
 }
 CORE_OUTPUT_NAMES = {"GetVideoComponents": ("images", "audio", "fps")}  # where core names outputs unlike types
 OPEN_CORE_COMBOS = {("LoadImage", "image"), ("LoadAudio", "audio"), ("LoadVideo", "file")}  # user's input folder

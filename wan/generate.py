@@ -23,6 +23,7 @@ from .dit.compile import add_compile_flags, compile_settings
 from .errors import InputError, WanError
 from .runner.pipeline import Settings
 from .runner.s2v import add_s2v_flags, s2v_options
+from .runner.vace import add_vace_flags, refuse_vace_flags, vace_options
 from .runner.tasks import run
 from .prompts.cli import add_prompt_extend_flags, prompt_extend_from_args
 from .runner.refine_flags import add_refine_flags, refine_options
@@ -31,7 +32,8 @@ from .variants import VARIANTS, Variant
 TASKS = {
     "t2v-1.3B": "wan21_t2v_1.3b", "t2v-14B": "wan21_t2v_14b", "i2v-14B": "wan21_i2v_14b",
     "flf2v-14B": "wan21_flf2v_14b", "t2v-A14B": "wan22_t2v_a14b", "i2v-A14B": "wan22_i2v_a14b",
-    "ti2v-5B": "wan22_ti2v_5b", "s2v-14B": "wan22_s2v_14b",
+    "ti2v-5B": "wan22_ti2v_5b", "s2v-14B": "wan22_s2v_14b", "t2i-14B": "wan21_t2i_14b",
+    "vace-1.3B": "wan21_vace_1.3b", "vace-14B": "wan21_vace_14b",
 }
 SOLVERS = ("unipc", "dpm++")
 EXAMPLE_PROMPT = ("Two anthropomorphic cats in comfy boxing gear and bright gloves fight intensely on a "
@@ -86,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_prompt_extend_flags(p)
     add_refine_flags(p)
     add_s2v_flags(p)
+    add_vace_flags(p)
     multi = p.add_argument_group("several processes (start with torchrun --nproc_per_node=N -m wan.generate ...)")
     multi.add_argument("--ulysses_size", type=int, default=1,
                        help="processes that split the video tokens of every DiT forward (Ulysses sequence "
@@ -116,7 +119,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     s2v = s2v_options(args, width, height) if variant.task == "s2v" else None
     if s2v is not None:
         args.frame_num = 4 * (s2v.infer_frames // 4) + 1  # the per-clip frames pass the generic check below
-    frames = args.frame_num if args.frame_num is not None else (DEMO_FRAMES if args.demo else variant.frames)
+    vace = vace_options(args) if variant.task == "vace" else refuse_vace_flags(args)
+    frames = args.frame_num if args.frame_num is not None else (
+        DEMO_FRAMES if args.demo and variant.frames > 1 else variant.frames)
+    if variant.frames == 1 and frames != 1:
+        raise InputError(f"--task {args.task} makes one image: --frame_num must be 1 (or left out)")
     if frames < 1 or (frames - 1) % 4:
         raise InputError(f"--frame_num {frames} must be 4n+1 (e.g. 81, 121): the VAE packs 4 frames per latent frame")
     steps = args.sample_steps if args.sample_steps is not None else (DEMO_STEPS if args.demo else variant.steps)
@@ -140,13 +147,13 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         shift=shift, guidance=guidance,
         solver=args.sample_solver, seed=_seed(args.base_seed), prompt=prompt,
         negative=args.neg_prompt or variant.default_negative_prompt, image=image, last_image=last_image,
-        ckpt_dir=ckpt_dir, save_file=_save_file(args.save_file, args.task, size, prompt),
+        ckpt_dir=ckpt_dir, save_file=_save_file(args.save_file, args.task, size, prompt, variant.frames == 1),
         offload=world_size() == 1 if args.offload_model is None else args.offload_model, t5_cpu=args.t5_cpu,
         cache=cache, device=_device(args.device), demo=args.demo, prompt_extend=prompt_extend_from_args(args),
         extend_from=_extend_from(args, frames), extend_overlap=args.extend_overlap, color_match=args.color_match,
         ulysses_size=args.ulysses_size, cfg_parallel=args.cfg_parallel, dit_fsdp=args.dit_fsdp, t5_fsdp=args.t5_fsdp,
         loras=lora_choices({"both": args.lora, "high": args.lora_high, "low": args.lora_low}, variant.moe, args.demo),
-        s2v=s2v, **compile_settings(args), **refine)
+        s2v=s2v, vace=vace, **compile_settings(args), **refine)
 
 
 def parse_size(size: str, task: str, variant: Variant, demo: bool = False) -> tuple[int, int]:
@@ -205,8 +212,9 @@ def _images(args, variant: Variant) -> tuple[Path | None, Path | None]:
         raise InputError(f"--task {args.task} needs a start image: pass --image path/to/image.png")
     if variant.task == "flf2v" and last is None and not args.demo and not args.refine_from:
         raise InputError(f"--task {args.task} needs an end image too: pass --last_image path/to/image.png")
-    if variant.task == "t2v" and image is not None:
-        raise InputError(f"--task {args.task} is text-to-video and takes no --image; use an i2v task")
+    if variant.task in ("t2v", "vace") and image is not None:
+        raise InputError(f"--task {args.task} takes no --image; use an i2v task" + (
+            ", or --src_ref_images for VACE reference pictures" if variant.task == "vace" else ""))
     if last is not None and variant.task != "flf2v":
         raise InputError(f"--last_image is only for flf2v-14B (first-last-frame), not {args.task}")
     for flag, path in (("--image", image), ("--last_image", last)):
@@ -252,12 +260,16 @@ def _seed(value: int) -> int:
     return random.randint(0, sys.maxsize)
 
 
-def _save_file(value: str | None, task: str, size: str, prompt: str) -> Path:
+def _save_file(value: str | None, task: str, size: str, prompt: str, image: bool = False) -> Path:
+    """--save_file (an image task writes .png; a video task .mp4 or .webm), or a name from the run."""
+    suffix = ".png" if image else ".mp4"
     if value:
         path = Path(value)
-        return path if path.suffix else path.with_suffix(".mp4")
+        if image and path.suffix and path.suffix.lower() != ".png":
+            raise InputError(f"--save_file '{value}': --task {task} makes one image, written as .png")
+        return path if path.suffix else path.with_suffix(suffix)
     words = re.sub(r"[^\w]+", "_", prompt)[:50].strip("_")
-    return Path(f"{task}_{size.replace('*', 'x')}_{words}_{time.strftime('%Y%m%d_%H%M%S')}.mp4")
+    return Path(f"{task}_{size.replace('*', 'x')}_{words}_{time.strftime('%Y%m%d_%H%M%S')}{suffix}")
 
 
 def _device(value: str) -> str:

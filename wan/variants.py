@@ -69,6 +69,14 @@ VARIANTS: dict[str, Variant] = {
                 moe=True),
         Variant("wan22_ti2v_5b", "2.2", "ti2v", "5b", 50, 5.0, (5.0, 5.0), frames=121, fps=24, sizes=_SIZES_5B,
                 vae="2.2"),
+        # t2i-14B (official Wan 2.1 CLI): the T2V-14B model making one frame, written as an image
+        Variant("wan21_t2i_14b", "2.1", "t2v", "14b", 50, 5.0, (5.0, 5.0), frames=1,
+                sizes=_SIZES_14B + ("1024*1024",)),
+        Variant("wan21_vace_1.3b", "2.1", "vace", "1.3b", 50, 16.0, (5.0, 5.0)),
+        Variant("wan21_vace_14b", "2.1", "vace", "14b", 50, 16.0, (5.0, 5.0), sizes=_SIZES_14B),
+        # VACE-Fun A14B (alibaba-pai): trained on the T2V-A14B experts, run with their schedule and switch point
+        Variant("wan22_vace_a14b", "2.2", "vace", "a14b", 40, 12.0, (3.0, 4.0), sizes=_SIZES_14B, boundary=0.875,
+                moe=True),
         Variant("wan22_s2v_14b", "2.2", "s2v", "14b", 40, 3.0, (4.5, 4.5), frames=80, sizes=_SIZES_S2V,
                 negative_prompt=S2V_NEGATIVE_PROMPT),
     )
@@ -76,7 +84,7 @@ VARIANTS: dict[str, Variant] = {
 
 
 def detect_variant(*, in_dim: int, dim: int, has_clip: bool, has_flf_pos: bool, role: str = "single",
-                   name_hint: str = "") -> Variant:
+                   name_hint: str = "", has_vace: bool = False) -> Variant:
     """The variant of a DiT from facts read off its weights (see ``wan.dit.config``).
 
     Wan 2.1 T2V-14B and a Wan 2.2 T2V-A14B expert have identical weights layouts; a high/low role or a
@@ -84,6 +92,8 @@ def detect_variant(*, in_dim: int, dim: int, has_clip: bool, has_flf_pos: bool, 
     """
     hint = name_hint.lower().replace("-", "_").replace(".", "_")
     is_22 = role in ("high", "low") or "wan2_2" in hint or "wan22" in hint
+    if has_vace:
+        return VARIANTS["wan22_vace_a14b" if is_22 else "wan21_vace_1.3b" if dim == 1536 else "wan21_vace_14b"]
     if in_dim == 48:
         base = VARIANTS["wan22_ti2v_5b"]
     elif has_flf_pos:

@@ -366,6 +366,78 @@ def s2v(pose: bool = False) -> Spec:
                                          extra), nodes)
 
 
+VACE_PROMPT = ("A girl in a bright red spring outfit plays happily with her cute green cartoon snake in a festive "
+               "courtyard hung with colourful lanterns, warm sunlight, joyful atmosphere.")
+VACE_FILES = {"wan21_vace_1.3b": ["wan2.1_vace_1.3B_fp16.safetensors"],
+              "wan21_vace_14b": ["wan2.1_vace_14B_fp16.safetensors"],
+              "wan22_vace_a14b": ["wan2.2_fun_vace_high_noise_14B_fp8_scaled.safetensors",
+                                  "wan2.2_fun_vace_low_noise_14B_fp8_scaled.safetensors"]}
+CONTROL_NOTE = (" The control video must have the video's size and frame count: Upscale Image (crop center) and Image "
+                "From Batch make it so. Make a pose, depth or edge video from any footage with the DWPose, Depth "
+                "Anything or Canny preprocessors of comfyui_controlnet_aux (or core Canny) before loading it here; "
+                "Wan VACE Conditioning can also take the preprocessor's IMAGE output directly.")
+
+
+def _video_frames(key: str, file: str, size: dict, title: str) -> list[N]:
+    """Core Load Video -> frames resized (centre crop) to the video size and cut to its frame count."""
+    return [N(f"{key}_file", "LoadVideo", {"file": file}, title=title),
+            N(f"{key}_parts", "GetVideoComponents", {}, {"video": (f"{key}_file", 0)}),
+            N(f"{key}_scaled", "ImageScale", {"upscale_method": "bicubic", "width": size["width"],
+                                               "height": size["height"], "crop": "center"},
+              {"image": (f"{key}_parts", 0)}),
+            N(key, "ImageFromBatch", {"batch_index": 0, "length": size["frames"]}, {"image": (f"{key}_scaled", 0)})]
+
+
+def vace(name: str, vid: str, mode: str, title: str) -> Spec:
+    """VACE: reference-to-video ("reference"), a control video ("control") or inpainting under a mask ("inpaint")."""
+    v, files = VARIANTS[vid], VACE_FILES[vid]
+    size = _size(vid, 0 if vid == "wan21_vace_1.3b" else 2)
+    if len(files) == 2:
+        loader = N("dit", "WanExpertsLoadMoE", {"high_noise_model": files[0], "low_noise_model": files[1]})
+    else:
+        loader = N("dit", "WanExpertsLoadDiT", {"model_name": files[0]})
+    nodes = [loader, N("t5", "WanExpertsLoadTextEncoder", {"text_encoder_name": T5_FILE}),
+             N("text", "WanExpertsTextEncode", {"positive": VACE_PROMPT, "negative": v.default_negative_prompt},
+               {"text_encoder": ("t5", 0)}),
+             N("vae", "WanExpertsLoadVAE", {"vae_name": VAE21})]
+    links = {"vae": ("vae", 0)}
+    if mode == "reference":
+        nodes.append(N("ref", "LoadImage", {"image": "reference.png"}, title="Reference image"))
+        links["reference_images"] = ("ref", 0)
+    else:
+        nodes += _video_frames("control", "control.mp4" if mode == "control" else "source.mp4", size,
+                               "Control video" if mode == "control" else "Video to edit")
+        links["control_video"] = ("control", 0)
+    if mode == "inpaint":
+        nodes += [*_video_frames("mask_frames", "mask.mp4", size, "Mask video (white = regenerate)"),
+                  N("mask", "ImageToMask", {"channel": "red"}, {"image": ("mask_frames", 0)})]
+        links["control_masks"] = ("mask", 0)
+    nodes.append(N("vace", "WanExpertsVace", size | {"batch_size": 1, "strength": 1.0}, links))
+    sampler = _sampler(vid, ("vace", 1))
+    sampler.links["vace"] = ("vace", 0)
+    nodes += [sampler, *_output(vid, f"video/Wan_vace_{mode}")]
+    file_rows = [("diffusion_models", f) for f in files] + [("text_encoders", T5_FILE), ("vae", VAE21)]
+    low_g, high_g = v.guidance
+    if v.moe:
+        settings, origin = (f"{v.steps} steps, shift {v.shift:g}, guidance {high_g:g} (high-noise expert) / "
+                            f"{low_g:g} (low-noise expert), switch at t = {v.boundary * 1000:g} (the settings of "
+                            f"the Wan 2.2 T2V-A14B experts it was trained from), {size['width']}x{size['height']}, "
+                            f"81 frames at 16 fps"), "Settings"
+    else:
+        settings, origin = (f"{v.steps} steps, shift {v.shift:g}, guidance {high_g:g}, {size['width']}x"
+                            f"{size['height']}, 81 frames at 16 fps"), "Official settings (Wan-AI generate.py)"
+    extra = {"reference": " Put the reference picture (a subject or object, ideally on white) into `ComfyUI/input/`; "
+                          "connect several pictures as one IMAGE batch for several subjects.",
+             "control": " Put the control video into `ComfyUI/input/`." + CONTROL_NOTE,
+             "inpaint": " Put the video and its mask video (white where the video is to be redone, black where it "
+                        "is kept) into `ComfyUI/input/`; both are resized and cut the same way. A single mask image "
+                        "(Load Image's MASK) works too: it applies to every frame."}[mode]
+    extra += (" Wan Sampler removes the reference frames from the finished latent by itself (no Trim Video Latent "
+              "needed).")
+    return Spec(name, title, _files_note(title, file_rows, REPACK_22 if v.moe else REPACK_21, settings, extra,
+                                         origin=origin), nodes)
+
+
 TEACACHE = N("cache", "WanExpertsTeaCache", {"threshold": 0.08, "mode": "e"})  # authors' 1.3B setting: ~2x
 MAGCACHE = N("cache", "WanExpertsMagCache", {"threshold": 0.05, "K": 2, "retention_ratio": 0.2})
 
@@ -385,4 +457,10 @@ SPECS = [
     i2v_a14b_extended(),
     a14b_distill_lora(),
     a14b_upscale_cascade(),
+    vace("wan2.1_vace_1.3B_reference_to_video", "wan21_vace_1.3b", "reference",
+         "Wan 2.1 VACE (1.3B): reference image to video"),
+    vace("wan2.1_vace_14B_control", "wan21_vace_14b", "control", "Wan 2.1 VACE (14B): control video to video"),
+    vace("wan2.1_vace_14B_inpainting", "wan21_vace_14b", "inpaint", "Wan 2.1 VACE (14B): video inpainting with a mask"),
+    vace("wan2.2_vace_fun_A14B_control", "wan22_vace_a14b", "control",
+         "Wan 2.2 VACE-Fun (A14B, two experts): control video to video"),
 ]

@@ -118,6 +118,9 @@ def estimate_sampling(experts, shape, device, step_cache: bool = False, keep_bot
     stored = experts.high.blocks[0].ffn[0].weight.dtype if len(experts.high.blocks) else dtype
     activations = (dit_activation_bytes(cfg, dtype, -(-call * per_frame // ranks), stored)
                    + b * CONTEXT_TOKENS * cfg.dim * (4 + es))
+    vace = getattr(experts.high, "vace_config", None)
+    if vace is not None:  # the VACE tokens in and out of a VACE block and its hint (float32) beside the video
+        activations += 3 * -(-call * per_frame // ranks) * cfg.dim * 4 + b * vace.in_dim * t * h * w * 4  # + context
     residuals = -(-cached * per_frame // ranks) * cfg.dim * CACHE_BYTES if step_cache else 0
     return Estimate("sampling", device, (
         ("activations", activations), ("weights", weights_to_move(experts.models, device, keep_both)),

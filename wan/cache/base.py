@@ -118,8 +118,10 @@ class StepCache:
         self._report = CacheReport(self.describe(), len(self.timesteps))
 
     def forward(self, model, x, t, context, clip_fea=None, y=None, step: int = 0, branch: str = "cond",
-                expert: str = "single") -> torch.Tensor:
-        """Run ``model`` on one call of the loop, computing its blocks or reusing a cached residual."""
+                expert: str = "single", **extra) -> torch.Tensor:
+        """Run ``model`` on one call of the loop, computing its blocks or reusing a cached residual. ``extra``: the
+        model's own inputs (the VACE context), passed to ``prepare``; the cached residual covers what the blocks do
+        with them (VACE hints included)."""
         branches = self._check_call(model, x, step, branch, expert)
         if not self._started:
             self._on_first_call(model, x, t, y)
@@ -128,7 +130,7 @@ class StepCache:
             if self._expert is not None:
                 self._on_expert_switch(step, expert)
             self._expert = expert
-        state = model.prepare(x, t, context, clip_fea, y)
+        state = model.prepare(x, t, context, clip_fea, y, **extra)
         calls = [self._call(step, b, expert, rows) for b, rows in branches]
         compute = [self._decide(state, c, self._states[c.branch]) or c.first_in_expert for c in calls]
         tokens = self._run(model, state, calls, compute)
@@ -227,6 +229,4 @@ def _rows_of(calls: list[Call]) -> slice:
 
 def _select_rows(state, rows: slice):
     """The DiT state of some rows of the batch (per-sample tensors sliced, shared tables kept)."""
-    from dataclasses import replace
-
-    return replace(state, x=state.x[rows], e=state.e[rows], e0=state.e0[rows], context=state.context[rows])
+    return state.rows(rows)

@@ -30,8 +30,12 @@ TEACACHE_NEAREST = {
     "wan22_i2v_a14b": "wan21_i2v_14b",
     "wan21_flf2v_14b": "wan21_i2v_14b",  # FLF2V is a fine-tune of the I2V-14B model
     "wan22_ti2v_5b": "wan21_t2v_1.3b",
+    "wan21_vace_1.3b": "wan21_t2v_1.3b",  # VACE models: the T2V model plus VACE blocks
+    "wan21_vace_14b": "wan21_t2v_14b",
+    "wan22_vace_a14b": "wan21_t2v_14b",
 }
-MAGCACHE_NEAREST = {"wan21_flf2v_14b": "wan21_i2v_14b"}
+MAGCACHE_NEAREST = {"wan21_flf2v_14b": "wan21_i2v_14b", "wan21_vace_1.3b": "wan21_t2v_1.3b",
+                    "wan21_vace_14b": "wan21_t2v_14b", "wan22_vace_a14b": "wan22_t2v_a14b"}
 
 
 def base_variant(key: str) -> str:

@@ -63,9 +63,10 @@ class FsdpSharding:
 
 
 def dit_units(model: nn.Module) -> list[nn.Module]:
-    """Each block, each embedding and the head (the patch embedding stays with the root); the S2V DiT's audio
-    injector too (it runs between the blocks, outside the root's ``prepare``)."""
-    units = [*model.blocks, model.text_embedding, model.time_embedding, model.time_projection, model.head]
+    """Each block (VACE blocks too), each embedding and the head (the patch embeddings stay with the root); the S2V
+    DiT's audio injector too (it runs between the blocks, outside the root's ``prepare``)."""
+    units = [*model.blocks, *getattr(model, "vace_blocks", ()), model.text_embedding, model.time_embedding,
+             model.time_projection, model.head]
     return units + [m for m in (getattr(model, "img_emb", None), getattr(model, "audio_injector", None))
                     if m is not None]
 

@@ -49,7 +49,7 @@ def _check_architecture(gguf: GGUFFile) -> None:
 
 
 def _check_kind(gguf: GGUFFile, tensors: dict) -> None:
-    if "head.modulation" not in tensors or "vace_patch_embedding.weight" in tensors:
+    if "head.modulation" not in tensors:
         raise CheckpointError(wrong_kind_message(gguf.path, "a Wan DiT (diffusion model)", tensors.keys())
                               + " GGUF files are read for diffusion models only: use that model's .safetensors file.")
     if PATCH_EMBEDDING not in tensors:

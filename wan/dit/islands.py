@@ -28,7 +28,7 @@ import torch.nn as nn
 from ..weights.ops import FLOAT_DTYPES, FP8_DTYPES, Linear
 
 FLOAT32_ISLANDS = re.compile(
-    r"^(time_embedding\.|time_projection\.|head\.|blocks\.\d+\.(modulation$|norm3\.)"
+    r"^(time_embedding\.|time_projection\.|head\.|(vace_)?blocks\.\d+\.(modulation$|norm3\.)"
     r"|img_emb\.(proj\.[04]\.|emb_pos$))"
 )
 

@@ -1,7 +1,7 @@
 """Bring every DiT checkpoint layout to the official key names.
 
 Layouts: official Wan-AI / Comfy-Org (optionally prefixed ``model.diffusion_model.``), diffusers
-``WanTransformer3DModel``, plain fp8 and Comfy "scaled fp8" (``scaled_fp8`` marker + per-layer ``scale_weight``).
+``WanTransformer3DModel`` and ``WanVACETransformer3DModel``, plain fp8 and Comfy "scaled fp8" (``scaled_fp8`` marker + per-layer ``scale_weight``).
 """
 from __future__ import annotations
 
@@ -39,9 +39,10 @@ _DIFFUSERS_BLOCK = (
     ("attn2.add_v_proj.", "cross_attn.v_img."), ("attn2.norm_added_k.", "cross_attn.norm_k_img."),
     ("norm2.", "norm3."), ("ffn.net.0.proj.", "ffn.0."), ("ffn.net.2.", "ffn.2."),
     ("scale_shift_table", "modulation"),
+    ("proj_in.", "before_proj."), ("proj_out.", "after_proj."),  # VACE blocks (WanVACETransformer3DModel)
 )
 _DIFFUSERS_IGNORED = ("norm_added_q",)
-_BLOCK = re.compile(r"^(blocks\.\d+\.)(.*)$")
+_BLOCK = re.compile(r"^((?:vace_)?blocks\.\d+\.)(.*)$")
 
 
 def is_diffusers(sd: dict) -> bool:

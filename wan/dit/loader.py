@@ -25,6 +25,7 @@ from .islands import keep_float32_islands
 from .keys import normalize_keys
 from .model import WanDiT
 from .s2v import S2VConfig, WanS2VDiT
+from .vace import VaceConfig, WanVaceDiT
 
 log = logging.getLogger("wan_experts")
 
@@ -52,20 +53,26 @@ def load_dit(path, dtype=None, device="cpu", role: str | None = None, num_heads:
     source = expert_source(path, role)
     sd, scales, quantized, layout = read_dit_weights(source)
     shapes = {**sd, **{f"{name}.weight": q.placeholder() for name, q in quantized.items()}}  # real shapes
-    if "head.modulation" not in sd or "vace_patch_embedding.weight" in sd:
+    if "head.modulation" not in sd:
         raise CheckpointError(wrong_kind_message(source, "a Wan DiT (diffusion model)", shapes.keys()))
     try:
         config = WanDiTConfig.from_state_dict(shapes, num_heads or heads_from_folder(source))
     except CheckpointError as exc:
         raise CheckpointError(f"'{source.name}': {exc}") from exc
+    vace = VaceConfig.from_state_dict(shapes, config.num_layers, source)
     variant = detect_variant(in_dim=config.in_dim, dim=config.dim, has_clip=config.has_clip,
-                             has_flf_pos=config.flf_pos_len is not None, role=role, name_hint=str(path))
+                             has_flf_pos=config.flf_pos_len is not None, role=role, name_hint=str(path),
+                             has_vace=vace is not None)
     s2v = S2VConfig.from_state_dict(shapes, config.dim, config.num_layers, source)
     if s2v is not None:  # Wan 2.2 S2V-14B: the same blocks plus audio, reference, motion and pose modules
         variant = VARIANTS["wan22_s2v_14b"]
     compute = resolve_dtype(dtype, shapes)
-    factory = (lambda: WanS2VDiT(config, s2v, variant, role, attention)) if s2v else (
-        lambda: WanDiT(config, variant, role, attention))
+    if s2v is not None:
+        factory = lambda: WanS2VDiT(config, s2v, variant, role, attention)  # noqa: E731
+    elif vace is not None:  # VACE: the same blocks plus the VACE context branch (vace_blocks)
+        factory = lambda: WanVaceDiT(config, vace, variant, role, attention)  # noqa: E731
+    else:
+        factory = lambda: WanDiT(config, variant, role, attention)  # noqa: E731
     model = build_with_weights(factory, sd, scales, compute, source, "Wan DiT", quantized, sharding=sharding)
     if sharding is None:  # FSDP manages sharded parameters itself: they stay as assigned, cast per use
         keep_float32_islands(model, sd)

@@ -5,6 +5,7 @@ modulation, norms, time embedding and head run in float32; attention and feed-fo
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -159,6 +160,11 @@ class DiTState:
     def token_mean(self, x: torch.Tensor) -> torch.Tensor:
         """Mean of a per-token tensor over the whole sequence, also when this rank holds only a slice of it."""
         return x.mean() if self.shard is None else self.shard.mean(x)
+
+    def rows(self, rows: slice) -> "DiTState":
+        """The state of some rows of the batch (per-sample tensors sliced, shared tables kept); step caches compute
+        one guidance branch of a batched call this way."""
+        return dataclasses.replace(self, x=self.x[rows], e=self.e[rows], e0=self.e0[rows], context=self.context[rows])
 
 
 class WanDiT(nn.Module):

@@ -54,16 +54,18 @@ _UNDERSCORED = ("lora_unet_", "lycoris_", "lora_transformer_")
 # every module (or bare parameter) of a Wan DiT a LoRA can target; "blocks.N" and "head" hold ``diff_m``
 _BLOCK_PART = (r"self_attn\.(q|k|v|o|norm_q|norm_k)|cross_attn\.(q|k|v|o|norm_q|norm_k|k_img|v_img|norm_k_img)"
                r"|ffn\.(0|2)|norm3|modulation")
-OFFICIAL = re.compile(rf"blocks\.\d+(\.({_BLOCK_PART}))?|head(\.head|\.modulation)?|patch_embedding"
+OFFICIAL = re.compile(rf"blocks\.\d+(\.({_BLOCK_PART}))?|vace_blocks\.\d+(\.({_BLOCK_PART}|before_proj|after_proj))?"
+                      r"|head(\.head|\.modulation)?|(vace_)?patch_embedding"
                       r"|(text_embedding|time_embedding)\.(0|2)|time_projection\.1|img_emb\.(proj\.(0|1|3|4)|emb_pos)")
-BARE_PARAMETERS = re.compile(r"blocks\.\d+\.modulation|head\.modulation|img_emb\.emb_pos")
+BARE_PARAMETERS = re.compile(r"(vace_)?blocks\.\d+\.modulation|head\.modulation|img_emb\.emb_pos")
 IMAGE_BRANCH = re.compile(r".*\.(k_img|v_img|norm_k_img)(\.|$)|img_emb\.")  # 2.1 I2V / FLF2V only
 
 # words that keep their underscores when an underscored name is read back (official, then diffusers words);
 # longer words first so that e.g. norm_k_img wins over norm_k
 _WORDS = sorted((
     "self_attn", "cross_attn", "norm_q", "norm_k", "norm_k_img", "k_img", "v_img", "patch_embedding",
-    "text_embedding", "time_embedding", "time_projection", "img_emb", "emb_pos",
+    "text_embedding", "time_embedding", "time_projection", "img_emb", "emb_pos", "vace_blocks", "before_proj",
+    "after_proj", "vace_patch_embedding",
     "to_q", "to_k", "to_v", "to_out", "add_k_proj", "add_v_proj", "norm_added_k", "norm_added_q", "proj_out",
     "condition_embedder", "text_embedder", "time_embedder", "image_embedder", "time_proj", "linear_1",
     "linear_2", "scale_shift_table", "pos_embed",

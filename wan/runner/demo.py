@@ -57,6 +57,8 @@ def tiny_dit(variant: Variant, seed: int = SEED) -> nn.Module:
     in_dim = {"ti2v": 48}.get(variant.task, 36 if variant.needs_image else 16)
     if variant.task == "s2v":
         return tiny_s2v_dit(variant, seed)
+    if variant.task == "vace":
+        return tiny_vace_dit(variant, seed)
     config = WanDiTConfig(dim=DIT_DIM, ffn_dim=DIT_FFN, num_heads=DIT_HEADS, num_layers=DIT_LAYERS, in_dim=in_dim,
                           out_dim=48 if variant.task == "ti2v" else 16, text_dim=T5_DIM,
                           clip_dim=CLIP_DIM if variant.uses_clip else None,
@@ -72,6 +74,15 @@ def tiny_s2v_dit(variant: Variant, seed: int = SEED) -> nn.Module:
     config = WanDiTConfig(dim=DIT_DIM, ffn_dim=DIT_FFN, num_heads=DIT_HEADS, num_layers=DIT_LAYERS, text_dim=T5_DIM)
     s2v = S2VConfig(audio_dim=WAV2VEC_DIM, inject_layers=tuple(range(DIT_LAYERS)))
     return _randomized(lambda: WanS2VDiT(config, s2v, variant), seed)
+
+
+def tiny_vace_dit(variant: Variant, seed: int = SEED) -> nn.Module:
+    """A random VACE DiT: a VACE block feeding each of the two blocks."""
+    from ..dit.config import WanDiTConfig
+    from ..dit.vace import VaceConfig, WanVaceDiT
+
+    config = WanDiTConfig(dim=DIT_DIM, ffn_dim=DIT_FFN, num_heads=DIT_HEADS, num_layers=DIT_LAYERS, text_dim=T5_DIM)
+    return _randomized(lambda: WanVaceDiT(config, VaceConfig(tuple(range(DIT_LAYERS))), variant), seed)
 
 
 def tiny_wav2vec2(seed: int = SEED) -> nn.Module:
@@ -269,7 +280,9 @@ def _write_dit_folder(folder: Path, variant: Variant, seed: int) -> Path:
     (folder / "config.json").write_text(json.dumps({
         "_class_name": "WanModel", "model_type": variant.task, "dim": cfg.dim, "ffn_dim": cfg.ffn_dim,
         "freq_dim": cfg.freq_dim, "in_dim": cfg.in_dim, "out_dim": cfg.out_dim, "num_heads": cfg.num_heads,
-        "num_layers": cfg.num_layers, "text_len": cfg.text_len, "eps": cfg.eps}, indent=2))
+        "num_layers": cfg.num_layers, "text_len": cfg.text_len, "eps": cfg.eps,
+        **({"vace_layers": list(model.vace_config.layers), "vace_in_dim": model.vace_config.in_dim}
+           if hasattr(model, "vace_config") else {})}, indent=2))
     return folder
 
 

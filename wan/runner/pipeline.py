@@ -64,6 +64,7 @@ class Settings:
     s2v: object = None  # wan.runner.s2v.S2VOptions for --task s2v-14B
     compile: object = None  # wan.dit.compile.CompileOptions (--compile): compiled transformer blocks
     fp8_matmul: bool = False  # --fp8_matmul: fp8 products on fp8 DiT weights
+    vace: object = None  # wan.runner.vace.VaceOptions for --task vace-1.3B / vace-14B
 
     @property
     def parallel(self):
@@ -78,7 +79,7 @@ OFFICIAL_TOKENIZER = "google/umt5-xxl"
 OFFICIAL_CLIP = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
 OFFICIAL_VAE = {"2.1": "Wan2.1_VAE.pth", "2.2": "Wan2.2_VAE.pth"}
 EXPERT_FOLDERS = ("high_noise_model", "low_noise_model")
-MODEL_IN_DIM = {"t2v": 16, "i2v": 36, "flf2v": 36, "ti2v": 48, "s2v": 16}
+MODEL_IN_DIM = {"t2v": 16, "i2v": 36, "flf2v": 36, "ti2v": 48, "s2v": 16, "vace": 16}
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,7 @@ class Sampled:
     vae: object
     device: object
     settings: Settings  # as run (with the extended prompt)
+    vace: object = None  # the VACE context (its reference frames are cut before decoding)
 
 
 def generate_video(s: Settings) -> Path | None:
@@ -127,12 +129,16 @@ def generate_video(s: Settings) -> Path | None:
     from ..latents import denormalize
     from ..video import write_video
 
+    from ..sampling.vace import drop_reference_frames
+
     sampled = sample_latents(s)
     if not is_main():
         return None
     vae = sampled.vae.to(sampled.device)
-    video = vae.decode(denormalize(sampled.result.latents))
+    video = vae.decode(denormalize(drop_reference_frames(sampled.result.latents, sampled.vace)))
     frames = ((video[0].permute(1, 2, 3, 0) + 1) / 2).clamp(0, 1)
+    if s.save_file.suffix.lower() == ".png":  # t2i-14B: one frame, an image
+        return write_png(frames[0], s.save_file)
     return write_video(frames, s.save_file, fps=s.variant.fps,
                        metadata={"comment": run_description(sampled.settings)})
 
@@ -161,11 +167,19 @@ def sample_latents(s: Settings) -> Sampled:
     text = encode_text(files, s, device, par)
     vae = load_vae(files, device)
     cond = image_conditioning(files, s, vae, images, width, height, device) if images else None
+    vace = None
+    if s.vace is not None:  # VACE: the context of the source video, masks and references
+        from ..sampling.vace import vace_latent_shape
+        from .vace import vace_conditioning
+
+        vace, frames = vace_conditioning(s, vae, width, height, device)
+        s = replace(s, frames=frames)
+        shape = vace_latent_shape(vae, width, height, frames, 1, vace.ref_frames)
     if s.offload:
         vae.to("cpu")
     experts = load_experts(files, s, device, par)
-    result = denoise(experts, s, shape, text, cond, make_noise(shape, seed), device, par)
-    return Sampled(result, vae, device, s)
+    result = denoise(experts, s, shape, text, cond, make_noise(shape, seed), device, par, vace)
+    return Sampled(result, vae, device, s, vace)
 
 
 def extended_prompt(s: Settings, images) -> str:
@@ -249,9 +263,12 @@ def check_task(experts, s: Settings) -> None:
     if cfg.in_dim != MODEL_IN_DIM[s.variant.task] or cfg.has_clip != s.variant.uses_clip:
         raise InputError(f"the model in '{s.ckpt_dir}' does not fit --task {s.task}: it takes {cfg.in_dim} input "
                          f"channels{' and CLIP features' if cfg.has_clip else ''}. Pick the task of that folder.")
+    if s.variant.task == "vace" and getattr(experts.high, "vace_config", None) is None:
+        raise InputError(f"the model in '{s.ckpt_dir}' has no VACE blocks, which --task {s.task} needs: use the "
+                         f"official Wan2.1-VACE folder (or a text-to-video task for this one)")
 
 
-def denoise(experts, s: Settings, shape, text, cond, noise, device, par=None):
+def denoise(experts, s: Settings, shape, text, cond, noise, device, par=None, vace=None):
     import torch
 
     from ..distributed.ranks import is_main
@@ -262,7 +279,8 @@ def denoise(experts, s: Settings, shape, text, cond, noise, device, par=None):
     with progress_bar(s.steps, disable=not is_main()) as bar:
         result = sample(experts, torch.zeros(shape), text, settings, noise=noise, image_cond=cond,
                         step_cache=make_step_cache(s), callback=lambda info: bar.update(1), device=device,
-                        offload_device="cpu" if offloads_dit(s) else device, cfg_parallel=par.cfg if par else None)
+                        offload_device="cpu" if offloads_dit(s) else device, cfg_parallel=par.cfg if par else None,
+                        vace=vace)
     if result.cache_report is not None:
         log.info("%s%s", result.cache_report.summary(),
                  "\n  (this process's guidance branch; the other ran in parallel)" if par and par.cfg else "")
@@ -311,6 +329,21 @@ def best_output_size(iw: int, ih: int, multiple: int, area: int) -> tuple[int, i
     w2 = int(area / h2 // multiple * multiple)
     off = lambda w, h: max(ratio / (w / h), (w / h) / ratio)  # noqa: E731
     return (w1, h1) if off(w1, h1) < off(w2, h2) else (w2, h2)
+
+
+def write_png(frame, path: Path) -> Path:
+    """One frame [H, W, 3] in 0..1 -> a PNG file (t2i-14B), written whole or not at all."""
+    import os
+
+    import torch
+    from PIL import Image
+
+    pixels = (frame.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    Image.fromarray(pixels, "RGB").save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
 
 
 def load_image(path: Path):

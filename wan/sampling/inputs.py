@@ -8,6 +8,7 @@ their velocity there is replaced by the one whose clean estimate is the known la
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -26,6 +27,7 @@ class ModelInputs:
     known: torch.Tensor | None = None  # 36-channel models: latents of the leading frames, held by ``hold``
     batch: int = 1
     branch_kwargs: dict = field(default_factory=dict)  # per guidance branch ("cond" / "uncond"): extra model inputs
+    vace: Any = None  # VACE models: the VaceInputs of the video (both branches), sliced per context window
 
     @classmethod
     def build(cls, experts: ExpertSet, text: TextEmbeds, cond: ImageCond | None, shape, device) -> "ModelInputs":
@@ -41,6 +43,13 @@ class ModelInputs:
             inputs.first_latent = _batched(first, b, device)
             inputs.token_mask = _token_mask(shape, cfg.patch_size, 0 if first is None else first.shape[2], device)
         return inputs
+
+    def model_kwargs(self, branch: str) -> dict:
+        """The model inputs besides x, t and the text of one guidance branch."""
+        kwargs = {"clip_fea": self.clip, "y": self.y, **self.branch_kwargs.get(branch, {})}
+        if self.vace is not None:
+            kwargs["vace"] = self.vace
+        return kwargs
 
     def timesteps(self, t: float) -> torch.Tensor:
         """[B] for the 2.1 / A14B models; [B, L] per token for TI2V-5B (0 on start-image tokens)."""

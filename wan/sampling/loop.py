@@ -24,6 +24,7 @@ from .placement import ExpertPlacement
 from .schedules import Schedule, make_schedule, partial_schedule
 from .solvers import SOLVERS, make_solver
 from .validate import check_sampling_inputs
+from .vace import check_vace_run
 from .windowed import plan_windows
 
 log = logging.getLogger("wan_experts")
@@ -89,7 +90,7 @@ def sample(experts: ExpertSet, latents: torch.Tensor, text: TextEmbeds, settings
            noise: torch.Tensor | None = None, image_cond: ImageCond | None = None, step_cache=None,
            callback: Callable[[StepInfo], None] | None = None, device=None, offload_device=None,
            solver_state: SolverState | None = None, cfg_parallel=None,
-           interrupt: Callable[[], None] | None = None, s2v=None) -> SampleResult:
+           interrupt: Callable[[], None] | None = None, s2v=None, vace=None) -> SampleResult:
     """Denoise ``latents`` [B, C, T, h, w] (normalised) with ``experts`` (an ExpertSet, or one WanDiT). With
     ``add_noise`` and start 0 the run starts from ``noise`` alone, like the official scripts; a later start mixes
     noise in at that step's sigma.
@@ -106,11 +107,15 @@ def sample(experts: ExpertSet, latents: torch.Tensor, text: TextEmbeds, settings
     be finite (``NonFiniteError`` names the likely cause).
 
     ``s2v`` (a ``wan.dit.s2v.S2VInputs``, S2V models): the clip's audio, reference, motion and pose conditioning;
-    the unconditional branch gets it with the audio zeroed (official)."""
+    the unconditional branch gets it with the audio zeroed (official).
+
+    ``vace`` (a ``wan.dit.vace.VaceInputs``, VACE models): the VACE context, the same for both branches (official);
+    ``latents`` then hold its reference frames in front (``wan.sampling.vace.drop_reference_frames`` cuts them from
+    the result). A VACE model without it runs as text-to-video."""
     s = settings
     experts = as_expert_set(experts)
     device = torch.device(device) if device is not None else getattr(latents, "device", torch.device("cpu"))
-    run = _plan_run(experts, latents, text, s, noise, image_cond, device)
+    run = _plan_run(experts, latents, text, s, noise, image_cond, device, vace)
     run.cfg_parallel = cfg_parallel
     if s2v is not None:
         if run.windows is not None:
@@ -159,10 +164,11 @@ class _Run:
         return range(self.start, self.end)
 
 
-def _plan_run(experts, latents, text, s: SamplerSettings, noise, image_cond, device) -> _Run:
+def _plan_run(experts, latents, text, s: SamplerSettings, noise, image_cond, device, vace=None) -> _Run:
     """Validate everything, then fix the schedule, the step range and the expert of each step."""
     _check_settings(s, experts)
     check_sampling_inputs(experts, latents, text, image_cond, needs_negative=_uses_cfg(s, experts))
+    check_vace_run(experts, vace, latents)
     if s.add_noise and (not torch.is_tensor(noise) or noise.shape != latents.shape):
         raise InputError(f"add_noise needs noise of the latent's shape {tuple(latents.shape)}")
     check_input(noise if s.add_noise else None, "noise", "make it with wan.make_noise")
@@ -172,6 +178,8 @@ def _plan_run(experts, latents, text, s: SamplerSettings, noise, image_cond, dev
         experts = dataclasses.replace(experts, boundary=s.boundary)
     plan = expert_plan(experts, schedule, range(start, end), s.switch_step)
     inputs = ModelInputs.build(experts, text, image_cond, latents.shape, device)
+    if vace is not None:
+        inputs.vace = dataclasses.replace(vace, latents=vace.latents.to(device=device, dtype=torch.float32))
     full_denoise = end < schedule.steps and not s.return_with_leftover_noise
     windows = plan_windows(s.context, experts, latents.shape, inputs, device)
     return _Run(schedule, start, end, experts, plan, inputs, make_solver(s.solver, schedule), full_denoise, windows)
@@ -214,7 +222,7 @@ def _guided(model, x, t, inputs: ModelInputs, scale: float, step_cache, step: in
     """v = v_u + g (v_c - v_u): the conditional forward first, then the unconditional one (skipped at g = 1);
     with ``cfg_parallel`` each rank runs one of them."""
     def forward(context, branch):
-        kwargs = {"clip_fea": inputs.clip, "y": inputs.y, **inputs.branch_kwargs.get(branch, {})}
+        kwargs = inputs.model_kwargs(branch)
         if step_cache is None:
             return model(x, t, context, **kwargs)
         return step_cache.forward(model, x, t, context, step=step, branch=branch, expert=expert, **kwargs)

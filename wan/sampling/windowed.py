@@ -13,6 +13,8 @@ What a window gets:
 - TI2V-5B: per-token timesteps sliced to the window (0 on the start frame's tokens, in the window holding it); with
   ``image_cond="all"`` the start latent is put in front of every other window as an extra clean frame (timestep
   0) whose prediction is dropped, since TI2V-5B imposes known frames rather than predicting them;
+- VACE models: the VACE context sliced to the window's frames, with the reference frames (in front of the video)
+  given to every window in front of its own frames; the windows are laid over the video frames only;
 - step cache: its own state (``window_cache.py``); windows must then stay in place (the static schedule).
 
 The Wan 2.2 expert of a step is chosen by the loop and shared by all windows; known leading frames are imposed or
@@ -50,19 +52,26 @@ class WindowedSampling:
         self.context, self.length, self.inputs, self.device = context, length, inputs, torch.device(device)
         self.prompts = None if context.prompts is None else context.prompts.to(self.device, torch.float32)
         self.lead = _leading_frames(inputs)
+        self.refs = inputs.vace.ref_frames if inputs.vace is not None else 0
         self._windows: dict[tuple, list[Window]] = {}
 
     def windows(self, step: int) -> list[Window]:
-        """The windows of schedule step ``step`` with their weights (computed once per distinct layout)."""
-        c = self.context
-        frames = context_windows(self.length, c.size, c.overlap, c.schedule, step)
+        """The windows of schedule step ``step`` with their weights (computed once per distinct layout). VACE
+        reference frames (in front of the video) are not part of the layout: every window gets them in front of
+        its frames, and their velocity is the mean over the windows."""
+        c, refs = self.context, self.refs
+        length = self.length - refs
+        frames = context_windows(length, c.size, c.overlap, c.schedule, step)
         key = tuple(map(tuple, frames))
         if key not in self._windows:
-            weights = blend_weights(frames, self.length, c.overlap, c.fuse)
-            self._windows[key] = [
-                Window(f, torch.tensor(f, device=self.device), w.to(self.device).view(1, 1, -1, 1, 1),
-                       None if self.prompts is None else prompt_index(f, self.length, len(self.prompts)))
-                for f, w in zip(frames, weights)]
+            weights = blend_weights(frames, length, c.overlap, c.fuse)
+            self._windows[key] = []
+            for f, w in zip(frames, weights):
+                full = list(range(refs)) + [refs + i for i in f]
+                w = torch.cat([torch.full((refs,), 1.0 / len(frames)), w.float().cpu()])
+                self._windows[key].append(Window(
+                    full, torch.tensor(full, device=self.device), w.to(self.device).view(1, 1, -1, 1, 1),
+                    None if self.prompts is None else prompt_index(f, length, len(self.prompts))))
         return self._windows[key]
 
     def prepare(self, noise: torch.Tensor | None, step_cache):
@@ -71,8 +80,9 @@ class WindowedSampling:
         if step_cache is not None and c.schedule != "static" and self.length > c.size:
             raise InputError(f"a step cache needs context windows that stay in place, but the '{c.schedule}' "
                              f"schedule moves them every step; use the 'static' schedule or disconnect the cache")
-        if noise is not None and c.freenoise:
-            noise = freenoise(noise, c.size, c.overlap)
+        if noise is not None and c.freenoise:  # over the video frames (VACE reference frames kept as they are)
+            r = self.refs
+            noise = torch.cat([noise[:, :, :r], freenoise(noise[:, :, r:], c.size, c.overlap)], dim=2)
         return noise, (WindowCaches(step_cache) if step_cache is not None else None)
 
     def velocity(self, guide: Guide, x: torch.Tensor, step: int, caches: WindowCaches | None) -> torch.Tensor:
@@ -98,8 +108,9 @@ class WindowedSampling:
             x_w = torch.cat([inp.first_latent.to(x.dtype), x_w], dim=2)
             mask = torch.cat([mask.new_zeros(mask.shape[0], extra * mask.shape[1] // len(w.frames)), mask], dim=1)
         positive = inp.positive if w.prompt is None else self.prompts[w.prompt:w.prompt + 1].expand(inp.batch, -1, -1)
+        vace = None if inp.vace is None else inp.vace.frames(w.index)
         window_inputs = dataclasses.replace(inp, positive=positive, y=y, token_mask=mask, first_latent=None,
-                                            known=None)
+                                            known=None, vace=vace)
         return x_w, window_inputs, extra
 
 

@@ -165,7 +165,6 @@ def _as_state_dict(obj, path: Path, what: str) -> dict[str, torch.Tensor]:
 # What a state dict holds, guessed from marker keys, so a loader handed the wrong file can say what it got.
 _KIND_MARKERS = (
     ("a LoRA", ("lora_up", "lora_down", "lora_A", "lora_B", ".alpha", ".diff_b", ".diff_m", ".lokr_", ".hada_")),
-    ("a Wan VACE DiT (not supported)", ("vace_patch_embedding",)),
     ("a Wan DiT (diffusion model)", ("head.modulation", "scale_shift_table", "condition_embedder.")),
     ("a Wan VAE", ("decoder.conv1.", "decoder.head.", "post_quant_conv.", "decoder.conv_in.", "decoder.up_blocks.")),
     ("a text encoder (UMT5)", ("shared.weight", "encoder.block.0.layer.0.SelfAttention", "token_embedding.weight")),
