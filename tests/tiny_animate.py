@@ -17,10 +17,13 @@ LAYERS, FACE, CLIP_TOKENS, CLIP_DIM = 10, 8, 257, 1280
 
 def official_animate(seed: int = 0, std: float = 0.1):
     model_mod = official.load("modules.animate.model_animate")
-    Generator = official.load("modules.animate.motion_encoder").Generator
-    model = model_mod.WanAnimateModel(in_dim=36, dim=DIM, ffn_dim=FFN, freq_dim=FREQ_DIM, text_dim=TEXT_DIM, out_dim=16,
-                                      num_heads=HEADS, num_layers=LAYERS, text_len=TEXT_LEN)
-    model.motion_encoder = Generator(size=FACE, style_dim=512, motion_dim=20)
+    Generator = model_mod.Generator
+    model_mod.Generator = lambda size, **kw: Generator(size=FACE, **kw)  # the 8 x 8 one, built in its place
+    try:
+        model = model_mod.WanAnimateModel(in_dim=36, dim=DIM, ffn_dim=FFN, freq_dim=FREQ_DIM, text_dim=TEXT_DIM,
+                                          out_dim=16, num_heads=HEADS, num_layers=LAYERS, text_len=TEXT_LEN)
+    finally:
+        model_mod.Generator = Generator
     randomize_(model.eval(), std=std, seed=seed)
     randomize_(model.motion_encoder, std=1.0, seed=seed + 1)  # the official init of its weights: randn
     return model
