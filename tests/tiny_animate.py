@@ -15,13 +15,13 @@ from tiny_dit import DIM, FFN, FREQ_DIM, HEADS, TEXT_DIM, TEXT_LEN
 LAYERS, FACE, CLIP_TOKENS, CLIP_DIM = 10, 8, 257, 1280
 
 
-def official_animate(seed: int = 0, std: float = 0.1):
+def official_animate(seed: int = 0, std: float = 0.1, layers: int = LAYERS, face: int = FACE):
     model_mod = official.load("modules.animate.model_animate")
     Generator = model_mod.Generator
-    model_mod.Generator = lambda size, **kw: Generator(size=FACE, **kw)  # the 8 x 8 one, built in its place
+    model_mod.Generator = lambda size, **kw: Generator(size=face, **kw)  # a small one, built in its place
     try:
         model = model_mod.WanAnimateModel(in_dim=36, dim=DIM, ffn_dim=FFN, freq_dim=FREQ_DIM, text_dim=TEXT_DIM,
-                                          out_dim=16, num_heads=HEADS, num_layers=LAYERS, text_len=TEXT_LEN)
+                                          out_dim=16, num_heads=HEADS, num_layers=layers, text_len=TEXT_LEN)
     finally:
         model_mod.Generator = Generator
     randomize_(model.eval(), std=std, seed=seed)
