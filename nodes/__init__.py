@@ -2,9 +2,9 @@
 
 Each module lists its nodes in ``NODES`` (id -> class); display names come from each class's ``DISPLAY_NAME``.
 """
-from . import bridge, cache, dit, encoders, long_video, lora, prompts, refine, s2v, sampling, vae, video
+from . import animate, bridge, cache, dit, encoders, long_video, lora, prompts, refine, s2v, sampling, vae, video
 
-_MODULES = (dit, lora, encoders, bridge, vae, sampling, cache, video, prompts, long_video, refine, s2v)
+_MODULES = (dit, lora, encoders, bridge, vae, sampling, cache, video, prompts, long_video, refine, s2v, animate)
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
 for _module in _MODULES:

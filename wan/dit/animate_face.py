@@ -40,7 +40,7 @@ class FaceEncoder(nn.Module):
         self.conv2 = CausalConv1d(hidden, hidden, stride=2)
         self.conv3 = CausalConv1d(hidden, hidden, stride=2)
         self.out_proj = Linear(hidden, dim)
-        self.padding_tokens = nn.Parameter(torch.empty(1, 1, 1, dim))
+        self.padding_tokens = nn.Parameter(torch.zeros(1, 1, 1, dim))
 
     def forward(self, motion: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """motion [B, T, in_dim] -> face tokens [B, T', heads + 1, dim] (compute dtype)."""

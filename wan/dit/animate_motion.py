@@ -38,8 +38,8 @@ class Blur(nn.Module):
 class EqualConv2d(nn.Module):
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1, padding: int = 0, bias: bool = False):
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(c_out, c_in, kernel, kernel))
-        self.bias = nn.Parameter(torch.empty(c_out)) if bias else None
+        self.weight = nn.Parameter(torch.randn(c_out, c_in, kernel, kernel))  # official init
+        self.bias = nn.Parameter(torch.zeros(c_out)) if bias else None
         self.scale, self.stride, self.padding = 1 / math.sqrt(c_in * kernel * kernel), stride, padding
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -53,7 +53,7 @@ class BiasLeakyReLU(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.bias = nn.Parameter(torch.empty(1, channels, 1, 1))
+        self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.leaky_relu(x + self.bias.to(x.dtype), LEAK) * GAIN
@@ -116,7 +116,7 @@ class Encoder(nn.Module):
 class Direction(nn.Module):
     def __init__(self, out_dim: int, motion_dim: int):
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(out_dim, motion_dim))
+        self.weight = nn.Parameter(torch.randn(out_dim, motion_dim))
 
 
 class Synthesis(nn.Module):

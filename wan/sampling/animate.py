@@ -178,6 +178,23 @@ def _previous_tail(previous, refert_num: int, height: int, width: int) -> torch.
     return previous[-refert_num:].transpose(0, 1).float()
 
 
+def letterbox(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """[3, h, w] in [-1, 1] -> [3, height, width]: scaled to fit (bilinear) and centred on black, as the official
+    ``padding_resize`` fits the reference image to the pose video's size."""
+    h, w = image.shape[1:]
+    if (h, w) == (height, width):
+        return image.float()
+    if h / w > height / width:
+        size = (height, int(height / h * w))
+    else:
+        size = (int(width / w * h), width)
+    scaled = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False)[0]
+    out = torch.full((3, height, width), -1.0)
+    top, left = (height - size[0]) // 2, (width - size[1]) // 2
+    out[:, top:top + size[0], left:left + size[1]] = scaled
+    return out
+
+
 def check_source(source: AnimateSource, face_size: int) -> tuple[int, int]:
     """Every driving input in shape and length, before any model runs; returns (H, W)."""
     if not isinstance(source, AnimateSource):
