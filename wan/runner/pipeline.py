@@ -62,6 +62,7 @@ class Settings:
     dit_fsdp: bool = False  # DiT weights sharded over the processes (FSDP)
     t5_fsdp: bool = False  # text-encoder weights sharded over the processes (FSDP)
     s2v: object = None  # wan.runner.s2v.S2VOptions for --task s2v-14B
+    animate: object = None  # wan.runner.animate.AnimateOptions for --task animate-14B
 
     @property
     def parallel(self):
@@ -76,7 +77,7 @@ OFFICIAL_TOKENIZER = "google/umt5-xxl"
 OFFICIAL_CLIP = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
 OFFICIAL_VAE = {"2.1": "Wan2.1_VAE.pth", "2.2": "Wan2.2_VAE.pth"}
 EXPERT_FOLDERS = ("high_noise_model", "low_noise_model")
-MODEL_IN_DIM = {"t2v": 16, "i2v": 36, "flf2v": 36, "ti2v": 48, "s2v": 16}
+MODEL_IN_DIM = {"t2v": 16, "i2v": 36, "flf2v": 36, "ti2v": 48, "s2v": 16, "animate": 36}
 
 
 @dataclass(frozen=True)
