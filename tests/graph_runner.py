@@ -7,7 +7,8 @@ runs: the widget values of the inputs it names, None for a linked one; anything 
 runs nodes in dependency order inside ``torch.inference_mode()``, calls
 ``getattr(cls(), cls.FUNCTION)(**inputs)``, fills hidden inputs (``PROMPT`` = the graph, ``EXTRA_PNGINFO`` =
 ``{"workflow": ...}``, ``UNIQUE_ID`` = the node id), and takes a returned ``{"ui": ..., "result": ...}`` dict
-apart. Core nodes the example workflows use on purpose (``LoadImage``, ``LoadAudio``) get minimal stand-ins here.
+apart. Core nodes the example workflows use on purpose (``LoadImage``, ``LoadAudio``, ``LoadVideo``,
+``GetVideoComponents``, ``ImageToMask``) get minimal stand-ins here.
 """
 from __future__ import annotations
 
@@ -70,7 +71,52 @@ class LoadAudio:
         return (load_audio(LoadImage.input_dir / audio),)
 
 
-CORE_STAND_INS = {"LoadImage": LoadImage, "LoadAudio": LoadAudio}
+class LoadVideo:
+    """Stand-in for core ComfyUI ``LoadVideo``: a video file from the input folder -> VIDEO (here: its path)."""
+
+    RETURN_TYPES = ("VIDEO",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"file": ([], {"video_upload": True})}}
+
+    def load(self, file):
+        return (LoadImage.input_dir / file,)
+
+
+class GetVideoComponents:
+    """Stand-in for core ComfyUI ``GetVideoComponents``: VIDEO -> frames IMAGE [N, H, W, 3], AUDIO (none), fps."""
+
+    RETURN_TYPES = ("IMAGE", "AUDIO", "FLOAT")
+    FUNCTION = "get_components"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"video": ("VIDEO", {})}}
+
+    def get_components(self, video):
+        from wan.video import read_video
+
+        return read_video(video), None, 30.0
+
+
+class ImageToMask:
+    """Stand-in for core ComfyUI ``ImageToMask``: one channel of IMAGE -> MASK [N, H, W]."""
+
+    RETURN_TYPES = ("MASK",)
+    FUNCTION = "image_to_mask"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("IMAGE", {}), "channel": (["red", "green", "blue", "alpha"], {})}}
+
+    def image_to_mask(self, image, channel):
+        return (image[..., ["red", "green", "blue", "alpha"].index(channel)],)
+
+
+CORE_STAND_INS = {"LoadImage": LoadImage, "LoadAudio": LoadAudio, "LoadVideo": LoadVideo,
+                  "GetVideoComponents": GetVideoComponents, "ImageToMask": ImageToMask}
 
 
 def all_node_classes(pack) -> dict:

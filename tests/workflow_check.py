@@ -59,8 +59,12 @@ CORE_NODES = {
     "MarkdownNote": ({"required": {"text": ("STRING", {"multiline": True})}}, ()),
     "LoadImage": ({"required": {"image": ([], {"image_upload": True})}}, ("IMAGE", "MASK")),
     "LoadAudio": ({"required": {"audio": ([], {"audio_upload": True})}}, ("AUDIO",)),
+    "LoadVideo": ({"required": {"file": ([], {"video_upload": True})}}, ("VIDEO",)),
+    "GetVideoComponents": ({"required": {"video": ("VIDEO", {})}}, ("IMAGE", "AUDIO", "FLOAT")),
+    "ImageToMask": ({"required": {"image": ("IMAGE", {}), "channel": (["red", "green", "blue", "alpha"], {})}},
+                    ("MASK",)),
 }
-OPEN_CORE_COMBOS = {("LoadImage", "image"), ("LoadAudio", "audio")}  # files in the user's input folder
+OPEN_CORE_COMBOS = {("LoadImage", "image"), ("LoadAudio", "audio"), ("LoadVideo", "file")}  # files in the user's input folder
 
 
 # Frontend geometry (litegraph): title bar, socket row and widget heights; min width of a node with widgets
@@ -196,7 +200,7 @@ def _check_value(slot: Slot, value, is_file: bool) -> str | None:
     if slot.type == "COMBO":
         if is_file:
             ok = isinstance(value, str) and (value.lower().endswith(WEIGHT_SUFFIXES)
-                                             or slot.input in ("image", "audio"))
+                                             or slot.input in ("image", "audio", "file"))
             return None if ok else f"{value!r} is not a file name"
         return None if value in slot.choices else f"{value!r} is not one of {list(slot.choices)}"
     if slot.type == "BOOLEAN":

@@ -34,7 +34,8 @@ STAGES = (  # (group title, colour, node types); nodes of other types go with th
     ("Prompt", "#8a8a3f", ("WanExpertsTextEncode", "WanExpertsConditioningFromCore")),
     ("Image and latent", "#3f8a6b", ()),
     ("Sampling", "#8a5a3f", ("WanExpertsTeaCache", "WanExpertsMagCache", "WanExpertsContextWindows",
-                             "WanExpertsSamplerBasic", "WanExpertsSampler", "WanExpertsSoundToVideo")),
+                             "WanExpertsSamplerBasic", "WanExpertsSampler", "WanExpertsSoundToVideo",
+                             "WanExpertsAnimate")),
     ("Output", "#6b3f8a", ("WanExpertsVAEDecode", "WanExpertsExtendVideo", "WanExpertsSaveVideo",
                            "WanExpertsCreateVideo")),
 )
@@ -168,7 +169,7 @@ def _stages(spec: Spec) -> list[tuple[str, str, list[N]]]:
 
 
 def _has_image(nodes: list[N]) -> bool:
-    return any(n.type in ("LoadImage", "LoadAudio") for n in nodes)
+    return any(n.type in ("LoadImage", "LoadAudio", "LoadVideo") for n in nodes)
 
 
 def _round_up(value: float, step: int = 10) -> int:
