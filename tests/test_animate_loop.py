@@ -5,9 +5,9 @@ Both sides share the tiny random-weight official ``WanAnimateModel`` (ours loads
 ``wan.load_dit``) and the stand-in autoencoder of ``standin_vae`` (Wan 2.1 VAE shapes). The official generate runs
 in float32: its module sees ``torch`` with ``bfloat16`` standing for float32 and ``autocast`` a no-op (it casts every
 input to bf16 for the GPU), so the loop's logic is compared, not bf16 rounding. Stand-ins for what it imports but
-this path does not use: cv2 / decord (the driving frames are handed to it as the official ``prepare_source`` returns
-them; the reference image is already at the video size, which ``padding_resize`` leaves as it is), peft, the T5 and
-CLIP modules (the text embeddings and CLIP features are given). Compared: every latent the official loop decodes
+this path does not use: decord (the driving frames are handed to it as the official ``prepare_source`` returns
+them; in the test of the driving folder a PyAV reader stands in for decord's), peft, the T5 and CLIP modules (the
+text embeddings and CLIP features are given). OpenCV is the real one (test requirement). Compared: every latent the official loop decodes
 and the final video. Tolerance: ``tiny_dit.assert_close`` (1e-4 relative)."""
 from __future__ import annotations
 
@@ -47,15 +47,15 @@ def _official_module():
     """``animate.py`` of the official code, loaded beside stand-ins for its module-level imports; the stand-ins
     (and the names put on the official ``modules.animate`` package) are taken out again afterwards."""
     pkg = f"{official.PACKAGE}.modules"
-    stubbed = ("cv2", "decord", "peft", f"{pkg}.t5", f"{pkg}.vae2_1", f"{pkg}.animate.animate_utils")
+    stubbed = ("decord", "peft", f"{pkg}.t5", f"{pkg}.vae2_1", f"{pkg}.animate.animate_utils")
     saved = {name: sys.modules.get(name) for name in stubbed}
     try:
         model_animate = official.load("modules.animate.model_animate")
         official.load("utils.fm_solvers")
         official.load("utils.fm_solvers_unipc")
         animate_pkg = sys.modules[f"{pkg}.animate"]
-        for name, module in (("cv2", types.SimpleNamespace(INTER_LINEAR=1)), ("decord", types.SimpleNamespace(
-                VideoReader=None)), ("peft", types.SimpleNamespace(set_peft_model_state_dict=None, LoraConfig=None))):
+        for name, module in (("decord", types.SimpleNamespace(VideoReader=None)),
+                             ("peft", types.SimpleNamespace(set_peft_model_state_dict=None, LoraConfig=None))):
             sys.modules[name] = module
         for name, attr in (("t5", "T5EncoderModel"), ("vae2_1", "Wan2_1_VAE")):
             stub = types.ModuleType(f"{pkg}.{name}")
@@ -203,3 +203,59 @@ def test_bad_inputs_are_named(setup):
         run(src, refert_num=3)
     with pytest.raises(InputError, match="4n\\+1"):
         generate_animate(s.ours, s.vae, text, s.clip, src, settings, clip_frames=10)
+
+
+class _Reader:
+    """decord.VideoReader stand-in (PyAV): len() and get_batch(indices).asnumpy() of uint8 RGB frames."""
+
+    def __init__(self, path):
+        from wan.video import read_video
+
+        self.frames = (read_video(path) * 255).round().to(torch.uint8).numpy()
+
+    def __len__(self):
+        return len(self.frames)
+
+    def get_batch(self, idxs):
+        return types.SimpleNamespace(asnumpy=lambda: self.frames[idxs])
+
+
+@pytest.mark.parametrize("h,w", [(30, 40), (120, 100), (20, 90), (32, 48)])
+def test_reference_fitted_as_official_padding_resize(h, w):
+    """letterbox vs the official padding_resize (OpenCV INTER_LINEAR on uint8, black bars): equal up to OpenCV's
+    fixed-point rounding, 2 levels of 255."""
+    from wan.sampling.animate import letterbox
+
+    pipe = object.__new__(_official_module().WanAnimate)
+    image = np.random.default_rng(h).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    ref = torch.from_numpy(pipe.padding_resize(image, height=32, width=48)).permute(2, 0, 1).float() / 127.5 - 1
+    ours = letterbox(torch.from_numpy(image).permute(2, 0, 1).float() / 127.5 - 1, 32, 48)
+    assert ours.shape == ref.shape and (ours - ref).abs().max() <= 2 / 127.5
+
+
+def test_driving_folder_read_as_official(tmp_path, monkeypatch):
+    """--src_root_path read by ours (wan.runner.animate.read_source) vs the official prepare_source and
+    prepare_source_for_replace on the same files: frames, face crops, reference and mask."""
+    from PIL import Image
+
+    from wan.runner.animate import read_source
+    from wan.video import write_video
+
+    g = torch.Generator().manual_seed(1)
+    for name, size in (("src_pose.mp4", (32, 48)), ("src_face.mp4", (16, 16)), ("src_bg.mp4", (32, 48)),
+                       ("src_mask.mp4", (32, 48))):
+        write_video(torch.rand(6, *size, 3, generator=g), tmp_path / name, fps=30)
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(tmp_path / "src_ref.png")
+    module = _official_module()
+    monkeypatch.setattr(module, "VideoReader", _Reader)
+    pipe = object.__new__(module.WanAnimate)
+    pose, face, ref = pipe.prepare_source(src_pose_path=str(tmp_path / "src_pose.mp4"),
+                                          src_face_path=str(tmp_path / "src_face.mp4"),
+                                          src_ref_path=str(tmp_path / "src_ref.png"))
+    bg, mask = pipe.prepare_source_for_replace(str(tmp_path / "src_bg.mp4"), str(tmp_path / "src_mask.mp4"))
+    ours = read_source(tmp_path, True, face_size=16)
+    signed = lambda a: torch.from_numpy(np.asarray(a)).permute(0, 3, 1, 2).float() / 127.5 - 1  # noqa: E731
+    assert torch.allclose(ours.pose, signed(pose), atol=1e-6) and torch.allclose(ours.face, signed(face), atol=1e-6)
+    assert torch.allclose(ours.background, signed(bg), atol=1e-6)
+    assert torch.allclose(ours.mask, torch.from_numpy(mask).float(), atol=1e-6)
+    assert (ours.reference - signed(ref[None])[0]).abs().max() <= 2 / 127.5
