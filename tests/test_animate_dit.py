@@ -9,7 +9,7 @@ import torch
 
 import wan
 from tiny_animate import FACE, LAYERS, animate_inputs, diffusers_animate, official_animate, official_animate_forward
-from tiny_dit import TEXT_LEN, assert_close, save_safetensors, save_sharded, state_dict_of
+from tiny_dit import TEXT_LEN, assert_close, save_safetensors, save_scaled_fp8, save_sharded, state_dict_of
 from wan.dit.animate import AnimateInputs, WanAnimateDiT
 from wan.errors import InputError
 
@@ -70,20 +70,7 @@ def test_comfy_prefix_and_scaled_fp8(pair, tmp_path):
     """Comfy-Org repack names under ``model.diffusion_model.``; scaled fp8 Linear weights of the blocks and the face
     adapter (weight x scale_weight)."""
     ref = copy.deepcopy(pair[0])
-    sd = state_dict_of(ref)
-    fp8 = {}
-    for k, v in sd.items():
-        if k.endswith(".weight") and v.dim() == 2 and k.startswith(("blocks.", "face_adapter.")):
-            scale = v.abs().max() / 448.0
-            fp8[k] = (v / scale).to(torch.float8_e4m3fn)
-            fp8[k[: -len("weight")] + "scale_weight"] = scale.reshape(())
-            sd[k] = fp8[k].float() * scale  # the oracle gets the dequantised weight
-        else:
-            fp8[k] = v
-    ref.load_state_dict(sd)
-    fp8 = {"model.diffusion_model." + k: v.contiguous() for k, v in fp8.items()}
-    path = save_safetensors({"scaled_fp8": torch.zeros(0, dtype=torch.float8_e4m3fn), **fp8},
-                            tmp_path / "animate_fp8_scaled.safetensors")
+    path = save_scaled_fp8(ref, ("blocks.", "face_adapter."), tmp_path / "animate_fp8_scaled.safetensors")
     ours = wan.load_dit(path, dtype="float32")
     assert "scaled fp8" in ours.layout
     inputs = animate_inputs(seed=6)

@@ -44,36 +44,31 @@ class _Float32Torch:
 
 
 def _official_module():
-    """``animate.py`` of the official code, loaded beside stand-ins for its module-level imports; the stand-ins
-    (and the names put on the official ``modules.animate`` package) are taken out again afterwards."""
+    """``animate.py`` of the official code, loaded beside stand-ins for its module-level imports (taken out of
+    ``sys.modules`` again afterwards, as are the names put on the official ``modules.animate`` package)."""
     pkg = f"{official.PACKAGE}.modules"
-    stubbed = ("decord", "peft", f"{pkg}.t5", f"{pkg}.vae2_1", f"{pkg}.animate.animate_utils")
-    saved = {name: sys.modules.get(name) for name in stubbed}
+    model_animate = official.load("modules.animate.model_animate")
+    official.load("utils.fm_solvers")
+    official.load("utils.fm_solvers_unipc")
+    stubs = {"decord": types.SimpleNamespace(VideoReader=None),
+             "peft": types.SimpleNamespace(set_peft_model_state_dict=None, LoraConfig=None),
+             f"{pkg}.animate.animate_utils": None}
+    for name, attr in (("t5", "T5EncoderModel"), ("vae2_1", "Wan2_1_VAE")):
+        stubs[f"{pkg}.{name}"] = types.ModuleType(f"{pkg}.{name}")
+        setattr(stubs[f"{pkg}.{name}"], attr, None)
+    animate_pkg = sys.modules[f"{pkg}.animate"]
     try:
-        model_animate = official.load("modules.animate.model_animate")
-        official.load("utils.fm_solvers")
-        official.load("utils.fm_solvers_unipc")
-        animate_pkg = sys.modules[f"{pkg}.animate"]
-        for name, module in (("decord", types.SimpleNamespace(VideoReader=None)),
-                             ("peft", types.SimpleNamespace(set_peft_model_state_dict=None, LoraConfig=None))):
-            sys.modules[name] = module
-        for name, attr in (("t5", "T5EncoderModel"), ("vae2_1", "Wan2_1_VAE")):
-            stub = types.ModuleType(f"{pkg}.{name}")
-            setattr(stub, attr, None)
-            sys.modules[f"{pkg}.{name}"] = stub
-        animate_pkg.WanAnimateModel, animate_pkg.CLIPModel = model_animate.WanAnimateModel, None
-        module = official.load("animate")
-        module.torch = _Float32Torch()
-        return module
+        with official.stand_ins({k: v for k, v in stubs.items() if v is not None}):
+            sys.modules.pop(f"{pkg}.animate.animate_utils", None)  # imported afresh beside the peft stand-in
+            animate_pkg.WanAnimateModel, animate_pkg.CLIPModel = model_animate.WanAnimateModel, None
+            module = official.load("animate")
+            module.torch = _Float32Torch()
+            return module
     finally:
         for name in ("WanAnimateModel", "CLIPModel"):
-            if hasattr(sys.modules.get(f"{pkg}.animate"), name):
-                delattr(sys.modules[f"{pkg}.animate"], name)
-        for name, module in saved.items():
-            if module is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = module
+            if hasattr(animate_pkg, name):
+                delattr(animate_pkg, name)
+        sys.modules.pop(f"{pkg}.animate.animate_utils", None)
 
 
 class _Text:
