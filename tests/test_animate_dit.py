@@ -102,3 +102,22 @@ def test_variant_defaults_are_official():
     for line in ("sample_shift = 5.0", "sample_steps = 20", "sample_guide_scale = 1.0", "frame_num = 77",
                  "sample_fps = 30", f"prompt = '{wan.variants.ANIMATE_PROMPT}'"):
         assert line in text
+
+
+def test_bf16_runs_close_to_float32(tmp_path):
+    """The compute dtype of the released files: every Animate module (motion encoder convs and QR, face encoder
+    convs, face adapter) runs in bf16 without dtype clashes, within 2% of float32 on the demo's tiny model."""
+    from wan.runner.demo import tiny_animate_dit
+
+    path = save_safetensors(tiny_animate_dit(wan.variants.VARIANTS["wan22_animate_14b"]).state_dict(),
+                            tmp_path / "tiny_animate.safetensors")
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(1, 16, 3, 4, 6, generator=g), torch.randn(1, 20, 3, 4, 6, generator=g)
+    ctx, clip = torch.randn(1, 5, 64, generator=g), torch.randn(1, 257, 64, generator=g)
+    cond = AnimateInputs(torch.randn(1, 16, 2, 4, 6, generator=g), torch.rand(1, 3, 5, 8, 8, generator=g) * 2 - 1)
+    outs = []
+    for dtype in ("fp32", "bf16"):
+        with torch.no_grad():
+            outs.append(wan.load_dit(path, dtype=dtype)(x, torch.tensor([500.0]), ctx, clip_fea=clip, y=y, animate=cond))
+    assert outs[1].dtype == torch.float32
+    assert (outs[1] - outs[0]).abs().max() <= 0.02 * outs[0].abs().max()
