@@ -75,3 +75,17 @@ def test_bad_inputs_are_named_before_sampling(parts):
     assert cls.VALIDATE_INPUTS(clip_frames=77, reference_frames=3) is not True
     assert cls.VALIDATE_INPUTS(clip_frames=76, reference_frames=1) is not True
     assert cls.VALIDATE_INPUTS(clip_frames=77, reference_frames=5) is True
+
+
+def test_continue_from_earlier_frames(parts):
+    """continue_from: its last reference_frames frames guide the first clip, which the driving videos start at; the
+    output is the new frames only."""
+    node, model, clip, vae, text = parts
+    n = 7
+    (frames,) = node.WanExpertsAnimate().run(model, vae, text, clip, _video(1, 32, 48, 1), _video(n, 32, 48, 2),
+                                             _video(n, 8, 8, 5), clip_frames=5, steps=1,
+                                             continue_from=_video(3, 32, 48, 6))
+    assert frames.shape == (n - 1, 32, 48, 3)
+    with pytest.raises(Exception, match="continue_from must be frames"):
+        node.WanExpertsAnimate().run(model, vae, text, clip, _video(1, 32, 48, 1), _video(n, 32, 48, 2),
+                                     _video(n, 8, 8, 5), clip_frames=5, steps=1, continue_from=_video(3, 16, 48, 6))
