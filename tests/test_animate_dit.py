@@ -104,20 +104,47 @@ def test_variant_defaults_are_official():
         assert line in text
 
 
-def test_bf16_runs_close_to_float32(tmp_path):
-    """The compute dtype of the released files: every Animate module (motion encoder convs and QR, face encoder
-    convs, face adapter) runs in bf16 without dtype clashes, within 2% of float32 on the demo's tiny model."""
+def _tiny_demo(tmp_path):
+    """The demo's tiny Animate DiT saved as safetensors, and inputs for it."""
     from wan.runner.demo import tiny_animate_dit
 
-    path = save_safetensors(tiny_animate_dit(wan.variants.VARIANTS["wan22_animate_14b"]).state_dict(),
-                            tmp_path / "tiny_animate.safetensors")
+    model = tiny_animate_dit(wan.variants.VARIANTS["wan22_animate_14b"])
+    path = save_safetensors(model.state_dict(), tmp_path / "tiny_animate.safetensors")
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(1, 16, 3, 4, 6, generator=g), torch.randn(1, 20, 3, 4, 6, generator=g)
     ctx, clip = torch.randn(1, 5, 64, generator=g), torch.randn(1, 257, 64, generator=g)
     cond = AnimateInputs(torch.randn(1, 16, 2, 4, 6, generator=g), torch.rand(1, 3, 5, 8, 8, generator=g) * 2 - 1)
-    outs = []
-    for dtype in ("fp32", "bf16"):
+
+    def run(m):
         with torch.no_grad():
-            outs.append(wan.load_dit(path, dtype=dtype)(x, torch.tensor([500.0]), ctx, clip_fea=clip, y=y, animate=cond))
-    assert outs[1].dtype == torch.float32
-    assert (outs[1] - outs[0]).abs().max() <= 0.02 * outs[0].abs().max()
+            return m(x, torch.tensor([500.0]), ctx, clip_fea=clip, y=y, animate=cond)
+
+    return model, path, run
+
+
+def test_bf16_runs_close_to_float32(tmp_path):
+    """The compute dtype of the released files: every Animate module (motion encoder convs and QR, face encoder
+    convs, face adapter) runs in bf16 without dtype clashes, within 2% of float32 on the demo's tiny model."""
+    _, path, run = _tiny_demo(tmp_path)
+    full, half = run(wan.load_dit(path, dtype="fp32")), run(wan.load_dit(path, dtype="bf16"))
+    assert half.dtype == torch.float32
+    assert (half - full).abs().max() <= 0.02 * full.abs().max()
+
+
+def test_gguf_q8_0_file(tmp_path):
+    """A GGUF file as the community converters write it (Linears Q8_0 — the face adapter's and the face encoder's
+    projection included —, convolutions F16, small tensors F32): recognised as the Animate DiT, its Linears kept
+    quantised, within 2% of the float model."""
+    from gguf import GGMLQuantizationType as T
+
+    from wan.quant.gguf_write import write_gguf
+
+    model, _, run = _tiny_demo(tmp_path)
+    types = write_gguf(tmp_path / "animate.gguf", {k: v.contiguous() for k, v in model.state_dict().items()}, T.Q8_0,
+                       prefix="model.diffusion_model.")
+    assert types["face_adapter.fuser_blocks.0.linear1_kv.weight"] == T.Q8_0
+    ours = wan.load_dit(tmp_path / "animate.gguf", dtype="fp32")
+    assert isinstance(ours, WanAnimateDiT) and "GGUF" in ours.layout
+    assert ours.face_adapter.fuser_blocks[0].linear1_kv.weight_format is not None
+    full = run(model)
+    assert (run(ours) - full).abs().max() <= 0.02 * full.abs().max()
