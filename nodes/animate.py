@@ -4,12 +4,12 @@ from __future__ import annotations
 import logging
 
 import torch
-import torch.nn.functional as F
 
 from ..wan.errors import InputError
 from ..wan.experts import as_expert_set
 from ..wan.sampling import SOLVERS, SamplerSettings
-from ..wan.sampling.animate import REFERENCE_FRAMES, AnimateSource, generate_animate, letterbox, plan_clips
+from ..wan.sampling.animate import (REFERENCE_FRAMES, AnimateSource, generate_animate, letterbox, plan_clips,
+                                    resize_faces)
 from ..wan.sampling.defaults import resolve_auto
 from . import host
 from .s2v import signed_frames
@@ -125,8 +125,7 @@ def animate_source(reference_image, pose_video, face_video, background_video=Non
     if face.shape[2] != face.shape[3]:
         raise InputError(f"face_video must be square face crops; got {face.shape[3]}x{face.shape[2]}. Crop the faces "
                          f"square (the official preprocessing makes 512x512)")
-    if face.shape[2] != face_size:
-        face = F.interpolate(face, size=(face_size, face_size), mode="bilinear", antialias=True, align_corners=False)
+    face = resize_faces(face, face_size)
     if (background_video is None) != (character_mask is None):
         missing = "character_mask" if character_mask is None else "background_video"
         raise InputError(f"replacement mode needs background_video and character_mask; connect {missing} too (or "

@@ -63,10 +63,11 @@ def animate_options(args) -> AnimateOptions:
     return AnimateOptions(root, args.refert_num, args.replace_flag, args.use_relighting_lora)
 
 
-def read_source(root: Path, replace: bool, face_size: int):
+def read_source(root: Path, replace: bool, face_size: int | None = None):
     """The driving folder -> AnimateSource (frames in [-1, 1]; the reference fitted into the pose size on black;
-    face crops resized to the model's face size; the mask from the first channel of src_mask.mp4, official)."""
-    from ..sampling.animate import AnimateSource, letterbox
+    face crops resized to ``face_size``, None: as they are; the mask from the first channel of src_mask.mp4,
+    official)."""
+    from ..sampling.animate import AnimateSource, letterbox, resize_faces
     from ..video import read_video
     from .pipeline import load_image
 
@@ -79,8 +80,8 @@ def read_source(root: Path, replace: bool, face_size: int):
                          f"match (run the preprocessing again)")
     if face.shape[-1] != face.shape[-2]:
         raise InputError(f"'{root}': src_face.mp4 must hold square face crops; got {face.shape[-1]}x{face.shape[-2]}")
-    if face.shape[-1] != face_size:
-        face = torch.nn.functional.interpolate(face, size=(face_size, face_size), mode="bilinear", antialias=True)
+    if face_size is not None:
+        face = resize_faces(face, face_size)
     reference = letterbox(load_image(root / "src_ref.png")[0], *pose.shape[-2:])
     background = mask = None
     if replace:
@@ -93,19 +94,24 @@ def run_animate(s) -> Path:
     """The driving folder -> video file (one process)."""
     from ..encoders import load_clip_vision
     from ..sampling import SamplerSettings
-    from ..sampling.animate import generate_animate
+    from ..sampling.animate import check_source, generate_animate, resize_faces
     from ..video import write_video
     from .pipeline import encode_text, load_experts, load_vae, official_files, run_description
 
     o: AnimateOptions = s.animate
     files = official_files(s.ckpt_dir, s.task, s.variant)
     root = o.src_root if o.src_root is not None else write_demo_source(s.ckpt_dir / "src", o.replace)
+    source = read_source(root, o.replace)  # bad driving videos are named before any model loads
+    check_source(source, source.face.shape[-1])
     device = torch.device(s.device)
     if o.relighting_lora:
         s.loras = tuple(s.loras) + (relighting_lora(s.ckpt_dir, s.demo),)
     text = encode_text(files, s, device)
     model = load_experts(files, s, device).high
-    source = read_source(root, o.replace, model.animate_config.face_size)
+    if not hasattr(model, "animate_config"):
+        raise InputError(f"the model in '{s.ckpt_dir}' is not Wan 2.2 Animate-14B (no pose and face modules); "
+                         f"download the official Wan2.2-Animate-14B folder")
+    source.face = resize_faces(source.face, model.animate_config.face_size)
     clip_fea = load_clip_vision(files.clip, device=device).encode(source.reference[None].to(device)).cpu()
     vae = load_vae(files, device)
     settings = SamplerSettings(steps=s.steps, shift=s.shift, solver=s.solver, cfg_high=s.guidance[0],

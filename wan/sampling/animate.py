@@ -178,6 +178,13 @@ def _previous_tail(previous, refert_num: int, height: int, width: int) -> torch.
     return previous[-refert_num:].transpose(0, 1).float()
 
 
+def resize_faces(face: torch.Tensor, size: int) -> torch.Tensor:
+    """Square face crops [N, 3, s, s] -> [N, 3, size, size] (bilinear, antialiased), the motion encoder's size."""
+    if face.shape[-1] == size and face.shape[-2] == size:
+        return face
+    return F.interpolate(face.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
 def letterbox(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """[3, h, w] in [-1, 1] -> [3, height, width]: scaled to fit (bilinear) and centred on black, as the official
     ``padding_resize`` fits the reference image to the pose video's size."""
