@@ -9,7 +9,6 @@ official model gets B A added to exactly those weights, and its forward is compa
 import sys
 import types
 
-import pytest
 import torch
 
 import wan

@@ -13,7 +13,6 @@ given). Compared: every latent the official loop decodes (the reference or motio
 sampled latents) and the final video. Tolerance: ``tiny_dit.assert_close`` (1e-4 relative)."""
 from __future__ import annotations
 
-import sys
 import types
 
 import numpy as np
@@ -37,31 +36,21 @@ def _stub_modules():
     """``speech2video.py`` of the official code, loaded beside stand-ins for what it imports at module level
     that cannot (or need not) load here; the stand-ins are taken out of ``sys.modules`` again afterwards, so
     the other tests still import the real official ``vae2_1`` and ``t5`` modules (and see no torchvision)."""
-    stubbed = ("torchvision", "torchvision.transforms", "torchvision.transforms.functional", "decord",
-               f"{official.PACKAGE}.modules.t5", f"{official.PACKAGE}.modules.vae2_1")
-    saved = {name: sys.modules.get(name) for name in stubbed}
     identity = lambda *a, **k: (lambda img: img)  # noqa: E731
     tv = types.ModuleType("torchvision")
     tv.transforms = types.ModuleType("torchvision.transforms")
     tv.transforms.Resize = tv.transforms.CenterCrop = identity
     tv.transforms.ToTensor = lambda: (lambda img: torch.from_numpy(np.asarray(img, np.float32) / 255).permute(2, 0, 1))
     tv.transforms.functional = types.ModuleType("torchvision.transforms.functional")
-    try:
-        sys.modules.update({"torchvision": tv, "torchvision.transforms": tv.transforms,
-                            "torchvision.transforms.functional": tv.transforms.functional,
-                            "decord": types.SimpleNamespace(VideoReader=None)})
+    stubs = {"torchvision": tv, "torchvision.transforms": tv.transforms,
+             "torchvision.transforms.functional": tv.transforms.functional,
+             "decord": types.SimpleNamespace(VideoReader=None)}
+    for name, attr in (("modules.t5", "T5EncoderModel"), ("modules.vae2_1", "Wan2_1_VAE")):
+        stubs[f"{official.PACKAGE}.{name}"] = types.ModuleType(f"{official.PACKAGE}.{name}")
+        setattr(stubs[f"{official.PACKAGE}.{name}"], attr, None)
+    with official.stand_ins(stubs):
         official.load("utils.fm_solvers")  # the utils package without its __init__ (prompt extension imports)
-        for name, attr in (("modules.t5", "T5EncoderModel"), ("modules.vae2_1", "Wan2_1_VAE")):
-            stub = types.ModuleType(f"{official.PACKAGE}.{name}")
-            setattr(stub, attr, None)
-            sys.modules[f"{official.PACKAGE}.{name}"] = stub
         return official.load("speech2video")
-    finally:
-        for name, module in saved.items():
-            if module is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = module
 
 
 class _Text:

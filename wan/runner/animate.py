@@ -8,7 +8,6 @@ applies ``relighting_lora.ckpt`` of ``--ckpt_dir`` through the LoRA loader, like
 tiny driving folder (moving shapes) beside the tiny models."""
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,8 +15,6 @@ import torch
 
 from ..errors import InputError
 from ..sampling.animate import REFERENCE_FRAMES
-
-log = logging.getLogger("wan_experts")
 
 SOURCE_FILES = ("src_pose.mp4", "src_face.mp4", "src_ref.png")
 REPLACE_FILES = ("src_bg.mp4", "src_mask.mp4")
