@@ -2,9 +2,11 @@
 
 Each module lists its nodes in ``NODES`` (id -> class); display names come from each class's ``DISPLAY_NAME``.
 """
-from . import bridge, cache, compile, dit, encoders, long_video, lora, prompts, refine, s2v, sampling, vace, vae, video
+from . import (animate, bridge, cache, compile, dit, encoders, long_video, lora, prompts, refine, s2v, sampling, vace,
+               vae, video)
 
-_MODULES = (dit, lora, compile, encoders, bridge, vae, sampling, cache, video, prompts, long_video, refine, s2v, vace)
+_MODULES = (dit, lora, compile, encoders, bridge, vae, sampling, cache, video, prompts, long_video, refine, s2v, vace,
+            animate)
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
 for _module in _MODULES:

@@ -137,9 +137,9 @@ class WanExpertsSoundToVideo:
         auto = resolve_auto(experts, steps, shift, cfg, cfg)
         settings = SamplerSettings(steps=auto.steps, shift=auto.shift, solver=solver, cfg_high=auto.cfg_high,
                                    cfg_low=auto.cfg_high)
-        ref = fit_frames(_frames(ref_image, "ref_image")[:1], height, width)[0]
-        pose = None if pose_video is None else _frames(pose_video, "pose_video")
-        previous = None if previous_frames is None else _frames(previous_frames, "previous_frames")
+        ref = fit_frames(signed_frames(ref_image, "ref_image")[:1], height, width)[0]
+        pose = None if pose_video is None else signed_frames(pose_video, "pose_video")
+        previous = None if previous_frames is None else signed_frames(previous_frames, "previous_frames")
         n_clips = plan_clips(audio_embeds, frames_per_clip, clips)
         log.info("Wan Sound To Video: %d clips of %d frames, %s", n_clips, frames_per_clip, auto.describe())
         progress = host.Progress(n_clips * settings.steps)
@@ -156,7 +156,7 @@ class WanExpertsSoundToVideo:
         return (((video.permute(1, 2, 3, 0) + 1) / 2).clamp(0, 1),)
 
 
-def _frames(image, name: str) -> torch.Tensor:
+def signed_frames(image, name: str) -> torch.Tensor:
     """ComfyUI IMAGE [N, H, W, C] in 0..1 -> [N, 3, H, W] in [-1, 1]."""
     if not torch.is_tensor(image) or image.dim() != 4 or image.shape[-1] < 3 or image.shape[0] == 0:
         raise InputError(f"{name} must be an IMAGE [N, H, W, 3]; got "

@@ -8,7 +8,7 @@ runs nodes in dependency order inside ``torch.inference_mode()``, calls
 ``getattr(cls(), cls.FUNCTION)(**inputs)``, fills hidden inputs (``PROMPT`` = the graph, ``EXTRA_PNGINFO`` =
 ``{"workflow": ...}``, ``UNIQUE_ID`` = the node id), and takes a returned ``{"ui": ..., "result": ...}`` dict
 apart. Core nodes the example workflows use on purpose (``LoadImage``, ``LoadAudio``, ``LoadVideo``,
-``GetVideoComponents``) get minimal stand-ins here.
+``GetVideoComponents``, ``ImageToMask``) get minimal stand-ins here.
 """
 from __future__ import annotations
 

@@ -13,7 +13,6 @@ given). Compared: every latent the official loop decodes (the reference or motio
 sampled latents) and the final video. Tolerance: ``tiny_dit.assert_close`` (1e-4 relative)."""
 from __future__ import annotations
 
-import sys
 import types
 
 import numpy as np
@@ -26,6 +25,7 @@ from oracles import official
 from tiny_audio import comfy_audio, save_official_folder, sine_sweep, tiny_wav2vec2, write_wav
 from tiny_dit import TEXT_DIM, assert_close, save_safetensors, state_dict_of
 from tiny_s2v import official_s2v
+from standin_vae import PoolVAE, VaeAdapter
 from wan.encoders.audio import load_audio_encoder
 from wan.sampling.s2v import generate_s2v, s2v_frames
 
@@ -36,67 +36,21 @@ def _stub_modules():
     """``speech2video.py`` of the official code, loaded beside stand-ins for what it imports at module level
     that cannot (or need not) load here; the stand-ins are taken out of ``sys.modules`` again afterwards, so
     the other tests still import the real official ``vae2_1`` and ``t5`` modules (and see no torchvision)."""
-    stubbed = ("torchvision", "torchvision.transforms", "torchvision.transforms.functional", "decord",
-               f"{official.PACKAGE}.modules.t5", f"{official.PACKAGE}.modules.vae2_1")
-    saved = {name: sys.modules.get(name) for name in stubbed}
     identity = lambda *a, **k: (lambda img: img)  # noqa: E731
     tv = types.ModuleType("torchvision")
     tv.transforms = types.ModuleType("torchvision.transforms")
     tv.transforms.Resize = tv.transforms.CenterCrop = identity
     tv.transforms.ToTensor = lambda: (lambda img: torch.from_numpy(np.asarray(img, np.float32) / 255).permute(2, 0, 1))
     tv.transforms.functional = types.ModuleType("torchvision.transforms.functional")
-    try:
-        sys.modules.update({"torchvision": tv, "torchvision.transforms": tv.transforms,
-                            "torchvision.transforms.functional": tv.transforms.functional,
-                            "decord": types.SimpleNamespace(VideoReader=None)})
+    stubs = {"torchvision": tv, "torchvision.transforms": tv.transforms,
+             "torchvision.transforms.functional": tv.transforms.functional,
+             "decord": types.SimpleNamespace(VideoReader=None)}
+    for name, attr in (("modules.t5", "T5EncoderModel"), ("modules.vae2_1", "Wan2_1_VAE")):
+        stubs[f"{official.PACKAGE}.{name}"] = types.ModuleType(f"{official.PACKAGE}.{name}")
+        setattr(stubs[f"{official.PACKAGE}.{name}"], attr, None)
+    with official.stand_ins(stubs):
         official.load("utils.fm_solvers")  # the utils package without its __init__ (prompt extension imports)
-        for name, attr in (("modules.t5", "T5EncoderModel"), ("modules.vae2_1", "Wan2_1_VAE")):
-            stub = types.ModuleType(f"{official.PACKAGE}.{name}")
-            setattr(stub, attr, None)
-            sys.modules[f"{official.PACKAGE}.{name}"] = stub
         return official.load("speech2video")
-    finally:
-        for name, module in saved.items():
-            if module is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = module
-
-
-class PoolVAE:
-    """Stand-in autoencoder with the Wan 2.1 VAE's interface and shapes (raw = normalised latents here)."""
-
-    def __init__(self, seed: int = 0):
-        g = torch.Generator().manual_seed(seed)
-        self.enc, self.dec = torch.randn(16, 3, generator=g), torch.randn(3, 16, generator=g) * 0.3
-
-    normalize = denormalize = staticmethod(lambda z: z)
-
-    def encode(self, video, output_device=None):
-        """[1, 3, F, H, W] -> [1, 16, 1 + (F - 1) // 4, H / 8, W / 8]: the first frame, then groups of 4."""
-        first, rest = video[:, :, :1], video[:, :, 1:]
-        groups = rest.unflatten(2, (rest.shape[2] // 4, 4)).mean(3)
-        pooled = torch.nn.functional.avg_pool3d(torch.cat([first, groups], dim=2), (1, 8, 8))
-        return torch.einsum("oc,bcthw->bothw", self.enc, pooled)
-
-    def decode(self, latents, output_device=None):
-        x = torch.tanh(torch.einsum("oc,bcthw->bothw", self.dec, latents))
-        x = torch.cat([x[:, :, :1], x[:, :, 1:].repeat_interleave(4, dim=2)], dim=2)
-        return x.repeat_interleave(8, dim=3).repeat_interleave(8, dim=4)
-
-
-class _VaeAdapter:
-    """Our VAE behind the official list interface (normalised latents), recording what the loop decodes."""
-
-    def __init__(self, vae):
-        self.vae, self.decoded, self.dtype, self.device = vae, [], torch.float32, torch.device("cpu")
-
-    def encode(self, videos):
-        return [self.vae.normalize(self.vae.encode(v[None].float()))[0] for v in videos]
-
-    def decode(self, zs):
-        self.decoded.append(torch.stack(list(zs)).clone())
-        return [self.vae.decode(self.vae.denormalize(z[None]))[0] for z in zs]
 
 
 class _Text:
@@ -126,7 +80,7 @@ def setup(tmp_path_factory):
 def _official_generate(s, start_from_ref: bool):
     s2v_mod = _stub_modules()
     pipe = object.__new__(s2v_mod.WanS2V)
-    adapter = _VaeAdapter(s.vae)
+    adapter = VaeAdapter(s.vae)
     neg_prompt = "negative"
     pipe.__dict__.update(
         device=torch.device("cpu"), config=None, rank=0, t5_cpu=True, init_on_cpu=False, num_train_timesteps=1000,

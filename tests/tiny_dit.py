@@ -62,6 +62,24 @@ def save_sharded(sd: dict, folder: Path, shards: int = 3) -> Path:
     return folder
 
 
+def save_scaled_fp8(model, layers: tuple[str, ...], path: Path) -> Path:
+    """Write ``model``'s weights as a Comfy-Org "scaled fp8" file (``scaled_fp8`` marker, names under
+    ``model.diffusion_model.``): every 2-D ``.weight`` whose key starts with one of ``layers`` as fp8 e4m3 with its
+    ``scale_weight``. ``model`` gets the dequantised weights, so that it stays the oracle of the file."""
+    sd, fp8 = state_dict_of(model), {}
+    for k, v in sd.items():
+        if k.endswith(".weight") and v.dim() == 2 and k.startswith(layers):
+            scale = v.abs().max() / 448.0
+            fp8[k] = (v / scale).to(torch.float8_e4m3fn)
+            fp8[k[: -len("weight")] + "scale_weight"] = scale.reshape(())
+            sd[k] = fp8[k].float() * scale
+        else:
+            fp8[k] = v
+    model.load_state_dict(sd)
+    fp8 = {"model.diffusion_model." + k: v.contiguous() for k, v in fp8.items()}
+    return save_safetensors({"scaled_fp8": torch.zeros(0, dtype=torch.float8_e4m3fn), **fp8}, path)
+
+
 def inputs(in_dim: int = 16, y_dim: int = 0, batch: int = 2, frames: int = 3, h: int = 8, w: int = 12,
            text_tokens: int = TEXT_LEN, seed: int = 1):
     """Random latents, timesteps, text context (and y) for a forward pass."""

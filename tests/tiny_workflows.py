@@ -25,11 +25,16 @@ FILE_INPUTS = {"model_name": "diffusion_models", "high_noise_model": "diffusion_
                "low_noise_lora": "loras", "audio_encoder_name": "audio_encoders"}
 S2V = "WanExpertsSoundToVideo"
 TINY_S2V = {"width": 64, "height": 64, "frames_per_clip": 8, "clips": 1, "steps": 2}  # sides: multiples of 64
+ANIMATE = "WanExpertsAnimate"
+TINY_ANIMATE = {"clip_frames": 5, "steps": 2}  # 7 driving frames: two clips of 5 overlapping by 1
+ANIMATE_FRAMES, ANIMATE_SIZE, FACE_SIZE = 7, (32, 64), 16  # driving videos: frames, (height, width); face crops
 
 
 def variant_of(dit_name: str) -> str:
     """The variant a Comfy-Org DiT file name stands for."""
     name = dit_name.lower()
+    if "animate" in name:
+        return "wan22_animate_14b"
     if "s2v" in name:
         return "wan22_s2v_14b"
     if "vace" in name:
@@ -89,9 +94,14 @@ POSE_FRAMES = 12  # more than one tiny clip (TINY_S2V), so the pose video is cut
 
 def write_images(graph: dict, input_dir: Path) -> None:
     """A random 80x48 picture for every LoadImage node of ``graph``, a 0.5 s tone for every LoadAudio node, and for
-    every LoadVideo node a 16 fps video of moving stick figures (a pose video) in a speech-to-video graph, a random
-    9-frame 80x48 video in any other."""
+    every LoadVideo node: a 16 fps video of moving stick figures (a pose video) in a speech-to-video graph, short
+    random driving videos in an Animate graph (square face crops when the file name says face), a random 9-frame
+    80x48 video in any other."""
     import wave
+
+    import torch
+
+    from wan.video import write_video
 
     from PIL import Image
 
@@ -100,11 +110,8 @@ def write_images(graph: dict, input_dir: Path) -> None:
         pixels = np.random.default_rng(i).integers(0, 255, (48, 80, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(input_dir / node["inputs"]["image"])
     s2v = any(n["class_type"] == S2V for n in graph.values())
-    for i, node in enumerate(n for n in graph.values() if n["class_type"] == "LoadVideo" and not s2v):  # 9 x 80x48
-        import torch
-
-        from wan.video import write_video
-
+    animate = any(n["class_type"] == "WanExpertsAnimate" for n in graph.values())
+    for i, node in enumerate(n for n in graph.values() if n["class_type"] == "LoadVideo" and not (s2v or animate)):
         frames = np.random.default_rng(100 + i).random((9, 48, 80, 3), dtype=np.float32)
         write_video(torch.from_numpy(frames), input_dir / node["inputs"]["file"])
     for node in (n for n in graph.values() if n["class_type"] == "LoadAudio"):
@@ -114,6 +121,12 @@ def write_images(graph: dict, input_dir: Path) -> None:
             w.writeframes((np.sin(2 * np.pi * 330 * t) * 12000).astype(np.int16).tobytes())
     for node in (n for n in graph.values() if n["class_type"] == "LoadVideo" and s2v):
         write_pose_video(input_dir / node["inputs"]["file"])
+
+    for i, node in enumerate(n for n in graph.values() if n["class_type"] == "LoadVideo" and animate):
+        name = node["inputs"]["file"]
+        size = (FACE_SIZE, FACE_SIZE) if "face" in name else ANIMATE_SIZE
+        frames = torch.rand(ANIMATE_FRAMES, *size, 3, generator=torch.Generator().manual_seed(i))
+        write_video(frames, input_dir / name, fps=30)
 
 
 def write_pose_video(path: Path, frames: int = POSE_FRAMES) -> None:
@@ -144,11 +157,15 @@ def shrink(graph: dict) -> dict:
             inputs["allow_fallback"] = True
         if node["class_type"] == S2V:
             inputs.update(TINY_S2V)
+        if node["class_type"] == ANIMATE:
+            inputs.update(TINY_ANIMATE)
     return graph
 
 
 def expected_frames(graph: dict) -> int:
     """The sampled video's frames, plus the new frames of each extension (segment minus the frames it shares)."""
+    if any(n["class_type"] == ANIMATE for n in graph.values()):
+        return ANIMATE_FRAMES  # as many as the driving videos
     s2v = [n["inputs"] for n in graph.values() if n["class_type"] == S2V]
     if s2v:  # one clip; the first clip loses 3 frames unless it starts from the reference image
         return s2v[0]["clips"] * s2v[0]["frames_per_clip"] - (0 if s2v[0]["start_from_ref"] else 3)
@@ -165,6 +182,8 @@ def expected_size(graph: dict) -> tuple[int, int]:
     width, height = TINY["width"], TINY["height"]
     if any(n["class_type"] == S2V for n in graph.values()):
         return TINY_S2V["height"], TINY_S2V["width"]
+    if any(n["class_type"] == ANIMATE for n in graph.values()):
+        return ANIMATE_SIZE
     for node in graph.values():
         inputs = node["inputs"]
         if node["class_type"] == "WanExpertsUpscaleVideo" and inputs["target"] == "factor":

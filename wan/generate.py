@@ -22,18 +22,19 @@ from .distributed.options import ParallelOptions, check_options
 from .dit.compile import add_compile_flags, compile_settings
 from .errors import InputError, WanError
 from .runner.pipeline import Settings
+from .runner.animate import add_animate_flags, animate_options
 from .runner.s2v import add_s2v_flags, s2v_options
 from .runner.vace import add_vace_flags, refuse_vace_flags, vace_options
 from .runner.tasks import run
 from .prompts.cli import add_prompt_extend_flags, prompt_extend_from_args
 from .runner.refine_flags import add_refine_flags, refine_options
-from .variants import VARIANTS, Variant
+from .variants import ANIMATE_PROMPT, VARIANTS, Variant
 
 TASKS = {
     "t2v-1.3B": "wan21_t2v_1.3b", "t2v-14B": "wan21_t2v_14b", "i2v-14B": "wan21_i2v_14b",
     "flf2v-14B": "wan21_flf2v_14b", "t2v-A14B": "wan22_t2v_a14b", "i2v-A14B": "wan22_i2v_a14b",
     "ti2v-5B": "wan22_ti2v_5b", "s2v-14B": "wan22_s2v_14b", "t2i-14B": "wan21_t2i_14b",
-    "vace-1.3B": "wan21_vace_1.3b", "vace-14B": "wan21_vace_14b",
+    "vace-1.3B": "wan21_vace_1.3b", "vace-14B": "wan21_vace_14b", "animate-14B": "wan22_animate_14b",
 }
 SOLVERS = ("unipc", "dpm++")
 EXAMPLE_PROMPT = ("Two anthropomorphic cats in comfy boxing gear and bright gloves fight intensely on a "
@@ -89,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_refine_flags(p)
     add_s2v_flags(p)
     add_vace_flags(p)
+    add_animate_flags(p)
     multi = p.add_argument_group("several processes (start with torchrun --nproc_per_node=N -m wan.generate ...)")
     multi.add_argument("--ulysses_size", type=int, default=1,
                        help="processes that split the video tokens of every DiT forward (Ulysses sequence "
@@ -120,6 +122,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if s2v is not None:
         args.frame_num = 4 * (s2v.infer_frames // 4) + 1  # the per-clip frames pass the generic check below
     vace = vace_options(args) if variant.task == "vace" else refuse_vace_flags(args)
+    animate = animate_options(args) if variant.task == "animate" else None
     frames = args.frame_num if args.frame_num is not None else (
         DEMO_FRAMES if args.demo and variant.frames > 1 else variant.frames)
     if variant.frames == 1 and frames != 1:
@@ -153,7 +156,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         extend_from=_extend_from(args, frames), extend_overlap=args.extend_overlap, color_match=args.color_match,
         ulysses_size=args.ulysses_size, cfg_parallel=args.cfg_parallel, dit_fsdp=args.dit_fsdp, t5_fsdp=args.t5_fsdp,
         loras=lora_choices({"both": args.lora, "high": args.lora_high, "low": args.lora_low}, variant.moe, args.demo),
-        s2v=s2v, vace=vace, **compile_settings(args), **refine)
+        s2v=s2v, vace=vace, animate=animate, **compile_settings(args), **refine)
 
 
 def parse_size(size: str, task: str, variant: Variant, demo: bool = False) -> tuple[int, int]:
@@ -194,7 +197,7 @@ def _prompt(args, variant: Variant, image: Path | None) -> str:
     image (official: i2v with --prompt '' --use_prompt_extend)."""
     if args.prompt == "" and args.use_prompt_extend and (image is not None or variant.needs_image):
         return ""
-    return args.prompt or EXAMPLE_PROMPT
+    return args.prompt or (ANIMATE_PROMPT if variant.task == "animate" else EXAMPLE_PROMPT)
 
 
 def _shift(value: float | None, variant: Variant, size: str) -> float:

@@ -50,6 +50,8 @@ S2V_NEGATIVE_PROMPT = (
     "画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
 )
 
+ANIMATE_PROMPT = "视频中的人在做动作"  # Animate-14B's default prompt ("the person in the video is moving")
+
 _SIZES_14B = ("1280*720", "720*1280", "832*480", "480*832")
 _SIZES_5B = ("1280*704", "704*1280")
 _SIZES_S2V = ("1280*720", "720*1280", "832*480", "480*832", "1024*704", "704*1024", "1280*704", "704*1280")
@@ -79,6 +81,8 @@ VARIANTS: dict[str, Variant] = {
                 moe=True),
         Variant("wan22_s2v_14b", "2.2", "s2v", "14b", 40, 3.0, (4.5, 4.5), frames=80, sizes=_SIZES_S2V,
                 negative_prompt=S2V_NEGATIVE_PROMPT),
+        Variant("wan22_animate_14b", "2.2", "animate", "14b", 20, 5.0, (1.0, 1.0), frames=77, fps=30,
+                sizes=_SIZES_14B, uses_clip=True),
     )
 }
 

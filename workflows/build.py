@@ -34,7 +34,8 @@ STAGES = (  # (group title, colour, node types); nodes of other types go with th
     ("Prompt", "#8a8a3f", ("WanExpertsTextEncode", "WanExpertsConditioningFromCore")),
     ("Image and latent", "#3f8a6b", ()),
     ("Sampling", "#8a5a3f", ("WanExpertsTeaCache", "WanExpertsMagCache", "WanExpertsContextWindows",
-                             "WanExpertsSamplerBasic", "WanExpertsSampler", "WanExpertsSoundToVideo")),
+                             "WanExpertsSamplerBasic", "WanExpertsSampler", "WanExpertsSoundToVideo",
+                             "WanExpertsAnimate")),
     ("Output", "#6b3f8a", ("WanExpertsVAEDecode", "WanExpertsExtendVideo", "WanExpertsSaveVideo",
                            "WanExpertsCreateVideo")),
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from spec_types import N, Spec
 
-from wan.variants import VARIANTS
+from wan.variants import ANIMATE_PROMPT, VARIANTS
 
 SEED = 42
 T5_FILE = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
@@ -436,6 +436,56 @@ def vace(name: str, vid: str, mode: str, title: str) -> Spec:
               "needed).")
     return Spec(name, title, _files_note(title, file_rows, REPACK_22 if v.moe else REPACK_21, settings, extra,
                                          origin=origin), nodes)
+RELIGHT_LORA = "wan2.2_animate_14B_relight_lora_bf16.safetensors"
+
+
+def _video(key: str, file: str, title: str) -> list[N]:
+    """Core Load Video + Get Video Components: a video file of ComfyUI/input -> its frames (IMAGE)."""
+    return [N(f"{key}_file", "LoadVideo", {"file": file}, title=title),
+            N(key, "GetVideoComponents", {}, {"video": (f"{key}_file", 0)})]
+
+
+def animate(replace: bool) -> Spec:
+    """Wan 2.2 Animate-14B: a character driven by a pose video and face crops (animation), or put into the video in
+    place of the performer with the relighting LoRA (replacement)."""
+    vid, dit = "wan22_animate_14b", "wan2.2_animate_14B_bf16.safetensors"
+    name = f"wan2.2_animate_14B_{'replace' if replace else 'animate'}"
+    title = ("Wan 2.2 Animate-14B: " + ("character replacement (background + mask, relighting LoRA)" if replace
+                                        else "character animation (pose + face video)"))
+    v = VARIANTS[vid]
+    model = ("lora", 0) if replace else ("dit", 0)
+    nodes = [N("dit", "WanExpertsLoadDiT", {"model_name": dit}),
+             N("t5", "WanExpertsLoadTextEncoder", {"text_encoder_name": T5_FILE}),
+             N("text", "WanExpertsTextEncode", {"positive": ANIMATE_PROMPT, "negative": v.default_negative_prompt},
+               {"text_encoder": ("t5", 0)}),
+             N("clip", "WanExpertsLoadCLIPVision", {"clip_name": CLIP_FILE}),
+             N("vae", "WanExpertsLoadVAE", {"vae_name": VAE21}),
+             N("image", "LoadImage", {"image": "character.png"}, title="Character"),
+             *_video("pose", "src_pose.mp4", "Pose video"), *_video("face", "src_face.mp4", "Face video")]
+    links = {"model": model, "vae": ("vae", 0), "text": ("text", 0), "clip_vision": ("clip", 0),
+             "reference_image": ("image", 0), "pose_video": ("pose", 0), "face_video": ("face", 0)}
+    if replace:
+        nodes += [N("lora", "WanExpertsLoRA", {"lora_name": RELIGHT_LORA, "strength": 1.0}, {"model": ("dit", 0)}),
+                  *_video("bg", "src_bg.mp4", "Background video"), *_video("mask_frames", "src_mask.mp4", "Mask video"),
+                  N("mask", "ImageToMask", {"channel": "red"}, {"image": ("mask_frames", 0)})]
+        links.update(background_video=("bg", 0), character_mask=("mask", 0))
+    nodes += [N("animate", "WanExpertsAnimate",
+                {"clip_frames": v.frames, "reference_frames": 1, "seed": SEED, "steps": v.steps, "cfg": v.guidance[0],
+                 "shift": v.shift, "solver": "unipc"}, links),
+              N("save", "WanExpertsSaveVideo", {"fps": float(v.fps), "filename_prefix": f"video/{name}"},
+                {"images": ("animate", 0)})]
+    files = [("diffusion_models", dit), ("text_encoders", T5_FILE), ("clip_vision", CLIP_FILE), ("vae", VAE21)]
+    files += [("loras", RELIGHT_LORA)] if replace else []
+    extra = (" Put the character picture and the driving videos into `ComfyUI/input/`: the official preprocessing "
+             "(Wan2.2 `wan/modules/animate/preprocess`) writes src_pose.mp4 (skeleton frames: their size is the "
+             "video size), src_face.mp4 (square face crops), src_ref.png" + (", src_bg.mp4 and src_mask.mp4 (with "
+             "--replace_flag)" if replace else "") + "; pose frames from a pose estimator that renders skeletons "
+             "(DWPose) and square face crops work too. The video is as long as the pose video, made in clips of 77 "
+             "frames, each starting from the last frame of the one before (reference_frames 1 or 5)."
+             + (" The relighting LoRA lights the character like the scene (official --use_relighting_lora)."
+                if replace else ""))
+    return Spec(name, title, _files_note(title, files, REPACK_22, "20 steps, shift 5, guidance 1, clips of 77 frames "
+                                         "at 30 fps, the prompt 视频中的人在做动作", extra), nodes)
 
 
 TEACACHE = N("cache", "WanExpertsTeaCache", {"threshold": 0.08, "mode": "e"})  # authors' 1.3B setting: ~2x
@@ -444,6 +494,8 @@ MAGCACHE = N("cache", "WanExpertsMagCache", {"threshold": 0.05, "K": 2, "retenti
 SPECS = [
     s2v(),
     s2v(pose=True),
+    animate(False),
+    animate(True),
     t2v_13b(),
     i2v_14b(),
     flf2v_14b(),

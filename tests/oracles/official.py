@@ -6,6 +6,7 @@ replaced by an SDPA function with the same arguments that honours ``k_lens``.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import sys
 import types
@@ -23,6 +24,22 @@ def official_root() -> Path:
         if (root / "modules" / "model.py").is_file() and (root / "text2video.py").is_file():
             return root
     raise ImportError("the official Wan code (pip install --no-deps wan22) is not installed")
+
+
+@contextlib.contextmanager
+def stand_ins(modules: dict):
+    """Put ``modules`` (name -> module) into ``sys.modules`` while the block runs (for official modules that import
+    what cannot load here), then restore every previous entry, or its absence."""
+    saved = {name: sys.modules.get(name) for name in modules}
+    try:
+        sys.modules.update(modules)
+        yield
+    finally:
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
 
 
 def _ensure_package(name: str, path: Path) -> None:

@@ -24,6 +24,7 @@ from .config import WanDiTConfig
 from .islands import keep_float32_islands
 from .keys import normalize_keys
 from .model import WanDiT
+from .animate import AnimateConfig, WanAnimateDiT, without_blur_kernels
 from .s2v import S2VConfig, WanS2VDiT
 from .vace import VaceConfig, WanVaceDiT
 
@@ -66,11 +67,16 @@ def load_dit(path, dtype=None, device="cpu", role: str | None = None, num_heads:
     s2v = S2VConfig.from_state_dict(shapes, config.dim, config.num_layers, source)
     if s2v is not None:  # Wan 2.2 S2V-14B: the same blocks plus audio, reference, motion and pose modules
         variant = VARIANTS["wan22_s2v_14b"]
+    animate = AnimateConfig.from_state_dict(shapes, config.num_layers)
+    if animate is not None:  # Wan 2.2 Animate-14B: the I2V-14B layout plus pose, motion and face modules
+        variant, sd = VARIANTS["wan22_animate_14b"], without_blur_kernels(sd)
     compute = resolve_dtype(dtype, shapes)
     if s2v is not None:
         factory = lambda: WanS2VDiT(config, s2v, variant, role, attention)  # noqa: E731
     elif vace is not None:  # VACE: the same blocks plus the VACE context branch (vace_blocks)
         factory = lambda: WanVaceDiT(config, vace, variant, role, attention)  # noqa: E731
+    elif animate:
+        factory = lambda: WanAnimateDiT(config, animate, variant, role, attention)  # noqa: E731
     else:
         factory = lambda: WanDiT(config, variant, role, attention)  # noqa: E731
     model = build_with_weights(factory, sd, scales, compute, source, "Wan DiT", quantized, sharding=sharding)

@@ -59,6 +59,8 @@ def tiny_dit(variant: Variant, seed: int = SEED) -> nn.Module:
         return tiny_s2v_dit(variant, seed)
     if variant.task == "vace":
         return tiny_vace_dit(variant, seed)
+    if variant.task == "animate":
+        return tiny_animate_dit(variant, seed)
     config = WanDiTConfig(dim=DIT_DIM, ffn_dim=DIT_FFN, num_heads=DIT_HEADS, num_layers=DIT_LAYERS, in_dim=in_dim,
                           out_dim=48 if variant.task == "ti2v" else 16, text_dim=T5_DIM,
                           clip_dim=CLIP_DIM if variant.uses_clip else None,
@@ -83,6 +85,19 @@ def tiny_vace_dit(variant: Variant, seed: int = SEED) -> nn.Module:
 
     config = WanDiTConfig(dim=DIT_DIM, ffn_dim=DIT_FFN, num_heads=DIT_HEADS, num_layers=DIT_LAYERS, text_dim=T5_DIM)
     return _randomized(lambda: WanVaceDiT(config, VaceConfig(tuple(range(DIT_LAYERS))), variant), seed)
+
+
+def tiny_animate_dit(variant: Variant, seed: int = SEED) -> nn.Module:
+    """A random Animate DiT: the I2V layout with the tiny CLIP's width, a motion encoder of 8 x 8 faces, one face
+    adapter block."""
+    from ..dit.animate import AnimateConfig, WanAnimateDiT
+    from ..dit.config import WanDiTConfig
+
+    config = WanDiTConfig(dim=DIT_DIM, ffn_dim=DIT_FFN, num_heads=DIT_HEADS, num_layers=DIT_LAYERS, in_dim=36,
+                          text_dim=T5_DIM, clip_dim=CLIP_DIM)
+    animate = AnimateConfig(widths=(16, 16), style_dim=32, motion_dim=4, motion_out=32, linears=2, face_hidden=32,
+                            face_heads=2, adapters=1)
+    return _randomized(lambda: WanAnimateDiT(config, animate, variant), seed)
 
 
 def tiny_wav2vec2(seed: int = SEED) -> nn.Module:

@@ -65,6 +65,7 @@ class Settings:
     compile: object = None  # wan.dit.compile.CompileOptions (--compile): compiled transformer blocks
     fp8_matmul: bool = False  # --fp8_matmul: fp8 products on fp8 DiT weights
     vace: object = None  # wan.runner.vace.VaceOptions for --task vace-1.3B / vace-14B
+    animate: object = None  # wan.runner.animate.AnimateOptions for --task animate-14B
 
     @property
     def parallel(self):
@@ -79,7 +80,7 @@ OFFICIAL_TOKENIZER = "google/umt5-xxl"
 OFFICIAL_CLIP = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
 OFFICIAL_VAE = {"2.1": "Wan2.1_VAE.pth", "2.2": "Wan2.2_VAE.pth"}
 EXPERT_FOLDERS = ("high_noise_model", "low_noise_model")
-MODEL_IN_DIM = {"t2v": 16, "i2v": 36, "flf2v": 36, "ti2v": 48, "s2v": 16, "vace": 16}
+MODEL_IN_DIM = {"t2v": 16, "i2v": 36, "flf2v": 36, "ti2v": 48, "s2v": 16, "vace": 16, "animate": 36}
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,11 @@ def run(s: Settings) -> Path | None:
         from .s2v import run_s2v
 
         return run_s2v(s)
+    if s.animate is not None:
+        _one_process("--task animate-14B")
+        from .animate import run_animate
+
+        return run_animate(s)
     if s.extend_from is not None:
         _one_process("--extend_from")
         from .extend import run_extension

@@ -90,7 +90,7 @@ def sample(experts: ExpertSet, latents: torch.Tensor, text: TextEmbeds, settings
            noise: torch.Tensor | None = None, image_cond: ImageCond | None = None, step_cache=None,
            callback: Callable[[StepInfo], None] | None = None, device=None, offload_device=None,
            solver_state: SolverState | None = None, cfg_parallel=None,
-           interrupt: Callable[[], None] | None = None, s2v=None, vace=None) -> SampleResult:
+           interrupt: Callable[[], None] | None = None, s2v=None, vace=None, animate=None) -> SampleResult:
     """Denoise ``latents`` [B, C, T, h, w] (normalised) with ``experts`` (an ExpertSet, or one WanDiT). With
     ``add_noise`` and start 0 the run starts from ``noise`` alone, like the official scripts; a later start mixes
     noise in at that step's sigma.
@@ -107,7 +107,9 @@ def sample(experts: ExpertSet, latents: torch.Tensor, text: TextEmbeds, settings
     be finite (``NonFiniteError`` names the likely cause).
 
     ``s2v`` (a ``wan.dit.s2v.S2VInputs``, S2V models): the clip's audio, reference, motion and pose conditioning;
-    the unconditional branch gets it with the audio zeroed (official).
+    the unconditional branch gets it with the audio zeroed (official). ``animate`` (a
+    ``wan.dit.animate.AnimateInputs``, Animate models): the clip's pose latents and face crops; the unconditional
+    branch gets black face crops (official).
 
     ``vace`` (a ``wan.dit.vace.VaceInputs``, VACE models): the VACE context, the same for both branches (official);
     ``latents`` then hold its reference frames in front (``wan.sampling.vace.drop_reference_frames`` cuts them from
@@ -122,6 +124,11 @@ def sample(experts: ExpertSet, latents: torch.Tensor, text: TextEmbeds, settings
             raise InputError("context windows do not apply to speech-to-video: it already makes long videos clip by "
                              "clip; disconnect Wan Context Windows")
         run.inputs.branch_kwargs = {"cond": {"s2v": s2v}, "uncond": {"s2v": s2v.without_audio()}}
+    if animate is not None:
+        if run.windows is not None:
+            raise InputError("context windows do not apply to character animation: it already makes long videos "
+                             "clip by clip; disconnect Wan Context Windows")
+        run.inputs.branch_kwargs = {"cond": {"animate": animate}, "uncond": {"animate": animate.unconditional()}}
     check_sampling(run.experts, latents.shape, device, step_cache is not None, s.keep_both_resident, s.context)
     if run.windows is not None:
         noise, step_cache = run.windows.prepare(noise, step_cache)
