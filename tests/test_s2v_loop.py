@@ -48,8 +48,11 @@ def _stub_modules():
     for name, attr in (("modules.t5", "T5EncoderModel"), ("modules.vae2_1", "Wan2_1_VAE")):
         stubs[f"{official.PACKAGE}.{name}"] = types.ModuleType(f"{official.PACKAGE}.{name}")
         setattr(stubs[f"{official.PACKAGE}.{name}"], attr, None)
+    # diffusers and transformers look for torchvision's spec when first imported: import them (through the official
+    # modules that need them; utils without its package __init__) before the torchvision stand-in goes in
+    official.load("utils.fm_solvers")
+    official.load("modules.model")
     with official.stand_ins(stubs):
-        official.load("utils.fm_solvers")  # the utils package without its __init__ (prompt extension imports)
         return official.load("speech2video")
 
 
