@@ -133,7 +133,7 @@ def _laid_out():
     return {
         "nodes": [
             {"id": 1, "type": "MarkdownNote", "pos": [0, 30], "size": [400, 100], "widgets_values": ["Files."]},
-            {"id": 2, "type": "WanExpertsLoadDiT", "pos": [20, 250], "size": [340, 160]},
+            {"id": 2, "type": "WanExpertsLoadDiT", "pos": [20, 250], "size": [340, 200]},
             {"id": 3, "type": "WanExpertsSaveVideo", "pos": [400, 250], "size": [340, 200]},
         ],
         "groups": [{"title": "All", "bounding": [0, 180, 760, 290]}],

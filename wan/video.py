@@ -126,6 +126,18 @@ def read_video(path: Path) -> torch.Tensor:
     return torch.stack(frames).float() / 255.0
 
 
+def load_image(path: Path):
+    """An image file -> [1, 3, H, W] in [-1, 1] (decoded by PyAV, so no extra image library is needed)."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            rgb = next(container.decode(video=0)).to_ndarray(format="rgb24")
+    except (av.error.FFmpegError, StopIteration) as exc:
+        raise InputError(f"'{path}' could not be read as an image ({exc}); use a .png or .jpg file") from exc
+    return torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).float() / 127.5 - 1.0
+
+
 def workflow_metadata(prompt=None, extra_pnginfo=None) -> dict[str, str]:
     """Container tags as core ComfyUI writes them: ``prompt`` and every ``extra_pnginfo`` key (``workflow``), JSON."""
     tags = {}

@@ -66,7 +66,7 @@ def read_source(root: Path, replace: bool, face_size: int | None = None):
     official)."""
     from ..sampling.animate import AnimateSource, letterbox, resize_faces
     from ..video import read_video
-    from .pipeline import load_image
+    from ..video import load_image
 
     def frames(name: str) -> torch.Tensor:
         return read_video(root / name).permute(0, 3, 1, 2) * 2 - 1

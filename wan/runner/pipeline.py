@@ -151,6 +151,7 @@ def sample_latents(s: Settings) -> Sampled:
     from ..budget.check import check_call
     from ..distributed.ranks import is_main, share_from_main
     from ..sampling import latent_shape, make_noise
+    from ..video import load_image
 
     images = [load_image(p) for p in (s.image, s.last_image) if p is not None] or _demo_images(s)
     width, height = output_size(s, images[0] if images else None)
@@ -345,19 +346,6 @@ def write_png(frame, path: Path) -> Path:
     Image.fromarray(pixels, "RGB").save(tmp, format="PNG")
     os.replace(tmp, path)
     return path
-
-
-def load_image(path: Path):
-    """An image file -> [1, 3, H, W] in [-1, 1] (decoded by PyAV, so no extra image library is needed)."""
-    import av
-    import torch
-
-    try:
-        with av.open(str(path)) as container:
-            rgb = next(container.decode(video=0)).to_ndarray(format="rgb24")
-    except (av.error.FFmpegError, StopIteration) as exc:
-        raise InputError(f"'{path}' could not be read as an image ({exc}); use a .png or .jpg file") from exc
-    return torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).float() / 127.5 - 1.0
 
 
 def run_description(s: Settings) -> str:

@@ -141,8 +141,8 @@ def run_s2v(s) -> Path | None:
     from ..experts import ExpertSet
     from ..sampling import SamplerSettings
     from ..sampling.s2v import fit_frames, generate_s2v
-    from ..video import write_video
-    from .pipeline import encode_text, load_image, load_vae, official_files, parallel_setup, run_description
+    from ..video import load_image, write_video
+    from .pipeline import encode_text, load_vae, official_files, parallel_setup, run_description
 
     o: S2VOptions = s.s2v
     files = official_files(s.ckpt_dir, s.task, s.variant)

@@ -79,7 +79,7 @@ def vace_sources(o: VaceOptions, width: int, height: int, frames: int):
     """(control video [3, F, H, W] in [-1, 1] or None, masks [F, H, W] in 0..1 or None, references [N, 3, h, w] in
     [-1, 1] or None) from the files; F may be less than ``frames`` for a short source video."""
     from ..video import read_video
-    from .pipeline import load_image
+    from ..video import load_image
 
     video = masks = refs = None
     if o.src_video is not None:
