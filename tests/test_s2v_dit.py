@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import wan
-from tiny_dit import assert_close, save_safetensors, save_sharded, state_dict_of
+from tiny_dit import assert_close, save_safetensors, save_scaled_fp8, save_sharded, state_dict_of
 from tiny_s2v import INJECT, official_s2v, official_s2v_forward, s2v_inputs
 from wan.dit.s2v import S2VInputs, WanS2VDiT, inject_layers
 from wan.errors import CheckpointError, InputError
@@ -64,20 +64,8 @@ def test_official_folder_and_inject_layers_from_config(tmp_path):
 def test_comfy_prefix_and_scaled_fp8(tmp_path):
     """Comfy-Org repack names under ``model.diffusion_model.``; scaled fp8 Linear weights (weight x scale_weight)."""
     ref = official_s2v(seed=2)
-    sd = state_dict_of(ref)
-    fp8 = {}
-    for k, v in sd.items():
-        if k.endswith(".weight") and v.dim() == 2 and ("blocks." in k or "audio_injector." in k):
-            scale = v.abs().max() / 448.0
-            fp8[k] = (v / scale).to(torch.float8_e4m3fn)
-            fp8[k[: -len("weight")] + "scale_weight"] = scale.reshape(())
-            sd[k] = fp8[k].float() * scale  # the oracle gets the dequantised weight
-        else:
-            fp8[k] = v
-    ref.load_state_dict(sd)
-    fp8 = {"model.diffusion_model." + k: v.contiguous() for k, v in fp8.items()}
-    path = save_safetensors({"scaled_fp8": torch.zeros(0, dtype=torch.float8_e4m3fn), **fp8},
-                            tmp_path / "s2v_fp8_scaled.safetensors")
+    path = save_scaled_fp8(ref, tmp_path / "s2v_fp8_scaled.safetensors",
+                           lambda k: "blocks." in k or "audio_injector." in k)
     ours = wan.load_dit(path, dtype="float32")
     assert "scaled fp8" in ours.layout
     x, ctx, ref_lat, motion, pose_lat, audio = s2v_inputs(seed=6)

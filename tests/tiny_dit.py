@@ -46,6 +46,25 @@ def save_safetensors(sd: dict, path: Path, prefix: str = "") -> Path:
     return path
 
 
+def save_scaled_fp8(model, path: Path, quantize) -> Path:
+    """A Comfy-Org scaled-fp8 file of ``model`` (names under ``model.diffusion_model.``, a ``scaled_fp8`` marker):
+    the 2-D ``.weight`` tensors whose name ``quantize`` accepts stored as fp8 e4m3 with a ``scale_weight`` each.
+    ``model`` gets the dequantised weights, so that it is the oracle of the file."""
+    sd = state_dict_of(model)
+    stored = {}
+    for k, v in sd.items():
+        if k.endswith(".weight") and v.dim() == 2 and quantize(k):
+            scale = v.abs().max() / 448.0
+            stored[k] = (v / scale).to(torch.float8_e4m3fn)
+            stored[k[: -len("weight")] + "scale_weight"] = scale.reshape(())
+            sd[k] = stored[k].float() * scale
+        else:
+            stored[k] = v
+    model.load_state_dict(sd)
+    stored = {"model.diffusion_model." + k: v.contiguous() for k, v in stored.items()}
+    return save_safetensors({"scaled_fp8": torch.zeros(0, dtype=torch.float8_e4m3fn), **stored}, path)
+
+
 def save_sharded(sd: dict, folder: Path, shards: int = 3) -> Path:
     """Official Wan-AI folder: diffusion_pytorch_model-0000i-of-0000n.safetensors + index + config.json."""
     folder.mkdir(parents=True, exist_ok=True)
