@@ -1,6 +1,7 @@
 """Sampling: schedules, flow solvers, image conditioning and the denoise loop with expert switching.
 
-Also: context windows (``windows``, ``windowed``), extension of a video from its last frames (``extend``, ``color``).
+Also: context windows (``windows``, ``windowed``), extension of a video from its last frames (``extend``, ``color``),
+the VACE context from a control video, masks and reference images (``vace``), speech-to-video clips (``s2v``).
 
 May import: ``wan.experts``, ``wan.cache``, ``wan.budget``, ``wan.memory``, ``wan.conditioning``, ``wan.latents``,
 ``wan.finite``, ``wan.checks``, ``wan.variants``, ``wan.errors``; never the run or the nodes.
