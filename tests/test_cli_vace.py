@@ -7,8 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-import wan.dit.loader
-import wan.encoders.text_encoder
+from test_cli_generate import no_loading  # noqa: F401  (the fixture: no model may load before the checks)
 from wan.generate import main
 from wan.runner.vace import frame_ids, resize_crop
 from wan.video import write_video
@@ -65,15 +64,6 @@ def test_t2i_writes_one_png(tmp_path, capsys):
     assert main(["--demo", "--task", "t2i-14B", "--sample_steps", "2", "--save_file", str(out)]) == 0
     with Image.open(out) as img:
         assert img.format == "PNG" and img.size == (96, 64)
-
-
-@pytest.fixture
-def no_loading(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded before the settings were checked")
-
-    monkeypatch.setattr(wan.dit.loader, "load_dit", refuse)
-    monkeypatch.setattr(wan.encoders.text_encoder, "load_text_encoder", refuse)
 
 
 @pytest.mark.parametrize("flags, message", [

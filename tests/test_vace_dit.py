@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import wan
-from tiny_dit import assert_close, save_safetensors, save_sharded, state_dict_of
+from tiny_dit import assert_close, save_safetensors, save_scaled_fp8, save_sharded, state_dict_of
 from tiny_vace import (VACE_LAYERS, diffusers_vace, diffusers_vace_forward, official_vace, official_vace_forward,
                        vace_inputs)
 from wan.dit.vace import VaceInputs, WanVaceDiT, vace_layers
@@ -80,20 +80,7 @@ def test_comfy_prefix_and_scaled_fp8(tmp_path):
     """Comfy-Org repack names under ``model.diffusion_model.``; scaled fp8 Linear weights in the base and the VACE
     blocks (weight x scale_weight)."""
     ref = official_vace(seed=2)
-    sd = state_dict_of(ref)
-    fp8 = {}
-    for k, v in sd.items():
-        if k.endswith(".weight") and v.dim() == 2 and "blocks." in k:
-            scale = v.abs().max() / 448.0
-            fp8[k] = (v / scale).to(torch.float8_e4m3fn)
-            fp8[k[: -len("weight")] + "scale_weight"] = scale.reshape(())
-            sd[k] = fp8[k].float() * scale  # the oracle gets the dequantised weight
-        else:
-            fp8[k] = v
-    ref.load_state_dict(sd)
-    fp8 = {"model.diffusion_model." + k: v.contiguous() for k, v in fp8.items()}
-    path = save_safetensors({"scaled_fp8": torch.zeros(0, dtype=torch.float8_e4m3fn), **fp8},
-                            tmp_path / "wan2.1_vace_fp8_scaled.safetensors")
+    path = save_scaled_fp8(ref, ("blocks.", "vace_blocks."), tmp_path / "wan2.1_vace_fp8_scaled.safetensors")
     ours = wan.load_dit(path, dtype="float32")
     assert "scaled fp8" in ours.layout and ours.vace_blocks[1].after_proj.weight.dtype == torch.float8_e4m3fn
     x, ctx, vace = vace_inputs(seed=7)

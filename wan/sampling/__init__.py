@@ -1,7 +1,8 @@
 """Sampling: schedules, flow solvers, image conditioning and the denoise loop with expert switching.
 
 Also: context windows (``windows``, ``windowed``), extension of a video from its last frames (``extend``, ``color``),
-the clip loops of speech to video (``s2v``) and of character animation / replacement (``animate``).
+the VACE context from a control video, masks and reference images (``vace``), the clip loops of speech to video
+(``s2v``) and of character animation / replacement (``animate``).
 
 May import: ``wan.experts``, ``wan.cache``, ``wan.budget``, ``wan.memory``, ``wan.conditioning``, ``wan.latents``,
 ``wan.finite``, ``wan.checks``, ``wan.variants``, ``wan.errors``; never the run or the nodes.
