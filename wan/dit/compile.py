@@ -11,7 +11,8 @@ streaming and the solver stay eager.
 
 What makes the graph stable over a run: timesteps enter as tensors (the modulation), the expert switch swaps weights
 of the same shapes, a step-cache skip does not call the blocks, equal context windows have equal shapes, LoRA
-factors are graph inputs. A LoRA strength is a Python number inside the graph: changing it recompiles once. With
+factors and low-rank scales are graph inputs (other unmerged patch kinds keep their strength as a number: a new
+strength compiles one more graph). With
 ``dynamic`` "auto" the first compile is for the shapes it sees; a second resolution recompiles once with the token
 count symbolic, and later resolutions reuse that graph.
 

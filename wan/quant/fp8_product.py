@@ -22,7 +22,7 @@ way; a typical error is about ``2⁻⁴ / √3 · ‖x ⊙ W[j]‖₂``. ``error
 to it. The weight is never rounded again: only the activation is quantised.
 
 Scales per row of ``x`` (one per token) where the kernel has row-wise scaling (the CPU kernel; CUDA sm90+ with a
-bfloat16 output), else one scale for the whole input (CUDA sm89). A device without a kernel (no fp8 support, CUDA
+bfloat16 output), else one scale for the whole input (CUDA sm89, or float16 on CUDA). A device without a kernel (no fp8 support, CUDA
 before sm89) runs the dequantising product, with one note in the log. The products run only for inputs in half
 precision (bf16, fp16): the layers the official code keeps in float32 (time embedding, head) stay exact.
 """
@@ -70,7 +70,7 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor
                bias: torch.Tensor | None) -> torch.Tensor:
     """``x @ (s_w · W8)ᵀ + b`` with ``x`` quantised to e4m3 (see the module docstring); ``weight`` [N, K] fp8,
     ``weight_scale`` None, a scalar or [N, 1]; the result in ``x``'s dtype."""
-    rowwise = KERNELS[_key(x.device)] == "row"
+    rowwise = KERNELS[_key(x.device)] == "row" and (x.device.type != "cuda" or x.dtype == torch.bfloat16)
     rows = x.reshape(-1, x.shape[-1])
     x8, scale_x = quantize(rows, rowwise)
     n = weight.shape[0]
