@@ -23,6 +23,7 @@ from .t5_keys import TOKENIZER_KEY, has_relative_bias_in_every_block, normalize_
 from .tokenizer import UMT5Tokenizer
 from .tokenizer_source import find_tokenizer
 from ..weights.assign import build_with_weights, compute_dtype, official_file_in, split_fp8_scales
+from ..weights.owned import converts_most, in_dtype, read_owned
 
 log = logging.getLogger("wan_experts")
 
@@ -85,6 +86,10 @@ def load_text_encoder(path, tokenizer=None, dtype=None, device="cpu", sharding=N
     scaled = any(is_marker(k) for k in sd)
     sd, scales = split_fp8_scales({k: v for k, v in sd.items() if k != TOKENIZER_KEY})
     config, compute = _config_and_dtype(path, sd, dtype)
+    if converts_most(sd, compute):  # e.g. an fp16 file computing in bf16: read it again, converted as it arrives
+        del sd
+        owned = normalize_keys(read_owned(path, "text encoder file", in_dtype(compute)))[0]
+        sd, scales = split_fp8_scales({k: v for k, v in owned.items() if k != TOKENIZER_KEY})
     model = build_with_weights(lambda: UMT5Encoder(config), sd, scales, compute, path, "UMT5 text encoder",
                                sharding=sharding)
     layout += " (scaled fp8)" if scaled or scales else ""

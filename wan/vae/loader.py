@@ -10,7 +10,7 @@ from ..weights.checkpoint import read_state_dict, wrong_kind_message
 from ..errors import CheckpointError
 from ..latents import STATS
 from ..weights.assign import assign_weights, compute_dtype
-from ..weights.owned import read_owned
+from ..weights.owned import in_dtype, read_owned
 from .config import WanVAEConfig
 from .keys import normalize_keys
 from .model import WanVAEModel
@@ -19,6 +19,7 @@ from .vae import WanVAE
 log = logging.getLogger("wan_experts")
 
 OFFICIAL_FILES = ("Wan2.1_VAE.pth", "Wan2.2_VAE.pth")
+CPU_LAYOUT = torch.channels_last_3d  # of the conv weights of a VAE on the CPU (see ``WanVAEModel.layout_for``)
 REQUIRED_KEYS = (
     "encoder.conv1.weight", "decoder.conv1.weight", "decoder.head.2.weight", "conv1.weight", "conv2.weight",
 )
@@ -45,7 +46,7 @@ def load_vae(path, dtype=None, device="cpu") -> WanVAE:
     compute = compute_dtype(dtype, sd["decoder.conv1.weight"].dtype, fallback=torch.float32)
     if torch.device(device).type == "cpu":  # read again, each tensor straight into the form the CPU passes use
         del sd
-        sd = normalize_keys(read_owned(source, "VAE file", lambda _, t: for_cpu(t, compute)))[0]
+        sd = normalize_keys(read_owned(source, "VAE file", in_dtype(compute, CPU_LAYOUT)))[0]
     with torch.device("meta"):
         model = WanVAEModel(config)
     assign_weights(model, sd, {}, compute, source, f"Wan {config.version} VAE")
@@ -56,14 +57,6 @@ def load_vae(path, dtype=None, device="cpu") -> WanVAE:
     log.info("Loaded Wan %s VAE (z %d, base %d/%d) from %s [%s], compute %s", config.version, config.z_dim,
              config.dim, config.dec_dim, source.name, layout, str(compute).replace("torch.", ""))
     return vae
-
-
-def for_cpu(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """A tensor as a VAE on the CPU keeps it: float weights in the compute dtype, conv weights channels-last (the
-    layout of the CPU passes, see ``WanVAEModel.layout_for``): converted once here, never again per pass."""
-    dtype = dtype if t.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64) else t.dtype
-    fmt = torch.channels_last_3d if t.dim() == 5 else torch.contiguous_format
-    return t.to(dtype=dtype, memory_format=fmt)
 
 
 def _weights_source(path: Path) -> Path:

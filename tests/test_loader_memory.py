@@ -1,5 +1,6 @@
-"""One copy of the VAE weights on the CPU: after loading and a first decode, the bytes of the tensors the modules
-hold plus the bytes of the weight file still mapped into the process stay within one copy of the weights.
+"""One copy of the weights: after loading (and, for the VAE, a first CPU decode), the bytes of the tensors the modules
+hold plus the bytes of the weight file still mapped into the process stay within one copy of the weights, also
+when the loader converts the file's dtype (the VAE on the CPU; a text encoder whose fp16 file computes in bf16).
 
 Also: ``read_owned`` (the reader behind it) returns the same tensors as the memory-mapped ``read_state_dict``, for
 every source kind (exact equality: the bytes are the file's).
@@ -9,16 +10,21 @@ from __future__ import annotations
 import gc
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
+import test_encoders_support as sup
 from test_vae_tiny import diffusers_vae, official_vae, save_comfy, save_pth
 
 import wan.vae as wv
+from wan.encoders import load_text_encoder
 from wan.weights.checkpoint import read_state_dict
-from wan.weights.owned import read_owned
+from wan.weights.owned import in_dtype, read_owned
 
 
 def _module_bytes(module: torch.nn.Module) -> int:
@@ -82,6 +88,46 @@ def test_weights_are_channels_last_from_load_and_decode_copies_none(tmp_path):
     assert [m.weight.data_ptr() for m in convs] == before
 
 
+def test_text_encoder_converted_at_load_keeps_one_copy(tmp_path):
+    """An fp16 file computing in bf16 (the default): every weight converted, and the file no longer mapped; the
+    values are those of the file converted (the mapped read, converted the same way)."""
+    spiece = sup.train_spiece()
+    reference = sup.hf_umt5().half()
+    path = sup.save_comfy_t5(reference, spiece, tmp_path / "umt5_xxl_fp16.safetensors")
+    encoder = load_text_encoder(path)
+    gc.collect()
+    model = encoder.model
+    assert encoder.compute_dtype == torch.bfloat16 and _mapped_bytes(path) == 0
+    assert _module_bytes(model) <= 1.01 * _weight_bytes(model)
+    assert torch.equal(model.blocks[0].attn.q.weight, reference.encoder.block[0].layer[0].SelfAttention.q.weight
+                       .to(torch.bfloat16))
+
+
+PEAK_PROBE = """
+import sys, torch
+from wan.encoders import load_text_encoder
+with torch.device("meta"):  # code, not data: the first init on the meta device loads torch's meta kernels (~80 MB)
+    torch.nn.Embedding(2, 2)
+def kb(field):
+    return next(int(line.split()[1]) for line in open('/proc/self/status') if line.startswith(field))
+base = kb('VmRSS:')
+encoder = load_text_encoder(sys.argv[1])
+print((kb('VmHWM:') - base) * 1024)
+"""
+
+
+def test_text_encoder_converted_at_load_peaks_at_one_copy(tmp_path):
+    """Peak RSS growth of a fresh process loading a 0.1 GB fp16 file into bf16: one copy, a slab and the tokenizer
+    (1.3-1.6 x this small file); the mapped read converted afterwards peaks at 2.1 x (the file's pages and the
+    converted tensors side by side)."""
+    path = sup.save_comfy_t5(sup.hf_umt5(vocab=800_000).half(), sup.train_spiece(), tmp_path / "umt5_fp16.safetensors")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", PEAK_PROBE, str(path)], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(root)}, check=True)
+    growth = int(out.stdout.strip().splitlines()[-1])
+    assert growth <= 1.8 * path.stat().st_size, f"peak growth {growth / path.stat().st_size:.2f} x the file"
+
+
 def _tensors():
     g = torch.Generator().manual_seed(0)
     return {"a.weight": torch.randn(4, 3, 3, 2, 2, generator=g).to(torch.bfloat16),
@@ -110,11 +156,28 @@ def test_read_owned_equals_the_mapped_read(kind, tmp_path):
     tensors = _tensors()
     path = _write(kind, tensors, tmp_path)
     seen = []
-    owned = read_owned(path, "test file", lambda name, t: seen.append(name) or t.clone())
+    keep = torch.contiguous_format
+    owned = read_owned(path, "test file", lambda name, stored, dims: seen.append(name) or (stored, keep))
     mapped = read_state_dict(path, "test file")
     assert sorted(seen) == sorted(owned) == sorted(mapped) == sorted(tensors)
     for key, t in tensors.items():
         assert owned[key].dtype == t.dtype and torch.equal(owned[key], t) and torch.equal(mapped[key], t), key
+
+
+@pytest.mark.parametrize("kind", ["pth", "safetensors"])
+def test_read_owned_converts_in_slabs_to_the_form_asked(kind, tmp_path, monkeypatch):
+    """Converted tensors are filled a few rows at a time (slabs made small here): equal to the mapped tensors
+    converted by torch, in the layout asked (channels-last for 5-D), stored dtype kept for integers."""
+    import wan.weights.owned as owned_module
+
+    monkeypatch.setattr(owned_module, "SLAB_BYTES", 40)
+    tensors = _tensors()
+    path = _write(kind, tensors, tmp_path)
+    owned = read_owned(path, "test file", in_dtype(torch.float32, torch.channels_last_3d))
+    for key, t in tensors.items():
+        want = t.float() if t.is_floating_point() else t
+        assert owned[key].dtype == want.dtype and torch.equal(owned[key], want), key
+    assert owned["a.weight"].is_contiguous(memory_format=torch.channels_last_3d)
 
 
 def test_read_owned_names_a_truncated_file(tmp_path):
@@ -124,4 +187,4 @@ def test_read_owned_names_a_truncated_file(tmp_path):
     from wan.errors import CheckpointError
 
     with pytest.raises(CheckpointError, match="truncated"):
-        read_owned(path, "test file", lambda _, t: t)
+        read_owned(path, "test file", in_dtype(torch.float32))
