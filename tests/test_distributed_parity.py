@@ -16,7 +16,6 @@ import io
 import json
 import os
 import shutil
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,8 +24,8 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from spawn import free_port, run_ranks
 from wan.runner.demo import write_official_folder
 from wan.distributed.fsdp import resident_bytes
 from wan.errors import InputError
@@ -186,24 +185,9 @@ def _rank(rank: int, world: int, ports: tuple[int, int], cases: list[Case], fold
 
 
 # -- the launch ---------------------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(world: int, cases: list[Case], folders: dict, out: Path, extras: tuple[str, ...] = ()) -> list[dict]:
     """Run ``world`` processes to the end (or fail with the first error of any of them)."""
-    ports = (_free_port(), _free_port())
-    ctx = mp.start_processes(_rank, args=(world, ports, cases, folders, str(out), extras), nprocs=world,
-                             join=False, start_method="spawn")
-    for _ in range(TIMEOUT):
-        if ctx.join(timeout=1):
-            break
-    else:
-        for p in ctx.processes:
-            p.kill()
-        pytest.fail(f"{world} processes did not finish within {TIMEOUT} s")
+    run_ranks(_rank, (world, (free_port(), free_port()), cases, folders, str(out), extras), world, TIMEOUT)
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(world)]
 
 

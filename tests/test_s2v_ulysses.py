@@ -12,7 +12,6 @@ loopback):
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import av
@@ -20,9 +19,9 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import wan
+from spawn import free_port, run_ranks
 from tiny_dit import save_safetensors, state_dict_of
 from tiny_s2v import official_s2v, s2v_inputs
 from wan.dit.s2v import S2VInputs
@@ -64,12 +63,6 @@ def _rank(rank: int, world: int, ports: tuple[int, int], path: str, out: str) ->
     torch.save(results, f"{out}/rank{rank}.pt")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def dit_file(tmp_path_factory):
     return save_safetensors(state_dict_of(official_s2v()), tmp_path_factory.mktemp("s2v_sp") / "s2v.safetensors")
@@ -78,16 +71,7 @@ def dit_file(tmp_path_factory):
 @pytest.fixture(scope="module")
 def two(dit_file, tmp_path_factory) -> tuple[list[dict], Path]:
     out = tmp_path_factory.mktemp("s2v_ranks")
-    ports = (_free_port(), _free_port())
-    ctx = mp.start_processes(_rank, args=(2, ports, str(dit_file), str(out)), nprocs=2, join=False,
-                             start_method="spawn")
-    for _ in range(TIMEOUT):
-        if ctx.join(timeout=1):
-            break
-    else:
-        for p in ctx.processes:
-            p.kill()
-        pytest.fail(f"2 processes did not finish within {TIMEOUT} s")
+    run_ranks(_rank, (2, (free_port(), free_port()), str(dit_file), str(out)), world=2, timeout=TIMEOUT)
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)], out
 
 
