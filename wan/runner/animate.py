@@ -5,7 +5,8 @@
 is the video size), ``src_face.mp4`` (face crops), ``src_ref.png`` (the character), and for ``--replace_flag``
 ``src_bg.mp4`` and ``src_mask.mp4``. ``--frame_num`` is the clip length (official 77). ``--use_relighting_lora``
 applies ``relighting_lora.ckpt`` of ``--ckpt_dir`` through the LoRA loader, like any LoRA file. ``--demo`` writes a
-tiny driving folder (moving shapes) beside the tiny models."""
+tiny driving folder (moving shapes) beside the tiny models. Under torchrun the official multi-GPU flags apply
+(``--ulysses_size``, ``--dit_fsdp``, ``--t5_fsdp``); ``--cfg_parallel`` is refused."""
 from __future__ import annotations
 
 from dataclasses import dataclass
