@@ -64,9 +64,11 @@ class FsdpSharding:
 
 def dit_units(model: nn.Module) -> list[nn.Module]:
     """Each block (VACE blocks too), each embedding and the head (the patch embeddings stay with the root); the S2V
-    DiT's audio injector too (it runs between the blocks, outside the root's ``prepare``)."""
-    units = [*model.blocks, *getattr(model, "vace_blocks", ()), model.text_embedding, model.time_embedding,
-             model.time_projection, model.head]
+    DiT's audio injector and each face adapter block of the Animate DiT too (they run between the blocks, outside
+    the root's ``prepare``; the Animate motion and face encoders run in ``prepare`` and stay with the root)."""
+    face = getattr(model, "face_adapter", None)
+    units = [*model.blocks, *getattr(model, "vace_blocks", ()), *(face.fuser_blocks if face is not None else ()),
+             model.text_embedding, model.time_embedding, model.time_projection, model.head]
     return units + [m for m in (getattr(model, "img_emb", None), getattr(model, "audio_injector", None))
                     if m is not None]
 

@@ -6,6 +6,10 @@ front (the reference image); the pose latents of the clip (``pose_patch_embeddin
 patch tokens of every frame after it; the clip's face crops go through the motion encoder (``animate_motion``) and
 the face encoder, giving face tokens per latent frame (zeros for the reference frame); after every ``every``-th
 block (5 of 40) a face adapter block adds the tokens' attention to their frame's face tokens.
+
+Sequence parallel (Ulysses, official ``use_context_parallel``): the video tokens (pose added) are split over the
+ranks; in each face adapter block every rank gathers the queries of the whole sequence, attends to the face tokens
+(every rank holds them all) and keeps the output of its own slice (as the official code).
 """
 from __future__ import annotations
 
@@ -122,10 +126,7 @@ class WanAnimateDiT(WanDiT):
         return self.finish(self.run_blocks(state), state)
 
     def prepare(self, x, t, context, clip_fea=None, y=None, animate: AnimateInputs | None = None) -> AnimateState:
-        if self.sequence_parallel is not None:
-            raise InputError("the Animate model does not run with sequence parallel (Ulysses) yet; run it on one GPU "
-                             "per process (--dit_fsdp alone works)")
-        base = super().prepare(x, t, context, clip_fea, y)
+        base = super().prepare(x, t, context, clip_fea, y, shard_tokens=False)
         self._check_animate(animate, x)
         dtype, b = self.compute_dtype, x.shape[0]
         _, h, w = base.grid
@@ -133,7 +134,12 @@ class WanAnimateDiT(WanDiT):
         first = h * w  # the reference frame's tokens get no pose
         tokens = torch.cat([base.x[:, :first], base.x[:, first:] + pose.float()], dim=1)
         face = self.encode_face(animate.face.expand(b, -1, -1, -1, -1))
-        return AnimateState(tokens, base.e, base.e0, base.context, base.n_img, base.freqs, base.grid, None, face=face)
+        e, e0, freqs, shard = base.e, base.e0, base.freqs, None
+        if self.sequence_parallel is not None:  # this rank's slice of the tokens (and of per-token timesteps)
+            shard = self.sequence_parallel.shard(tokens.shape[1])
+            tokens, freqs = shard.split(tokens, dim=1), shard.split(freqs, dim=0)
+            e, e0 = (v if v.shape[1] == 1 else shard.split(v, dim=1) for v in (e, e0))
+        return AnimateState(tokens, e, e0, base.context, base.n_img, freqs, base.grid, shard, face=face)
 
     def encode_face(self, face: torch.Tensor) -> torch.Tensor:
         """Face crops [B, 3, F, S, S] -> face tokens [B, 1 + (F - 1) // 4 + 1, heads + 1, dim] (zeros first)."""
@@ -145,11 +151,12 @@ class WanAnimateDiT(WanDiT):
         return torch.cat([torch.zeros_like(tokens[:, :1]), tokens], dim=1)
 
     def run_blocks(self, s: AnimateState) -> torch.Tensor:
-        x, every, adapters = s.x, self.face_every, self.face_adapter.fuser_blocks
+        x, every, adapters, shard = s.x, self.face_every, self.face_adapter.fuser_blocks, s.shard
+        self_attn = None if shard is None else shard.attention(self._attn)
         for i, block in enumerate(streamed(self, x)):
-            x = block(x, s.e0, s.context, s.n_img, s.freqs, self._attn)
+            x = block(x, s.e0, s.context, s.n_img, s.freqs, self._attn, self_attn)
             if i % every == 0 and i // every < len(adapters):
-                x = x + adapters[i // every](x, s.face, self._attn).float()
+                x = x + adapters[i // every](x, s.face, self._attn, shard).float()
         return x
 
     def _check_animate(self, a: AnimateInputs | None, x: torch.Tensor) -> None:

@@ -67,17 +67,22 @@ class FaceBlock(nn.Module):
         self.q_norm = RMSNorm(dim // num_heads, EPS)
         self.k_norm = RMSNorm(dim // num_heads, EPS)
 
-    def forward(self, x: torch.Tensor, face: torch.Tensor, attn: AttentionFn) -> torch.Tensor:
-        """x float32 [B, T * S, dim] (S tokens per latent frame), face [B, T, N, dim] -> the residual [B, T * S, dim]."""
+    def forward(self, x: torch.Tensor, face: torch.Tensor, attn: AttentionFn, shard=None) -> torch.Tensor:
+        """x float32 [B, T * S, dim] (S tokens per latent frame), face [B, T, N, dim] -> the residual [B, T * S, dim].
+        ``shard`` (sequence parallel, a ``TokenShard``): x holds this rank's slice of the tokens; the queries of all
+        ranks are gathered for the attention and this rank's slice of its output is kept."""
         b, t, n, dim = face.shape
         h, dtype = self.num_heads, face.dtype
         kv = self.linear1_kv(layer_norm(face, eps=EPS).to(dtype))  # [B, T, N, 2 dim]
         k, v = kv.view(b, t, n, 2, h, dim // h).unbind(3)
         q = self.linear1_q(layer_norm(x, eps=EPS).to(dtype)).view(b, x.shape[1], h, dim // h)
-        q = self.q_norm(q).to(v.dtype).view(b * t, -1, h, dim // h)  # each latent frame attends to its own face
+        q = self.q_norm(q).to(v.dtype)
+        if shard is not None:
+            q = shard.gather(q)  # [B, T * S, h, dim / h]
+        q = q.reshape(b * t, -1, h, dim // h)  # each latent frame attends to its own face
         k = self.k_norm(k).to(v.dtype).reshape(b * t, n, h, dim // h)
-        out = attn(q, k, v.reshape(b * t, n, h, dim // h))  # [B * T, S, dim]
-        return self.linear2(out.reshape(b, -1, dim))
+        out = attn(q, k, v.reshape(b * t, n, h, dim // h)).reshape(b, -1, dim)  # [B, T * S, dim]
+        return self.linear2(out if shard is None else shard.split(out, dim=1))
 
 
 class FaceAdapter(nn.Module):

@@ -5,7 +5,8 @@
 is the video size), ``src_face.mp4`` (face crops), ``src_ref.png`` (the character), and for ``--replace_flag``
 ``src_bg.mp4`` and ``src_mask.mp4``. ``--frame_num`` is the clip length (official 77). ``--use_relighting_lora``
 applies ``relighting_lora.ckpt`` of ``--ckpt_dir`` through the LoRA loader, like any LoRA file. ``--demo`` writes a
-tiny driving folder (moving shapes) beside the tiny models."""
+tiny driving folder (moving shapes) beside the tiny models. Under torchrun the official multi-GPU flags apply
+(``--ulysses_size``, ``--dit_fsdp``, ``--t5_fsdp``); ``--cfg_parallel`` is refused."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -87,24 +88,31 @@ def read_source(root: Path, replace: bool, face_size: int | None = None):
     return AnimateSource(reference, pose, face, background, mask)
 
 
-def run_animate(s) -> Path:
-    """The driving folder -> video file (one process)."""
+def run_animate(s) -> Path | None:
+    """The driving folder -> video file.
+
+    Under torchrun every rank runs the clip loop with the DiT sharded (``--dit_fsdp``) and its tokens split
+    (``--ulysses_size``), as the official script does; rank 0 writes the file and returns it, the others None."""
+    from ..distributed.ranks import is_main, share_from_main
     from ..encoders import load_clip_vision
     from ..sampling import SamplerSettings
     from ..sampling.animate import check_source, generate_animate, resize_faces
     from ..video import write_video
-    from .pipeline import encode_text, load_experts, load_vae, official_files, run_description
+    from .pipeline import encode_text, load_experts, load_vae, official_files, parallel_setup, run_description
 
     o: AnimateOptions = s.animate
+    refuse_parallel_flags(s)
     files = official_files(s.ckpt_dir, s.task, s.variant)
     root = o.src_root if o.src_root is not None else write_demo_source(s.ckpt_dir / "src", o.replace)
     source = read_source(root, o.replace)  # bad driving videos are named before any model loads
     check_source(source, source.face.shape[-1])
-    device = torch.device(s.device)
+    par = parallel_setup(s, files)  # None for one process
+    device = par.device if par else torch.device(s.device)
+    seed = share_from_main(s.seed)  # one noise for all ranks
     if o.relighting_lora:
         s.loras = tuple(s.loras) + (relighting_lora(s.ckpt_dir, s.demo),)
-    text = encode_text(files, s, device)
-    model = load_experts(files, s, device).high
+    text = encode_text(files, s, device, par)
+    model = load_experts(files, s, device, par).high
     if not hasattr(model, "animate_config"):
         raise InputError(f"the model in '{s.ckpt_dir}' is not Wan 2.2 Animate-14B (no pose and face modules); "
                          f"download the official Wan2.2-Animate-14B folder")
@@ -114,10 +122,23 @@ def run_animate(s) -> Path:
     settings = SamplerSettings(steps=s.steps, shift=s.shift, solver=s.solver, cfg_high=s.guidance[0],
                                cfg_low=s.guidance[0])
     video = generate_animate(model, vae, text, clip_fea, source, settings, clip_frames=s.frames,
-                             refert_num=o.refert_num, seed=s.seed, device=device)
+                             refert_num=o.refert_num, seed=seed, device=device)
+    if not is_main():
+        return None
     frames = ((video.permute(1, 2, 3, 0) + 1) / 2).clamp(0, 1)
     s.width, s.height, s.frames = frames.shape[2], frames.shape[1], frames.shape[0]
     return write_video(frames, s.save_file, fps=s.variant.fps, metadata={"comment": run_description(s)})
+
+
+def refuse_parallel_flags(s) -> None:
+    """Multi-process flags that do not apply to animate-14B, named before any model loads."""
+    p = s.parallel
+    if p.cfg_parallel:
+        raise InputError("--cfg_parallel does not apply to animate-14B (its clip loop runs both guidance branches in "
+                         "each process): split the work with --ulysses_size N (and --dit_fsdp, --t5_fsdp) instead")
+    if p.dit_fsdp and s.animate.relighting_lora:
+        raise InputError("--use_relighting_lora cannot be combined with --dit_fsdp (a LoRA patches whole weights, "
+                         "FSDP shards them): drop --dit_fsdp and keep --ulysses_size to split the work over the GPUs")
 
 
 def relighting_lora(ckpt_dir: Path, demo: bool = False):

@@ -27,7 +27,6 @@ def run(s: Settings) -> Path | None:
 
         return run_s2v(s)
     if s.animate is not None:
-        _one_process("--task animate-14B")
         from .animate import run_animate
 
         return run_animate(s)
