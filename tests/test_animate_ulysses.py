@@ -15,7 +15,6 @@ loopback):
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import av
@@ -24,9 +23,9 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import wan
+from spawn import free_port, run_ranks
 from tiny_animate import animate_inputs, official_animate
 from tiny_dit import save_safetensors, state_dict_of
 from wan.dit.animate import AnimateInputs
@@ -87,12 +86,6 @@ def _main_keeping_frames(argv: list[str]) -> int:
         _main_keeping_frames.frames = kept.get(target)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def dit_file(tmp_path_factory):
     return save_safetensors(state_dict_of(official_animate(seed=4)),
@@ -102,16 +95,7 @@ def dit_file(tmp_path_factory):
 @pytest.fixture(scope="module")
 def two(dit_file, tmp_path_factory) -> tuple[list[dict], Path]:
     out = tmp_path_factory.mktemp("animate_ranks")
-    ports = (_free_port(), _free_port())
-    ctx = mp.start_processes(_rank, args=(2, ports, str(dit_file), str(out)), nprocs=2, join=False,
-                             start_method="spawn")
-    for _ in range(TIMEOUT):
-        if ctx.join(timeout=1):
-            break
-    else:
-        for p in ctx.processes:
-            p.kill()
-        pytest.fail(f"2 processes did not finish within {TIMEOUT} s")
+    run_ranks(_rank, (2, (free_port(), free_port()), str(dit_file), str(out)), world=2, timeout=TIMEOUT)
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)], out
 
 
