@@ -1,9 +1,12 @@
 """Launching a test's ranks: ``world`` spawned CPU processes that each join a gloo process group on loopback."""
 from __future__ import annotations
 
+import os
 import socket
+from pathlib import Path
 
 import pytest
+import torch
 import torch.multiprocessing as mp
 
 
@@ -22,3 +25,24 @@ def run_ranks(fn, args: tuple, world: int, timeout: int) -> None:
     for p in ctx.processes:
         p.kill()
     pytest.fail(f"{world} processes did not finish within {timeout} s")
+
+
+def torchrun_environment(rank: int, world: int, port: int) -> None:
+    """The variables torchrun sets for ``rank``, so a CLI run in this process joins the group itself."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world))
+
+
+def rank_results(out: Path, world: int) -> list[dict]:
+    """What each rank saved as ``out/rank{r}.pt``."""
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(world)]
+
+
+def assert_ranks_match(ranks: list[list], forward, model, cases, label: str = "") -> None:
+    """Per case: both ranks give the same output, of the one-process ``forward(model, case)`` shape, within 1e-5 of
+    its largest value."""
+    for i, case in enumerate(cases):
+        ref = forward(model, case)
+        assert torch.equal(ranks[0][i], ranks[1][i]), f"{label} {case}: the ranks disagree"
+        assert ranks[0][i].shape == ref.shape
+        assert (ranks[0][i] - ref).abs().max() <= 1e-5 * ref.abs().max(), f"{label} {case}"

@@ -14,7 +14,6 @@ loopback):
   turns a last-bit difference of one pixel into a different block decision)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import av
@@ -25,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 import wan
-from spawn import free_port, run_ranks
+from spawn import assert_ranks_match, free_port, rank_results, run_ranks, torchrun_environment
 from tiny_animate import animate_inputs, official_animate
 from tiny_dit import save_safetensors, state_dict_of
 from wan.dit.animate import AnimateInputs
@@ -63,8 +62,7 @@ def _rank(rank: int, world: int, ports: tuple[int, int], path: str, out: str) ->
         results[name] = [_forward(model, case) for case in CASES]
     dist.destroy_process_group()
     # the CLI joins (and leaves) the process group itself, as under torchrun
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(ports[1]), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(world))
+    torchrun_environment(rank, world, ports[1])
     results["cli"] = _main_keeping_frames(CLI + ["--ulysses_size", "2", "--dit_fsdp", "--t5_fsdp", "--save_file",
                                  f"{out}/video{rank}.mp4"])
     results["frames"] = _main_keeping_frames.frames
@@ -96,7 +94,7 @@ def dit_file(tmp_path_factory):
 def two(dit_file, tmp_path_factory) -> tuple[list[dict], Path]:
     out = tmp_path_factory.mktemp("animate_ranks")
     run_ranks(_rank, (2, (free_port(), free_port()), str(dit_file), str(out)), world=2, timeout=TIMEOUT)
-    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)], out
+    return rank_results(out, 2), out
 
 
 @pytest.mark.parametrize("mode", ["ulysses", "fsdp"])
@@ -104,11 +102,7 @@ def test_dit_forward_in_two_processes_matches_one(dit_file, two, mode):
     ranks = [r[mode] for r in two[0]]
     model = wan.load_dit(dit_file)
     assert model.sequence_parallel is None
-    for i, case in enumerate(CASES):
-        ref = _forward(model, case)
-        assert torch.equal(ranks[0][i], ranks[1][i]), f"case {case}: the ranks disagree"
-        assert ranks[0][i].shape == ref.shape
-        assert (ranks[0][i] - ref).abs().max() <= 1e-5 * ref.abs().max(), f"case {case}"
+    assert_ranks_match(ranks, _forward, model, CASES, "case")
 
 
 def test_cli_video_of_rank_0_equals_the_single_process_video(two, tmp_path):

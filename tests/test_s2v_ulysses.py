@@ -11,7 +11,6 @@ loopback):
   writes the video, the other rank nothing; its frames equal those of the same command in one process."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import av
@@ -21,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 import wan
-from spawn import free_port, run_ranks
+from spawn import assert_ranks_match, free_port, rank_results, run_ranks, torchrun_environment
 from tiny_dit import save_safetensors, state_dict_of
 from tiny_s2v import official_s2v, s2v_inputs
 from wan.dit.s2v import S2VInputs
@@ -56,8 +55,7 @@ def _rank(rank: int, world: int, ports: tuple[int, int], path: str, out: str) ->
     results = {"forward": [_forward(model, case) for case in CASES]}
     dist.destroy_process_group()
     # the CLI joins (and leaves) the process group itself, as under torchrun
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(ports[1]), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(world))
+    torchrun_environment(rank, world, ports[1])
     results["cli"] = main(CLI + ["--ulysses_size", "2", "--dit_fsdp", "--t5_fsdp", "--save_file",
                                  f"{out}/video{rank}.mp4"])
     torch.save(results, f"{out}/rank{rank}.pt")
@@ -72,18 +70,14 @@ def dit_file(tmp_path_factory):
 def two(dit_file, tmp_path_factory) -> tuple[list[dict], Path]:
     out = tmp_path_factory.mktemp("s2v_ranks")
     run_ranks(_rank, (2, (free_port(), free_port()), str(dit_file), str(out)), world=2, timeout=TIMEOUT)
-    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)], out
+    return rank_results(out, 2), out
 
 
 def test_dit_forward_in_two_processes_matches_one(dit_file, two):
     ranks = [r["forward"] for r in two[0]]
     model = wan.load_dit(dit_file)
     assert model.sequence_parallel is None
-    for i, case in enumerate(CASES):
-        ref = _forward(model, case)
-        assert torch.equal(ranks[0][i], ranks[1][i]), f"case {case}: the ranks disagree"
-        assert ranks[0][i].shape == ref.shape
-        assert (ranks[0][i] - ref).abs().max() <= 1e-5 * ref.abs().max(), f"case {case}"
+    assert_ranks_match(ranks, _forward, model, CASES, "case")
 
 
 def test_cli_video_of_rank_0_equals_the_single_process_video(two, tmp_path):

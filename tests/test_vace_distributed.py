@@ -15,7 +15,6 @@ itself checked against the official ``VaceWanModel`` and diffusers in test_vace_
 <= 1e-5 of the largest reference value (the splits change only the summation order of matmuls); ranks identical."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import av
@@ -25,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 import wan
-from spawn import free_port, run_ranks
+from spawn import assert_ranks_match, free_port, rank_results, run_ranks, torchrun_environment
 from tiny_dit import save_safetensors, state_dict_of
 from tiny_vace import official_vace, vace_inputs
 from wan.dit.vace import VaceInputs
@@ -65,8 +64,7 @@ def _rank(rank: int, world: int, ports: tuple[int, int], path: str, out: str) ->
             results[mode + "_bytes"] = torch.tensor(resident_bytes(model))
     dist.destroy_process_group()
     # the CLI joins (and leaves) the process group itself, as under torchrun
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(ports[1]), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(world))
+    torchrun_environment(rank, world, ports[1])
     results["cli"] = main(CLI + ["--ulysses_size", "2", "--dit_fsdp", "--t5_fsdp", "--save_file",
                                  f"{out}/video{rank}.mp4"])
     torch.save(results, f"{out}/rank{rank}.pt")
@@ -81,7 +79,7 @@ def dit_file(tmp_path_factory):
 def two(dit_file, tmp_path_factory) -> tuple[list[dict], Path]:
     out = tmp_path_factory.mktemp("vace_ranks")
     run_ranks(_rank, (2, (free_port(), free_port()), str(dit_file), str(out)), world=2, timeout=TIMEOUT)
-    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)], out
+    return rank_results(out, 2), out
 
 
 @pytest.mark.parametrize("mode", list(MODES))
@@ -89,11 +87,7 @@ def test_vace_forward_in_two_processes_matches_one(dit_file, two, mode):
     ranks = [r[mode] for r in two[0]]
     model = wan.load_dit(dit_file)
     assert model.sequence_parallel is None
-    for i, case in enumerate(CASES):
-        ref = _forward(model, case)
-        assert torch.equal(ranks[0][i], ranks[1][i]), f"{mode} {case}: the ranks disagree"
-        assert ranks[0][i].shape == ref.shape
-        assert (ranks[0][i] - ref).abs().max() <= 1e-5 * ref.abs().max(), f"{mode} {case}"
+    assert_ranks_match(ranks, _forward, model, CASES, mode)
 
 
 def test_vace_hints_change_the_output(dit_file):
