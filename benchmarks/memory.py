@@ -7,7 +7,8 @@ peer that loads the same file (diffusers, transformers).
 Weights are random, at the released widths with few layers (the growth over the file size does not depend on the
 depth), written once per case in a layout both sides read: diffusers / transformers folders (bf16, the released
 files' dtype), a Comfy-layout fp8 file, a community-layout GGUF (Q8_0 Linear weights, F16 text and time
-embeddings, F32 norms). Each measurement is one fresh process: imports, then the baseline RSS, then the load and
+embeddings, F32 norms), a llama.cpp-layout UMT5 GGUF (Q8_0 Linear weights and token embedding, F32 norms, the
+tokenizer in its metadata). Each measurement is one fresh process: imports, then the baseline RSS, then the load and
 the first run (DiT: one forward at 2x8x8 latents; text encoder: one 16-token forward; CLIP: one 224-pixel image;
 VAE: the first decode of 5 frames at 160x160 in float32), then the peak RSS (``VmHWM``). Peak growth = peak -
 baseline; the median of ``--runs`` processes per side, taken in turn (ours, peer, ours, peer ...: the machine's
@@ -40,7 +41,7 @@ SIZES = {  # case -> widths: released (few layers) / tiny
 }
 CASES = {  # name -> (size key, peer or None)
     "dit-bf16": ("dit", "diffusers"), "dit-fp8": ("dit", None), "dit-gguf": ("dit", None),
-    "t5": ("t5", "transformers"), "clip": ("clip", "transformers"),
+    "t5": ("t5", "transformers"), "t5-gguf": ("t5", None), "clip": ("clip", "transformers"),
     "vae-2.1": ("vae-2.1", "diffusers"), "vae-2.2": ("vae-2.2", "diffusers"),
 }
 COMMUNITY_F16 = ("text_embedding.", "time_embedding.", "time_projection.")
@@ -88,13 +89,16 @@ def write_files(case: str, s: dict, folder: Path) -> Path:
         return folder / "dit-Q8_0.gguf"
     if case == "t5":
         import test_encoders_support as sup
-        from transformers import UMT5Config, UMT5EncoderModel
 
-        config = UMT5Config(vocab_size=s["vocab"], d_model=s["dim"], d_kv=s["dim"] // s["heads"], d_ff=s["ffn"],
-                            num_layers=s["layers"], num_heads=s["heads"], feed_forward_proj="gated-gelu")
-        _randomised(UMT5EncoderModel(config)).to(torch.bfloat16).save_pretrained(str(folder / case))
+        _randomised(_hf_umt5(s)).to(torch.bfloat16).save_pretrained(str(folder / case))
         sup.write_tokenizer_folder(sup.train_spiece(), folder / case)
         return folder / case
+    if case == "t5-gguf":
+        import test_encoders_support as sup
+        from test_gguf_text_encoder import write_t5_gguf
+
+        model = _randomised(_hf_umt5(s))
+        return write_t5_gguf(model, folder / "umt5-xxl-encoder-Q8_0.gguf", spiece=sup.train_spiece())
     if case == "clip":
         from transformers import CLIPVisionConfig, CLIPVisionModel
 
@@ -110,6 +114,14 @@ def write_files(case: str, s: dict, folder: Path) -> Path:
                              **r.diffusers_extra)
     _randomised(model, 0.05).to(torch.bfloat16).save_pretrained(str(folder / case))
     return folder / case
+
+
+def _hf_umt5(s: dict):
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    return UMT5EncoderModel(UMT5Config(vocab_size=s["vocab"], d_model=s["dim"], d_kv=s["dim"] // s["heads"],
+                                       d_ff=s["ffn"], num_layers=s["layers"], num_heads=s["heads"],
+                                       feed_forward_proj="gated-gelu"))
 
 
 def file_bytes(path: Path) -> int:
@@ -140,7 +152,7 @@ def first_run(case: str, side: str, path: Path, s: dict) -> None:
                 model = diffusers_assigned(WanTransformer3DModel, path, torch.bfloat16)
                 x, t, ctx = _dit_inputs(torch.bfloat16, s)
                 model(hidden_states=x, timestep=t, encoder_hidden_states=ctx)
-        elif case == "t5":
+        elif case.startswith("t5"):
             ids, mask = torch.randint(0, 500, (1, 16)), torch.ones(1, 16, dtype=torch.long)
             if side == "ours":
                 from wan.encoders import load_text_encoder

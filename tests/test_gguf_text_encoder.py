@@ -18,10 +18,12 @@ from gguf_t5_names import llama_t5_names
 import wan
 from test_encoders_text import PROMPTS
 from test_encoders_tokenizer import TEXTS
-from test_quant_gguf_dit import write_tiny_gguf
+from test_quant_gguf_dit import mapped_ranges, write_tiny_gguf
 from wan.encoders import load_text_encoder
 from wan.errors import CheckpointError
 from wan.weights.ops import Linear
+from wan.encoders.t5_gguf import GGUFEmbedding
+from wan.quant.gguf_file import read_gguf
 from wan.quant.gguf_format import GGUFFormat
 from wan.quant.gguf_write import write_gguf
 
@@ -153,9 +155,37 @@ def test_quantised_linear_weights_stay_quantised(quantised):
         getattr(layer, "weight_format", None), GGUFFormat)}
     assert qtypes == {T.Q8_0, T.Q4_K, T.Q6_K, T.F16}
     assert encoder.model.blocks[1].attn.o.weight.dtype == torch.float16  # an F16 Linear stays F16, cast per forward
-    # the Q8_0 token embedding is dequantised at load (lookups need rows, not a matrix product)
-    assert encoder.model.token_embedding.weight.dtype == torch.bfloat16
+    # the Q8_0 token embedding stays in its blocks too: its rows are the file's bytes, not a copy
+    table = encoder.model.token_embedding
+    embd = on_disk["token_embd.weight"]
+    assert isinstance(table, GGUFEmbedding) and table.rows.dtype == torch.uint8
+    assert torch.equal(table.rows.reshape(-1), torch.from_numpy(np.asarray(embd.data)).reshape(-1))
+    start = table.rows.data_ptr()
+    assert any(a <= start and start + table.rows.numel() <= b for a, b in mapped_ranges(quantised))  # the file's map
     assert torch.isfinite(encoder.encode(["a cat"])).all()
+
+
+@pytest.mark.parametrize("qtype", [T.Q8_0, T.Q4_0, T.Q5_1, T.Q4_K, T.Q6_K])
+def test_quantised_embedding_lookup_equals_gguf_dequantised_rows(tmp_path, qtype):
+    """Oracle: gguf's numpy dequantiser on the whole table, rows picked by the ids; bit-equal in float32, and equal to
+    those values rounded to bf16 in bf16 (one rounding). The ids repeat and come in a [batch, length] shape."""
+    vocab, dim = 64, 512
+    g = torch.Generator().manual_seed(3)
+    if qtype in (T.Q4_K, T.Q6_K):  # gguf cannot quantise K-quants: random blocks (finite scales)
+        table = (vocab, dim)
+    else:
+        table = torch.randn(vocab, dim, generator=g)
+    path = tmp_path / "embd.gguf"
+    write_gguf(path, {"token_embd.weight": table}, qtype, types={"token_embd.weight": qtype}, arch="t5encoder")
+    t = GGUFReader(path).tensors[0]
+    whole = torch.from_numpy(np.array(quants.dequantize(np.asarray(t.data), t.tensor_type), dtype=np.float32))
+    whole = whole.reshape(vocab, dim)
+    tensor = read_gguf(path).tensors["token_embd.weight"]
+    ids = torch.tensor([[5, 0, 63, 5], [7, 7, 1, 2]])
+    for dtype in (torch.float32, torch.bfloat16):
+        out = GGUFEmbedding(tensor, dtype)(ids)
+        assert out.dtype == dtype and out.shape == (2, 4, dim)
+        assert torch.equal(out, whole[ids].to(dtype)), (qtype, dtype)
 
 
 def _official_of_gguf() -> dict[str, str]:

@@ -93,7 +93,7 @@ def test_forward_equals_dequantised_reference(loaded, reference, outputs, form):
     assert_close(outputs[form, "gguf"], outputs[form, "ref"], rel=1e-5, abs_=0.0)
 
 
-def _mapped_ranges(path: Path) -> list[tuple[int, int]]:
+def mapped_ranges(path: Path) -> list[tuple[int, int]]:
     ranges = []
     for line in Path("/proc/self/maps").read_text().splitlines():
         if line.endswith(str(path)):
@@ -105,7 +105,7 @@ def _mapped_ranges(path: Path) -> list[tuple[int, int]]:
 def test_quantised_weights_stay_quantised_views_of_the_file(files, loaded):
     path, model = files["apart"], loaded["apart"]
     on_disk = {t.name.removeprefix(PREFIX): t for t in GGUFReader(path).tensors}
-    ranges = _mapped_ranges(path)
+    ranges = mapped_ranges(path)
     held = expected = 0
     for name, layer in model.named_modules():
         t = on_disk.get(f"{name}.weight")

@@ -2,9 +2,11 @@
 
 Tensor names are llama.cpp's (``token_embd``, ``enc.blk.N.attn_q`` ...), renamed to the official ones by
 ``t5_keys``; shapes come from the file (ggml order reversed) or ``comfy.gguf.orig_shape.*`` metadata
-(``wan.quant.gguf_file``). Linear weights keep their raw blocks (or F16 / F32 values), as views of the memory-mapped file,
-with a ``GGUFFormat`` each, and are dequantised (cast) per layer, per forward, like the DiT's. The other quantised tensors (the
-token embedding, norms, relative-position biases) are dequantised once, at load, to the compute dtype.
+(``wan.quant.gguf_file``). Linear weights keep their raw blocks (or F16 / F32 values), as views of the memory-mapped
+file, with a ``GGUFFormat`` each, and are dequantised (cast) per layer, per forward, like the DiT's. A quantised token
+embedding stays in its blocks too (``GGUFEmbedding``: a lookup dequantises the rows of the tokens it reads; for
+UMT5-XXL the table is a fifth of the file). The other quantised tensors (norms, relative-position biases: small) are
+dequantised once, at load, to the compute dtype.
 """
 from __future__ import annotations
 
@@ -12,13 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn as nn
+from gguf import GGML_QUANT_SIZES
 
 from ..errors import CheckpointError
 from ..quant.base import QuantizedLayer
 from ..quant.gguf_file import GGUFFile, GGUFTensor, check_supported, read_gguf
+from ..quant.gguf_kernels import dequantize
 from .gguf_tokenizer import has_tokenizer, tokenizer_from_gguf
 from .t5_keys import GGUF_IGNORED, GGUF_MARKER, gguf_key_to_official, is_linear_weight
 
+EMBEDDING = "token_embedding.weight"
 ARCHITECTURES = ("t5encoder", "t5")  # llama.cpp: encoder-only T5, and the full T5 (whose decoder is skipped)
 DIT_ARCHITECTURE = "wan"
 
@@ -43,12 +49,40 @@ class GGUFTextEncoder:
         """The plain tensors plus the deferred ones dequantised to ``dtype``."""
         return {**self.plain, **{k: t.dequantize(dtype) for k, t in self.deferred.items()}}
 
+    def kept_embedding(self, dtype: torch.dtype) -> "GGUFEmbedding | None":
+        """The token embedding kept in its blocks (taken out of ``deferred``), or None where it is not quantised or
+        its rows are not whole blocks (then it is dequantised at load with the rest)."""
+        t = self.deferred.get(EMBEDDING)
+        if t is None or len(t.shape) != 2 or t.shape[1] % GGML_QUANT_SIZES[t.qtype][0]:
+            return None
+        del self.deferred[EMBEDDING]
+        return GGUFEmbedding(t, dtype)
+
     def embedded_tokenizer(self):
         return tokenizer_from_gguf(self.file) if has_tokenizer(self.file) else None
 
     @property
     def layout(self) -> str:
         return self.file.layout()
+
+
+class GGUFEmbedding(nn.Module):
+    """A token embedding stored in GGUF blocks: ``rows`` [vocab, bytes per row] is a view of the mapped file (a
+    non-persistent buffer, so it moves with the module); a lookup gathers the rows of the ids and dequantises only
+    those (the same kernels as every GGUF weight, so the values equal a table dequantised whole)."""
+
+    def __init__(self, tensor: GGUFTensor, dtype: torch.dtype):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = tensor.shape
+        self.qtype, self.compute_dtype = tensor.qtype, dtype
+        self.register_buffer("rows", tensor.data.reshape(self.num_embeddings, -1), persistent=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        picked = self.rows.index_select(0, ids.reshape(-1).to(self.rows.device))
+        return dequantize(picked, self.qtype, (*ids.shape, self.embedding_dim), self.compute_dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, {self.qtype.name}, compute {self.compute_dtype}"
 
 
 def read_gguf_text_encoder(path: Path) -> GGUFTextEncoder:

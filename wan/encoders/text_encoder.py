@@ -103,8 +103,16 @@ def _load_gguf(path: Path, tokenizer, dtype, device, sharding) -> TextEncoder:
     gguf = read_gguf_text_encoder(path)
     tok = find_tokenizer(path, {}, tokenizer, embedded=gguf.embedded_tokenizer)
     config, compute = _config_and_dtype(path, gguf.shapes(), dtype)
-    model = build_with_weights(lambda: UMT5Encoder(config), gguf.dequantized(compute), {}, compute, path,
-                               "UMT5 text encoder", gguf.quantized, sharding=sharding)
+    embedding = gguf.kept_embedding(compute) if sharding is None else None  # FSDP shards a plain table
+
+    def build() -> UMT5Encoder:
+        model = UMT5Encoder(config)
+        if embedding is not None:
+            model.token_embedding = embedding
+        return model
+
+    model = build_with_weights(build, gguf.dequantized(compute), {}, compute, path, "UMT5 text encoder",
+                               gguf.quantized, sharding=sharding)
     return _finish(model, tok, compute, path, gguf.layout, device)
 
 
