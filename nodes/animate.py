@@ -12,6 +12,7 @@ from ..wan.sampling.animate import (REFERENCE_FRAMES, AnimateSource, generate_an
                                     resize_faces)
 from ..wan.sampling.defaults import resolve_auto
 from . import host
+from .choices import clip_sampling_widgets
 from .s2v import signed_frames
 from .validation import number_problem, verdict
 from .vae import on_compute_device
@@ -54,15 +55,12 @@ class WanExpertsAnimate:
                 "Frames per clip (official 77; 4n+1).")}),
             "reference_frames": ("INT", {"default": 1, "min": 1, "max": 5, "step": 4, "tooltip": (
                 "Frames carried from one clip to the next as temporal guidance (official refert_num): 1 or 5.")}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
-                             "tooltip": "Noise seed (one noise stream over the clips, official)."}),
-            "steps": ("INT", {"default": 0, "min": 0, "max": 1000, "tooltip": "Steps per clip; 0 = 20 (official)."}),
-            "cfg": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 30.0, "step": 0.1, "tooltip": (
-                "Guidance scale; 0 = 1 (official: off). Above 1 the negative pass has black faces, for "
-                "stronger expressions.")}),
-            "shift": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip": (
-                "Noise schedule shift; 0 = 5 (official).")}),
-            "solver": (list(SOLVERS), {"default": "unipc", "tooltip": "unipc: the official default."}),
+            **clip_sampling_widgets(
+                SOLVERS, seed="Noise seed (one noise stream over the clips, official).",
+                steps="Steps per clip; 0 = 20 (official).",
+                cfg="Guidance scale; 0 = 1 (official: off). Above 1 the negative pass has black faces, for stronger "
+                    "expressions.",
+                shift="Noise schedule shift; 0 = 5 (official)."),
         }, "optional": {
             "background_video": ("IMAGE", {"tooltip": "Replacement mode: the driving video with the performer "
                                                       "(official src_bg), the pose video's size and length."}),

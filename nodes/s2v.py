@@ -13,6 +13,7 @@ from ..wan.sampling import SOLVERS, SamplerSettings
 from ..wan.sampling.defaults import resolve_auto
 from ..wan.sampling.s2v import fit_frames, generate_s2v, plan_clips
 from . import host
+from .choices import clip_sampling_widgets
 from .encoders import CATEGORY, LOADER_CATEGORY, place_encoder, placement_inputs
 from .validation import number_problem, verdict
 from .vae import on_compute_device
@@ -101,14 +102,12 @@ class WanExpertsSoundToVideo:
                 "Frames per clip (official infer_frames 80; a multiple of 4). The first clip has 3 fewer.")}),
             "clips": ("INT", {"default": 0, "min": 0, "max": 1000, "tooltip": (
                 "How many clips; 0 = as many as the audio lasts (more than that are cut to it).")}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
-                             "tooltip": "Noise seed; clip k uses seed + k (official)."}),
-            "steps": ("INT", {"default": 0, "min": 0, "max": 1000, "tooltip": "Steps per clip; 0 = 40 (official)."}),
-            "cfg": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 30.0, "step": 0.1, "tooltip": (
-                "Guidance scale (the negative pass has the prompt's negative and silent audio); 0 = 4.5 (official).")}),
-            "shift": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip": (
-                "Noise schedule shift; 0 = 3 (official).")}),
-            "solver": (list(SOLVERS), {"default": "unipc", "tooltip": "unipc: the official default."}),
+            **clip_sampling_widgets(
+                SOLVERS, seed="Noise seed; clip k uses seed + k (official).",
+                steps="Steps per clip; 0 = 40 (official).",
+                cfg="Guidance scale (the negative pass has the prompt's negative and silent audio); 0 = 4.5 "
+                    "(official).",
+                shift="Noise schedule shift; 0 = 3 (official)."),
             "start_from_ref": ("BOOLEAN", {"default": False, "tooltip": (
                 "Start the video from the reference image (official --start_from_ref: it fills the last motion "
                 "frames, and the first clip keeps all its frames).")}),

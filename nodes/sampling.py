@@ -14,6 +14,7 @@ from ..wan.sampling.defaults import resolve_auto
 from ..wan.sampling.schedules import SCHEDULES
 from ..wan.sampling.vace import drop_reference_frames
 from . import host
+from .choices import cfg_widget, seed_widget, shift_widget, steps_widget
 from .validation import number_problem, size_problem, verdict
 from .vae import ChunkProgress, on_compute_device
 
@@ -142,23 +143,16 @@ def _sampler_inputs() -> dict:
             "Positive and negative prompt embeddings from Wan Text Encode (or Wan Text From Core Conditioning).")}),
         "latent": ("LATENT", {"tooltip": "Raw latents: an empty latent, Wan Image To Video's latent, or a previous "
                                          "sampler's output."}),
-        "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
-                         "tooltip": ("Noise seed (the same seed as the official script gives the same noise). In a "
-                                     "batch, video k uses seed + k, so each can be made again alone.")}),
-        "steps": ("INT", {"default": 0, "min": 0, "max": 1000, "tooltip": (
-            "Sampling steps; 0 = official default (50 for Wan 2.1 T2V and TI2V-5B, 40 for I2V and Wan 2.2 "
-            "A14B).")}),
+        "seed": seed_widget("Noise seed (the same seed as the official script gives the same noise). In a batch, "
+                            "video k uses seed + k, so each can be made again alone."),
+        "steps": steps_widget("Sampling steps; 0 = official default (50 for Wan 2.1 T2V and TI2V-5B, 40 for I2V and "
+                              "Wan 2.2 A14B)."),
     }
-
-
-def _cfg_input(tooltip: str) -> tuple:
-    return ("FLOAT", {"default": 0.0, "min": 0.0, "max": 30.0, "step": 0.1, "tooltip": tooltip})
 
 
 def _schedule_inputs() -> dict:
     return {
-        "shift": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip": (
-            "Noise schedule shift; 0 = official default (5.0; A14B T2V 12.0; FLF2V 16.0).")}),
+        "shift": shift_widget("Noise schedule shift; 0 = official default (5.0; A14B T2V 12.0; FLF2V 16.0)."),
         "solver": (list(SOLVERS), {"default": "unipc", "tooltip": (
             "unipc: the official default (UniPC order 2); dpm++: the official DPM++ 2M; euler: plain flow "
             "Euler.")}),
@@ -197,7 +191,7 @@ class WanExpertsSamplerBasic:
     def INPUT_TYPES(cls):
         return {"required": {
             **_sampler_inputs(),
-            "cfg": _cfg_input("Guidance scale (of both experts of a Wan 2.2 pair); 1 skips the negative pass; 0 = "
+            "cfg": cfg_widget("Guidance scale (of both experts of a Wan 2.2 pair); 1 skips the negative pass; 0 = "
                               "official default (5.0; A14B T2V 4.0 high / 3.0 low, I2V 3.5)."),
             **_schedule_inputs(),
         }, "optional": {**_conditioning_inputs(), **_context_input()}}
@@ -234,9 +228,9 @@ class WanExpertsSampler:
     def INPUT_TYPES(cls):
         return {"required": {
             **_sampler_inputs(),
-            "cfg_high": _cfg_input("Guidance scale of a single model, or of the high-noise expert; 1 skips the "
+            "cfg_high": cfg_widget("Guidance scale of a single model, or of the high-noise expert; 1 skips the "
                                    "negative pass; 0 = official default (5.0; A14B T2V 4.0, I2V 3.5)."),
-            "cfg_low": _cfg_input("Guidance scale of the low-noise expert (Wan 2.2 pairs only); 0 = official default "
+            "cfg_low": cfg_widget("Guidance scale of the low-noise expert (Wan 2.2 pairs only); 0 = official default "
                                   "(T2V 3.0, I2V 3.5)."),
             **_schedule_inputs(),
         }, "optional": {

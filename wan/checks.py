@@ -66,6 +66,21 @@ def check_image(image, name: str, channels_last: bool = False) -> None:
         raise InputError(f"{name} contains NaN or infinite values; check the node that made it")
 
 
+def reference_image(image, task: str, multiple: int, what: str = "the reference image",
+                    resize: str = "the reference image") -> tuple[int, int]:
+    """One RGB image [3, H, W] whose sides are multiples of ``multiple`` (for ``task``); returns (H, W). The size
+    error names ``what`` was found at that size and the nearest smaller size to give ``resize``."""
+    if not torch.is_tensor(image) or image.dim() != 3 or image.shape[0] != 3:
+        found = tuple(image.shape) if torch.is_tensor(image) else type(image).__name__
+        raise InputError(f"the reference image must be one RGB image [3, H, W] in [-1, 1]; got {found}")
+    h, w = image.shape[1:]
+    if h % multiple or w % multiple:
+        fit_w, fit_h = w // multiple * multiple or multiple, h // multiple * multiple or multiple
+        raise InputError(f"{task} needs a width and height that are multiples of {multiple}; {what} is {w}x{h}: "
+                         f"resize {resize} to {fit_w}x{fit_h}")
+    return h, w
+
+
 JSON_DEPTH = 32  # nesting every data file of the pack stays well within (Python's parser fails near 1000)
 JSON_SIZE = 64 << 20  # characters
 _JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')

@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..checks import whole_number
+from ..checks import reference_image, whole_number
 from ..conditioning import ImageCond, TextEmbeds
 from ..dit.animate import AnimateInputs, WanAnimateDiT
 from ..errors import InputError
@@ -206,14 +206,8 @@ def check_source(source: AnimateSource, face_size: int) -> tuple[int, int]:
     """Every driving input in shape and length, before any model runs; returns (H, W)."""
     if not isinstance(source, AnimateSource):
         raise InputError("source must be an AnimateSource (reference, pose, face[, background, mask])")
-    ref = source.reference
-    if not torch.is_tensor(ref) or ref.dim() != 3 or ref.shape[0] != 3:
-        raise InputError(f"the reference image must be one RGB image [3, H, W] in [-1, 1]; got {_shape(ref)}")
-    height, width = ref.shape[1:]
-    if height % SIZE_MULTIPLE or width % SIZE_MULTIPLE:
-        raise InputError(f"character animation needs a width and height that are multiples of {SIZE_MULTIPLE}; the "
-                         f"video is {width}x{height}: resize the pose video to {width // 16 * 16 or 16}x"
-                         f"{height // 16 * 16 or 16}")
+    height, width = reference_image(source.reference, "character animation", SIZE_MULTIPLE, "the video",
+                                    "the pose video")
     _frames(source.pose, "pose video", (3, height, width))
     n = source.pose.shape[0]
     _frames(source.face, "face video", (3, face_size, face_size), n)

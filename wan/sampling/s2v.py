@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..checks import whole_number
+from ..checks import reference_image, whole_number
 from ..conditioning import TextEmbeds
 from ..dit.s2v import MOTION_FRAMES, S2VInputs, WanS2VDiT
 from ..encoders.audio import AudioEmbeds
@@ -85,7 +85,7 @@ def generate_s2v(model: WanS2VDiT | ExpertSet, vae, text: TextEmbeds, ref_image:
     model = experts.high if experts is not None else model
     if not isinstance(model, WanS2VDiT):
         raise InputError(f"speech-to-video needs the Wan 2.2 S2V-14B model; got {getattr(model, 'variant', model)}")
-    height, width = _check_image(ref_image)
+    height, width = reference_image(ref_image, "speech-to-video", SIZE_MULTIPLE)
     n_clips = plan_clips(audio, frames_per_clip, clips, fps)
     whole_number(seed, "seed", -(1 << 63), (1 << 64) - 1)
     drop_first = not start_from_ref and previous is None
@@ -120,18 +120,6 @@ def generate_s2v(model: WanS2VDiT | ExpertSet, vae, text: TextEmbeds, ref_image:
 def _encode(vae, video: torch.Tensor) -> torch.Tensor:
     """[3, T, H, W] in [-1, 1] -> normalised latents [1, 16, T', h, w]."""
     return vae.normalize(vae.encode(video[None].float(), output_device="cpu"))
-
-
-def _check_image(image) -> tuple[int, int]:
-    if not torch.is_tensor(image) or image.dim() != 3 or image.shape[0] != 3:
-        shape = tuple(image.shape) if torch.is_tensor(image) else type(image).__name__
-        raise InputError(f"the reference image must be one RGB image [3, H, W] in [-1, 1]; got {shape}")
-    h, w = image.shape[1:]
-    if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE:
-        raise InputError(f"speech-to-video needs a width and height that are multiples of {SIZE_MULTIPLE}; the "
-                         f"reference image is {w}x{h}: use {w // SIZE_MULTIPLE * SIZE_MULTIPLE or SIZE_MULTIPLE}x"
-                         f"{h // SIZE_MULTIPLE * SIZE_MULTIPLE or SIZE_MULTIPLE}")
-    return h, w
 
 
 def fit_frames(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
