@@ -14,6 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import wan
 from tiny_dit import LAYERS, inputs, official_dit, save_safetensors, state_dict_of
 from wan.dit.islands import is_float32_island
+from wan.weights import ops
 
 OFFICIAL_FLOAT32 = {"time_embedding.0.weight", "time_embedding.0.bias", "time_embedding.2.weight",
                     "time_embedding.2.bias", "time_projection.1.weight", "time_projection.1.bias",
@@ -61,7 +62,10 @@ class _ConversionLog(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_a_bf16_forward_converts_no_weight(weights, tmp_path):
+def test_a_bf16_forward_converts_no_weight(weights, tmp_path, monkeypatch):
+    """(Products as on a CPU or GPU with native bf16 matrix products; elsewhere ``wan.weights.ops.linear`` widens each
+    product's operands to float32 on purpose, test_half_products_cpu.py.)"""
+    monkeypatch.setattr(ops, "_NATIVE", {torch.bfloat16: True, torch.float16: True})
     bf16_file = {k: v.to(torch.bfloat16) for k, v in weights.items()}
     model = wan.load_dit(save_safetensors(bf16_file, tmp_path / "dit_bf16.safetensors"))
     assert model.compute_dtype == torch.bfloat16

@@ -13,6 +13,7 @@ import torch
 from ..memory.devices import same_device
 from ..memory.place import GiB
 from ..memory.swap import nbytes, slots_of, unique_tensors
+from ..weights.ops import widened_bytes
 
 T_STRIDE = 4  # pixel frames per latent frame (after the first)
 
@@ -116,11 +117,12 @@ def estimate_sampling(experts, shape, device, step_cache: bool = False, keep_bot
     dtype = getattr(experts.high, "compute_dtype", torch.float32)
     es = torch.empty((), dtype=dtype).element_size()
     stored = experts.high.blocks[0].ffn[0].weight.dtype if len(experts.high.blocks) else dtype
-    activations = (dit_activation_bytes(cfg, dtype, -(-call * per_frame // ranks), stored)
-                   + b * CONTEXT_TOKENS * cfg.dim * (4 + es))
+    tokens = -(-call * per_frame // ranks)
+    activations = (dit_activation_bytes(cfg, dtype, tokens, stored) + b * CONTEXT_TOKENS * cfg.dim * (4 + es)
+                   + widened_bytes(cfg.dim, cfg.ffn_dim, tokens, dtype, device))  # the largest layer's
     vace = getattr(experts.high, "vace_config", None)
     if vace is not None:  # the VACE tokens in and out of a VACE block and its hint (float32) beside the video
-        activations += 3 * -(-call * per_frame // ranks) * cfg.dim * 4 + b * vace.in_dim * t * h * w * 4  # + context
+        activations += 3 * tokens * cfg.dim * 4 + b * vace.in_dim * t * h * w * 4  # + context
     residuals = -(-cached * per_frame // ranks) * cfg.dim * CACHE_BYTES if step_cache else 0
     return Estimate("sampling", device, (
         ("activations", activations), ("weights", weights_to_move(experts.models, device, keep_both)),

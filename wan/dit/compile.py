@@ -35,6 +35,7 @@ import torch.nn as nn
 
 from ..errors import InputError
 from ..quant import fp8_product
+from ..weights.ops import HALF_DTYPES, native_half_products
 
 log = logging.getLogger("wan_experts")
 
@@ -121,7 +122,9 @@ class BlockRunner:
 
     def _guarded(self, compiled, eager, target, x, args, kwargs) -> torch.Tensor:
         if self.failed is None:
-            fp8_product.kernel(x.device)  # probed eagerly: the compiled code only reads the answer
+            fp8_product.kernel(x.device)  # probed eagerly: the compiled code only reads the answers
+            if x.dtype in HALF_DTYPES:
+                native_half_products(x.dtype)
             try:
                 return compiled(target, _graph_input(x), *(_graph_input(a) for a in args), **kwargs)
             except (OUT_OF_MEMORY, InputError):

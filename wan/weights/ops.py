@@ -41,11 +41,11 @@ class Linear(nn.Linear):
                 y = patch.add_side(y, x)
             return y
         if self.weight_patches and self._side_path_is_cheaper(x):
-            y = F.linear(x, self.dequantize(x.dtype, x.device), bias)
+            y = linear(x, self.dequantize(x.dtype, x.device), bias)
             for patch in self.weight_patches:
                 y = patch.add_side(y, x)
             return y
-        return F.linear(x, self.compute_weight(x.dtype, x.device), bias)
+        return linear(x, self.compute_weight(x.dtype, x.device), bias)
 
     def dequantize(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """The real weight without patches, in ``dtype`` on ``device``."""
@@ -120,6 +120,54 @@ def use_fp8_products(model: nn.Module, on: bool = True) -> int:
             layer.fp8_products = on
             count += 1
     return count
+
+
+HALF_DTYPES = (torch.bfloat16, torch.float16)
+WIDE_ROWS = 4096  # rows per widened product: bounds the float32 copies of the input and output
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` in ``x``'s dtype. On a CPU without native half-precision matrix products (no
+    AVX512-BF16 / AVX512-FP16 / AMX: torch then falls back to a generic kernel, about 5x slower than float32), bf16
+    and fp16 operands are widened to float32 (exact), multiplied there and the result rounded once to ``x``'s dtype:
+    the product a GPU's half-precision matrix multiply computes (float32 accumulation, one rounding), at float32
+    speed. Rows go in blocks of ``WIDE_ROWS`` (one block under ``torch.compile``), so the float32 copies stay small;
+    the weight is widened once per call."""
+    if not (x.device.type == "cpu" and x.dtype in HALF_DTYPES and x.dtype == weight.dtype
+            and not native_half_products(x.dtype)):
+        return F.linear(x, weight, bias)
+    wide_w = weight.float()
+    wide_b = None if bias is None else bias.float()
+    rows = x.reshape(-1, x.shape[-1])
+    if torch.compiler.is_compiling() or rows.shape[0] <= WIDE_ROWS:
+        return F.linear(x.float(), wide_w, wide_b).to(x.dtype)
+    out = torch.empty(rows.shape[0], weight.shape[0], dtype=x.dtype, device=x.device)
+    for start in range(0, rows.shape[0], WIDE_ROWS):
+        block = slice(start, start + WIDE_ROWS)
+        out[block] = F.linear(rows[block].float(), wide_w, wide_b)
+    return out.reshape(*x.shape[:-1], weight.shape[0])
+
+
+def widened_bytes(in_features: int, out_features: int, rows: int, dtype: torch.dtype, device) -> int:
+    """The float32 copies ``linear`` makes for one product (0 where it widens nothing): the weight, and one block of
+    input and output rows."""
+    if torch.device(device).type != "cpu" or dtype not in HALF_DTYPES or native_half_products(dtype):
+        return 0
+    return 4 * (in_features * out_features + min(rows, WIDE_ROWS) * (in_features + out_features))
+
+
+_NATIVE: dict[torch.dtype, bool] = {}
+
+
+def native_half_products(dtype: torch.dtype) -> bool:
+    """Whether this CPU multiplies ``dtype`` matrices natively (oneDNN's check, as torch's own matmul dispatch)."""
+    if dtype not in _NATIVE:
+        check = {torch.bfloat16: "_is_mkldnn_bf16_supported", torch.float16: "_is_mkldnn_fp16_supported"}[dtype]
+        try:
+            _NATIVE[dtype] = bool(getattr(torch.ops.mkldnn, check)())
+        except (AttributeError, RuntimeError):  # a build without oneDNN: assume the generic kernel
+            _NATIVE[dtype] = False
+    return _NATIVE[dtype]
 
 
 def _cast(t: torch.Tensor | None, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:

@@ -1,0 +1,71 @@
+"""Half-precision matrix products on a CPU without native support (``wan.weights.ops.linear``): bf16 / fp16 operands
+widened to float32, multiplied, rounded once to the input dtype.
+
+Oracles: (1) the float64 product of the same half-precision operands, rounded once to the half dtype: ours may differ
+from it only by float32 summation order, so max|ours - ref| <= 2 ulp of the half dtype at the output's magnitude plus
+1e-6 relative (a float32 accumulation error bound for K <= 4096); (2) torch's own half-precision ``F.linear`` (the
+path on CPUs with native support), within the same bound; (3) blocks of rows equal the whole product bit for bit. The
+widened path is forced on (``_NATIVE``) so that the test runs the same on every CPU.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from wan.weights import ops
+from wan.weights.ops import Linear, linear
+
+
+@pytest.fixture
+def widened(monkeypatch):
+    monkeypatch.setattr(ops, "_NATIVE", {torch.bfloat16: False, torch.float16: False})
+
+
+def _operands(dtype, rows=37, k=256, n=96, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, rows, k, generator=g).to(dtype)
+    w = (torch.randn(n, k, generator=g) * k ** -0.5).to(dtype)
+    b = torch.randn(n, generator=g).to(dtype)
+    return x, w, b
+
+
+def _bound(ref: torch.Tensor, dtype) -> torch.Tensor:
+    ulp = torch.finfo(dtype).eps  # relative spacing at 1; scaled by each value's magnitude below
+    return 2 * ulp * ref.abs().clamp_min(torch.finfo(dtype).tiny) + 1e-6 * ref.abs().max()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_widened_product_is_the_rounded_exact_product(widened, dtype):
+    x, w, b = _operands(dtype)
+    out = linear(x, w, b)
+    assert out.dtype == dtype and out.shape == (2, 37, 96)
+    ref = F.linear(x.double(), w.double(), b.double())
+    assert ((out.double() - ref).abs() <= _bound(ref, dtype).double()).all()
+    torch_half = F.linear(x, w, b)  # torch's own kernel (native or generic): the same product within rounding
+    assert ((out.double() - torch_half.double()).abs() <= 2 * _bound(ref, dtype).double()).all()
+
+
+def test_blocks_of_rows_equal_the_whole_product(widened, monkeypatch):
+    x, w, b = _operands(torch.bfloat16, rows=50)
+    whole = linear(x, w, b)
+    monkeypatch.setattr(ops, "WIDE_ROWS", 16)  # 100 rows: six blocks, the last one short
+    assert torch.equal(linear(x, w, b), whole)
+    assert torch.equal(linear(x, w, None), F.linear(x.float(), w.float()).to(torch.bfloat16))
+
+
+def test_other_inputs_take_torch_own_product(widened):
+    x, w, b = _operands(torch.float32)
+    assert torch.equal(linear(x, w, b), F.linear(x, w, b))
+    ops._NATIVE[torch.bfloat16] = True  # a CPU with native bf16 products: torch's kernel as it is
+    xb, wb, bb = _operands(torch.bfloat16)
+    assert torch.equal(linear(xb, wb, bb), F.linear(xb, wb, bb))
+
+
+def test_layer_uses_it(widened):
+    layer = Linear(256, 96).to(torch.bfloat16)
+    x, _, _ = _operands(torch.bfloat16)
+    assert torch.equal(layer(x), F.linear(x.float(), layer.weight.float(), layer.bias.float()).to(torch.bfloat16))
+
+
+def test_native_check_answers_for_this_cpu():
+    for dtype in (torch.bfloat16, torch.float16):
+        assert ops.native_half_products(dtype) in (True, False)
