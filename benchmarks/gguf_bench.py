@@ -5,12 +5,19 @@ community-layout GGUF file of over 1 GB (fresh subprocess).
     python benchmarks/gguf_bench.py          # dim 1536, 2 layers, 1560 tokens; a 1.5 GB Q8_0 file (Wan 2.1 1.3B shapes)
     python benchmarks/gguf_bench.py --threads 1 2 4 --peer ~/ComfyUI/custom_nodes/ComfyUI-GGUF
     python benchmarks/gguf_bench.py --tiny   # a quick smoke run (small model, small file)
+    python benchmarks/gguf_bench.py --peer PATH --peer-only --dtypes bf16 --threads 1 2 --skip-memory
 
 ``--peer PATH``: a ComfyUI-GGUF checkout. Its ``dequant.py`` (torch only; the rest of it needs ComfyUI) runs in a
 process of its own, never imported here: there the same files load twice, and in the second model every GGUF layer
 dequantises through the peer's ``dequantize`` (the path its ``GGMLOps`` layers take, ``dequant_dtype`` default)
 instead of ours; everything else in the forward is the same code, so the ratio is the dequantisation's share.
-Both are timed interleaved, forwards and dequantisation alone (every GGUF layer once), per thread count.
+Both are timed interleaved, forwards and dequantisation alone (every GGUF layer once), per thread count; each line
+is printed as it is measured.
+
+The forward ratio is bounded by the dequantisation's share of the forward: with ``D_ours``, ``D_peer`` the
+dequantisation times and ``F_peer`` the peer's forward, ours / peer = 1 - (D_peer - D_ours) / F_peer, so it can reach
+0.9 only where the peer's dequantisation is more than a tenth of its forward (few tokens; at 1560 tokens the matrix
+products dominate and both sides run the same ones).
 
 Targets: a Q8_0 forward costs <= 1.3 x the unquantised one in the same compute dtype at dim >= 1536 (the per-layer
 dequantisation is the overhead; it shrinks as the token count grows); ours <= 0.9 x the peer's forward at every
@@ -67,14 +74,14 @@ def community_types(names) -> dict[str, T]:
     return {k: T.F16 for k in names if k.startswith(COMMUNITY_F16) and k.endswith(".weight")}
 
 
-def time_forward(cfg: WanDiTConfig, paths: dict, grid: tuple[int, int, int], repeats: int, threads: list[int]) -> dict:
-    results = {}
-    for dtype in ("fp32", "bf16"):
+def time_forward(cfg: WanDiTConfig, paths: dict, grid: tuple[int, int, int], repeats: int, threads: list[int],
+                 dtypes: list[str]) -> None:
+    """Prints a line per compute dtype and thread count as it is measured."""
+    for dtype in dtypes:
         models = {name: wan.load_dit(p, dtype=dtype, num_heads=cfg.num_heads) for name, p in paths.items()}
         for n in threads:
             torch.set_num_threads(n)
-            results[dtype, n] = _time_models(cfg, models, grid, repeats)
-    return results
+            report_speed(dtype, n, _time_models(cfg, models, grid, repeats), cfg)
 
 
 def forward_inputs(cfg: WanDiTConfig, grid, dtype: torch.dtype):
@@ -117,10 +124,9 @@ def peer_probe(args) -> None:
     spec.loader.exec_module(peer)
     cfg = WanDiTConfig(**json.loads(args.config))
     grid = tuple(json.loads(args.grid))
-    out = {}
     for qtype in ("Q8_0", "Q4_K"):
         path = Path(args.folder) / f"dit-{qtype}.gguf"
-        for dtype in ("fp32", "bf16"):
+        for dtype in args.dtypes:
             ours = wan.load_dit(path, dtype=dtype, num_heads=cfg.num_heads)
             theirs = wan.load_dit(path, dtype=dtype, num_heads=cfg.num_heads)
             layers = [(m, n) for m, n in zip(ours.modules(), theirs.modules())
@@ -136,18 +142,24 @@ def peer_probe(args) -> None:
                 alone = interleaved_medians({side: (lambda i=i: [pair[i].weight_format.dequantize(
                     pair[i], ours.compute_dtype, torch.device("cpu")) for pair in layers])
                     for i, side in enumerate(("ours", "peer"))}, args.repeats)
-                out[f"{qtype} {dtype} {n}"] = {"forward": med, "dequantize": alone, "rel_diff": err}
-    print(json.dumps(out))
+                print(json.dumps({"key": f"{qtype} {dtype} {n}", "forward": med, "dequantize": alone,
+                                  "rel_diff": err}), flush=True)
 
 
-def compare_peer(cfg, folder: Path, grid, repeats: int, threads: list[int], peer: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--peer-probe", "--peer", peer, "--folder", str(folder),
-                          "--config", json.dumps(cfg.to_dict()), "--grid", json.dumps(list(grid)),
-                          "--repeats", str(repeats), "--threads", *map(str, threads)],
-                         capture_output=True, text=True)
-    if out.returncode:
-        raise RuntimeError(f"the peer process failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def compare_peer(cfg, folder: Path, grid, repeats: int, threads: list[int], dtypes: list[str], peer: str) -> None:
+    """Runs the peer probe in its own process and prints each of its results as it comes."""
+    command = [sys.executable, __file__, "--peer-probe", "--peer", peer, "--folder", str(folder),
+               "--config", json.dumps(cfg.to_dict()), "--grid", json.dumps(list(grid)), "--repeats", str(repeats),
+               "--threads", *map(str, threads), "--dtypes", *dtypes]
+    print("ours / ComfyUI-GGUF's dequantisation (same forward code otherwise; own process, interleaved):", flush=True)
+    with tempfile.TemporaryFile("w+") as errors:
+        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, text=True) as probe:
+            for line in probe.stdout:
+                if line.startswith("{"):
+                    report_peer(json.loads(line))
+        if probe.returncode:
+            errors.seek(0)
+            raise RuntimeError(f"the peer process failed:\n{errors.read()[-3000:]}")
 
 
 MEMORY_PROBE = r"""
@@ -175,21 +187,18 @@ def measure_load_memory(cfg: WanDiTConfig) -> dict:
     return {"file_gb": size / 1e9, "ratio": (probe["peak_kb"] - probe["base_kb"]) * 1024 / size}
 
 
-def report_speed(speed: dict, cfg: WanDiTConfig) -> None:
-    for (dtype, n), r in speed.items():
-        print(f"forward {dtype}, {n} thread(s), dim {cfg.dim}, {cfg.num_layers} layers, {r['tokens']} tokens: "
-              f"plain {r['plain_s']:.3f} s, Q8_0 {r['Q8_0_s']:.3f} s (ratio {r['Q8_0_ratio']:.3f}, target <= 1.3), "
-              f"Q4_K {r['Q4_K_s']:.3f} s (ratio {r['Q4_K_ratio']:.3f}); Q8_0 output within "
-              f"{r['q8_rel_err']:.1e} of the unquantised one")
+def report_speed(dtype: str, n: int, r: dict, cfg: WanDiTConfig) -> None:
+    print(f"forward {dtype}, {n} thread(s), dim {cfg.dim}, {cfg.num_layers} layers, {r['tokens']} tokens: "
+          f"plain {r['plain_s']:.3f} s, Q8_0 {r['Q8_0_s']:.3f} s (ratio {r['Q8_0_ratio']:.3f}, target <= 1.3), "
+          f"Q4_K {r['Q4_K_s']:.3f} s (ratio {r['Q4_K_ratio']:.3f}); Q8_0 output within "
+          f"{r['q8_rel_err']:.1e} of the unquantised one", flush=True)
 
 
-def report_peer(results: dict) -> None:
-    print("ours / ComfyUI-GGUF's dequantisation (same forward code otherwise; own process, interleaved):")
-    for key, r in results.items():
-        fwd, deq = r["forward"], r["dequantize"]
-        print(f"  {key:<14} thread(s): forward {fwd['ours']:.3f} / {fwd['peer']:.3f} s = "
-              f"{fwd['ours'] / fwd['peer']:.3f} (target <= 0.9)   dequantise alone {deq['ours']:.3f} / "
-              f"{deq['peer']:.3f} s = {deq['ours'] / deq['peer']:.3f}   outputs within {r['rel_diff']:.1e}")
+def report_peer(r: dict) -> None:
+    key, fwd, deq = r["key"], r["forward"], r["dequantize"]
+    print(f"  {key:<14} thread(s): forward {fwd['ours']:.3f} / {fwd['peer']:.3f} s = "
+          f"{fwd['ours'] / fwd['peer']:.3f} (target <= 0.9)   dequantise alone {deq['ours']:.3f} / "
+          f"{deq['peer']:.3f} s = {deq['ours'] / deq['peer']:.3f}   outputs within {r['rel_diff']:.1e}", flush=True)
 
 
 def main() -> None:
@@ -198,7 +207,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None, help="timed forwards per model (default 5; tiny 2)")
     parser.add_argument("--threads", type=int, nargs="+", default=None,
                         help="torch CPU thread counts to sweep (default: torch's own)")
+    parser.add_argument("--dtypes", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"],
+                        help="compute dtypes to time (default both)")
     parser.add_argument("--peer", default=None, help="path of a ComfyUI-GGUF checkout (its dequant.py)")
+    parser.add_argument("--peer-only", action="store_true", help="with --peer: skip ours vs the unquantised model")
+    parser.add_argument("--tokens", type=int, nargs=3, metavar=("F", "H", "W"), default=None,
+                        help="latent token grid of the timed forwards (default 1 30 52: 1560 tokens, one 480x832 "
+                             "frame)")
     parser.add_argument("--skip-memory", action="store_true", help="time the forwards only")
     parser.add_argument("--skip-speed", action="store_true", help="measure the loading memory only")
     parser.add_argument("--peer-probe", action="store_true", help=argparse.SUPPRESS)
@@ -218,12 +233,14 @@ def main() -> None:
         grid, repeats = (1, 30, 52), 5  # 1560 tokens: one 480 x 832 frame
         mem_cfg = WanDiTConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30)  # Wan 2.1 1.3B: ~1.5 GB Q8_0
     repeats = args.repeats or repeats
+    grid = tuple(args.tokens) if args.tokens else grid
     if not args.skip_speed:
         with tempfile.TemporaryDirectory() as tmp:
             paths = write_files(speed_cfg, Path(tmp))
-            report_speed(time_forward(speed_cfg, paths, grid, repeats, args.threads), speed_cfg)
+            if not (args.peer and args.peer_only):
+                time_forward(speed_cfg, paths, grid, repeats, args.threads, args.dtypes)
             if args.peer:
-                report_peer(compare_peer(speed_cfg, Path(tmp), grid, repeats, args.threads, args.peer))
+                compare_peer(speed_cfg, Path(tmp), grid, repeats, args.threads, args.dtypes, args.peer)
     if args.skip_memory:
         return
     mem = measure_load_memory(mem_cfg)

@@ -220,6 +220,16 @@ def probe(args) -> None:
     print(json.dumps({"growth": (rss_kb("VmHWM:") - base) * 1024}))
 
 
+def dit_working_set(case: str, s: dict) -> int:
+    """What the memory budget (``wan.budget.estimates``) counts for the first run's forward besides the weights."""
+    from wan.budget.estimates import dit_activation_bytes
+    from wan.dit.config import WanDiTConfig
+
+    config = WanDiTConfig(dim=s["dim"], ffn_dim=s["ffn"], num_heads=s["heads"], num_layers=s["layers"])
+    stored = {"dit-bf16": torch.bfloat16, "dit-fp8": torch.float8_e4m3fn, "dit-gguf": torch.uint8}[case]
+    return dit_activation_bytes(config, torch.bfloat16, 2 * 4 * 4, stored)  # 2x8x8 latents: 32 tokens
+
+
 # --- report --------------------------------------------------------------------------------------------------------
 def measure(case: str, args, folder: Path) -> None:
     key, peer = CASES[case]
@@ -235,6 +245,9 @@ def measure(case: str, args, folder: Path) -> None:
     growth = {side: statistics.median(v) for side, v in runs.items()}
     line = f"  {case:<9} file {total / 2**20:8.1f} MB   ours {growth['ours'] / 2**20:8.1f} MB = " \
            f"{growth['ours'] / total:5.2f} x file"
+    if case.startswith("dit"):
+        work = dit_working_set(case, size)
+        line += f" (target 1.1 x file + working set {work / 2**20:.0f} MB: {growth['ours'] / (1.1 * total + work):4.2f})"
     if peer:
         line += f"   {peer} {growth[peer] / 2**20:8.1f} MB = {growth[peer] / total:5.2f} x file   " \
                 f"ours / {peer} {growth['ours'] / growth[peer]:5.2f}"
