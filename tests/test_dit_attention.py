@@ -14,6 +14,7 @@ from tiny_dit import assert_close, inputs, official_dit, save_safetensors, state
 from test_dit_parity import _official_forward
 from wan.dit import attention
 from wan.errors import InputError
+from wan.weights import ops
 
 CPU_BACKENDS = ["auto", "sdpa", "split"]
 
@@ -48,9 +49,14 @@ def test_split_in_half_precision_is_within_rounding(monkeypatch, dtype):
     assert (out.double() - ref).abs().max().item() <= 4 * ulp
 
 
-def test_auto_follows_the_table():
+def test_auto_follows_the_table(monkeypatch):
+    monkeypatch.setattr(ops, "_NATIVE", {torch.bfloat16: True, torch.float16: True})  # the table's CPU
     for (device_type, dtype), name in attention.AUTO_TABLE.items():
         assert attention.auto_backend(device_type, dtype) == name
+    monkeypatch.setattr(ops, "_NATIVE", {torch.bfloat16: False, torch.float16: False})  # AVX2 only: split's half
+    # products would take torch's generic kernel (30x slower than sdpa there)
+    assert {attention.auto_backend("cpu", d) for d in (torch.bfloat16, torch.float16, torch.float32)} == {"sdpa"}
+    monkeypatch.undo()
     assert attention.auto_backend("cuda", torch.bfloat16) == attention.AUTO_FALLBACK == "sdpa"
     for dtype in (torch.float32, torch.bfloat16):
         q, k, v = _qkv(dtype)

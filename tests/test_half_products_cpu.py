@@ -4,7 +4,7 @@ widened to float32, multiplied, rounded once to the input dtype.
 Oracles: (1) the float64 product of the same half-precision operands, rounded once to the half dtype: ours may differ
 from it only by float32 summation order, so max|ours - ref| <= 2 ulp of the half dtype at the output's magnitude plus
 1e-6 relative (a float32 accumulation error bound for K <= 4096); (2) torch's own half-precision ``F.linear`` (the
-path on CPUs with native support), within the same bound; (3) blocks of rows equal the whole product bit for bit. The
+path on CPUs with native support), within the same bound; (3) blocks of input and weight rows equal the whole product bit for bit. The
 widened path is forced on (``_NATIVE``) so that the test runs the same on every CPU.
 """
 import pytest
@@ -44,10 +44,11 @@ def test_widened_product_is_the_rounded_exact_product(widened, dtype):
     assert ((out.double() - torch_half.double()).abs() <= 2 * _bound(ref, dtype).double()).all()
 
 
-def test_blocks_of_rows_equal_the_whole_product(widened, monkeypatch):
+def test_blocks_equal_the_whole_product(widened, monkeypatch):
     x, w, b = _operands(torch.bfloat16, rows=50)
     whole = linear(x, w, b)
-    monkeypatch.setattr(ops, "WIDE_ROWS", 16)  # 100 rows: six blocks, the last one short
+    assert ops.wide_block(256) == ops.WIDE_VALUES // 256 and ops.wide_block(1 << 20) == 256  # (the floor)
+    monkeypatch.setattr(ops, "wide_block", lambda k: 40)  # 100 input rows, 96 weight rows: 3 blocks each
     assert torch.equal(linear(x, w, b), whole)
     assert torch.equal(linear(x, w, None), F.linear(x.float(), w.float()).to(torch.bfloat16))
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
+from ..weights.ops import HALF_DTYPES, native_half_products
 
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -33,6 +34,12 @@ SPLIT_SCORES_BYTES = 128 * 2**20  # the split backend holds the scores of at mos
 #   cpu bfloat16: self sdpa 246, split 120;  cross sdpa 64, split 22        -> split
 #   cpu float16:  self sdpa 398, split 10188; cross sdpa 95, split 1483     -> sdpa (no fast fp16 matmul here)
 #   cpu float32:  self sdpa 262, split 462;  cross sdpa 70, split 119       -> sdpa
+# On a CPU without native half-precision matrix products (``wan.weights.ops.native_half_products`` False: AVX2 only,
+# e.g. a 2-core AMD EPYC without AVX-512, same torch, same sizes, CPU clock) split's products take torch's generic
+# kernel, and every half dtype runs sdpa (its CPU kernel accumulates in float32 itself):
+#   cpu bfloat16: self sdpa 560, split 17836;  cross sdpa 128, split 3842   -> sdpa
+#   cpu float16:  self sdpa 909, split 18253;  cross sdpa 212, split 3415   -> sdpa
+#   cpu float32:  self sdpa 456, split 705;    cross sdpa 117, split 204    -> sdpa
 # Anything else (CUDA and other devices) runs ``sdpa``: PyTorch dispatches it to its own FlashAttention /
 # memory-efficient kernels there. ``flash`` (the same algorithm) and ``sage`` (8-bit quantised q kᵀ, so not exact)
 # are picked by ``auto`` on CUDA only through ``CUDA_MEASURED``: backends that ``benchmarks/gpu.py`` (its "attention"
@@ -85,6 +92,8 @@ def auto_backend(device_type: str, dtype: torch.dtype) -> str:
     if device_type == "cuda":
         installed = _installed()
         return next((name for name in CUDA_MEASURED.get(dtype, ()) if installed.get(name)), AUTO_FALLBACK)
+    if device_type == "cpu" and dtype in HALF_DTYPES and not native_half_products(dtype):
+        return AUTO_FALLBACK
     return AUTO_TABLE.get((device_type, dtype), AUTO_FALLBACK)
 
 

@@ -123,7 +123,7 @@ def use_fp8_products(model: nn.Module, on: bool = True) -> int:
 
 
 HALF_DTYPES = (torch.bfloat16, torch.float16)
-WIDE_ROWS = 4096  # rows per widened product: bounds the float32 copies of the input and output
+WIDE_VALUES = 1 << 23  # float32 values (32 MiB) per widened block of input rows, and per block of weight rows
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -131,29 +131,38 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
     AVX512-BF16 / AVX512-FP16 / AMX: torch then falls back to a generic kernel, about 5x slower than float32), bf16
     and fp16 operands are widened to float32 (exact), multiplied there and the result rounded once to ``x``'s dtype:
     the product a GPU's half-precision matrix multiply computes (float32 accumulation, one rounding), at float32
-    speed. Rows go in blocks of ``WIDE_ROWS`` (one block under ``torch.compile``), so the float32 copies stay small;
-    the weight is widened once per call."""
+    speed. The widening goes block by block (``wide_block`` rows of the input, of the weight), so the float32
+    copies stay near 32 MiB each whatever the layer and token count (under ``torch.compile``: one product)."""
     if not (x.device.type == "cpu" and x.dtype in HALF_DTYPES and x.dtype == weight.dtype
             and not native_half_products(x.dtype)):
         return F.linear(x, weight, bias)
-    wide_w = weight.float()
     wide_b = None if bias is None else bias.float()
-    rows = x.reshape(-1, x.shape[-1])
-    if torch.compiler.is_compiling() or rows.shape[0] <= WIDE_ROWS:
-        return F.linear(x.float(), wide_w, wide_b).to(x.dtype)
-    out = torch.empty(rows.shape[0], weight.shape[0], dtype=x.dtype, device=x.device)
-    for start in range(0, rows.shape[0], WIDE_ROWS):
-        block = slice(start, start + WIDE_ROWS)
-        out[block] = F.linear(rows[block].float(), wide_w, wide_b)
-    return out.reshape(*x.shape[:-1], weight.shape[0])
+    if torch.compiler.is_compiling():
+        return F.linear(x.float(), weight.float(), wide_b).to(x.dtype)
+    rows, n_out = x.reshape(-1, x.shape[-1]), weight.shape[0]
+    step = wide_block(x.shape[-1])
+    out = torch.empty(rows.shape[0], n_out, dtype=x.dtype, device=x.device)
+    for r in range(0, rows.shape[0], step):
+        wide_x = rows[r:r + step].float()
+        for c in range(0, n_out, step):
+            out[r:r + step, c:c + step] = F.linear(wide_x, weight[c:c + step].float(),
+                                                   None if wide_b is None else wide_b[c:c + step])
+    return out.reshape(*x.shape[:-1], n_out)
+
+
+def wide_block(in_features: int) -> int:
+    """Rows per widened block: ``WIDE_VALUES`` float32 values, at least 256 rows."""
+    return max(256, WIDE_VALUES // in_features)
 
 
 def widened_bytes(in_features: int, out_features: int, rows: int, dtype: torch.dtype, device) -> int:
-    """The float32 copies ``linear`` makes for one product (0 where it widens nothing): the weight, and one block of
-    input and output rows."""
+    """The float32 copies ``linear`` makes at once for one product (0 where it widens nothing): a block of input
+    rows, of weight rows and of output values."""
     if torch.device(device).type != "cpu" or dtype not in HALF_DTYPES or native_half_products(dtype):
         return 0
-    return 4 * (in_features * out_features + min(rows, WIDE_ROWS) * (in_features + out_features))
+    step = wide_block(in_features)
+    r, c = min(rows, step), min(out_features, step)
+    return 4 * (r * in_features + c * in_features + r * c)
 
 
 _NATIVE: dict[torch.dtype, bool] = {}
