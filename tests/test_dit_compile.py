@@ -299,3 +299,40 @@ def test_s2v_blocks_compile_without_breaks(tmp_path):
             out = model(x, torch.tensor([500.0]), ctx, s2v=cond)
     assert runner.failed is None and breaks() == {} and graphs() == 1
     assert torch.equal(out, eager)
+
+
+def test_vace_blocks_compile_without_breaks(tmp_path):
+    """Wan 2.1 VACE: the main blocks and the VACE blocks compiled (one graph for the main blocks, one per VACE block
+    layout: the first VACE block has its input projection), no recompile at a second timestep, equal to eager."""
+    from tiny_dit import save_safetensors, state_dict_of
+    from tiny_vace import official_vace, vace_inputs
+    from wan.dit.vace import VaceInputs
+
+    model = wan.load_dit(save_safetensors(state_dict_of(official_vace()), tmp_path / "wan2.1_vace_tiny.safetensors"))
+    x, ctx, vace = vace_inputs()
+    cond = VaceInputs(vace, 0.8)
+    with torch.no_grad():
+        eager = [model(x, torch.tensor([t]), ctx, vace=cond) for t in (700.0, 300.0)]
+        with compiled_models([model], EAGER, "cpu") as runner:
+            out = [model(x, torch.tensor([700.0]), ctx, vace=cond)]
+            first = graphs()
+            out.append(model(x, torch.tensor([300.0]), ctx, vace=cond))
+    assert runner.failed is None and breaks() == {} and first == 3 and graphs() == first
+    assert all(torch.equal(a, b) for a, b in zip(out, eager))
+
+
+def test_animate_blocks_compile_without_breaks(tmp_path):
+    """Wan 2.2 Animate: its blocks compiled (one graph), the face adapters eager between them, equal to eager."""
+    from tiny_animate import animate_inputs, official_animate
+    from tiny_dit import save_safetensors, state_dict_of
+    from wan.dit.animate import AnimateInputs
+
+    model = wan.load_dit(save_safetensors(state_dict_of(official_animate()), tmp_path / "wan2.2_animate_tiny.safetensors"))
+    x, y, ctx, clip, pose, face = animate_inputs()
+    cond = AnimateInputs(pose, face)
+    with torch.no_grad():
+        eager = model(x, torch.tensor([500.0]), ctx, clip_fea=clip, y=y, animate=cond)
+        with compiled_models([model], EAGER, "cpu") as runner:
+            out = model(x, torch.tensor([500.0]), ctx, clip_fea=clip, y=y, animate=cond)
+    assert runner.failed is None and breaks() == {} and graphs() == 1
+    assert torch.equal(out, eager)

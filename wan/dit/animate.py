@@ -23,6 +23,7 @@ from ..errors import CheckpointError, InputError
 from ..memory.offload import streamed
 from .animate_face import FaceAdapter, FaceEncoder
 from .animate_motion import MotionEncoder
+from .compile import call_block
 from .config import WanDiTConfig
 from .model import DiTState, WanDiT, patchify
 
@@ -154,7 +155,7 @@ class WanAnimateDiT(WanDiT):
         x, every, adapters, shard = s.x, self.face_every, self.face_adapter.fuser_blocks, s.shard
         self_attn = None if shard is None else shard.attention(self._attn)
         for i, block in enumerate(streamed(self, x)):
-            x = block(x, s.e0, s.context, s.n_img, s.freqs, self._attn, self_attn)
+            x = call_block(self, block, x, s.e0, s.context, s.n_img, s.freqs, self._attn, self_attn)
             if i % every == 0 and i // every < len(adapters):
                 x = x + adapters[i // every](x, s.face, self._attn, shard).float()
         return x

@@ -126,7 +126,8 @@ class BlockRunner:
             if x.dtype in HALF_DTYPES:
                 native_half_products(x.dtype)
             try:
-                return compiled(target, _graph_input(x), *(_graph_input(a) for a in args), **kwargs)
+                return compiled(target, _graph_input(x), *(_graph_input(a) for a in args),
+                                **{k: _graph_input(v) for k, v in kwargs.items()})
             except (OUT_OF_MEMORY, InputError):
                 raise
             except Exception as exc:  # noqa: BLE001 - any compile failure: fall back, never stop sampling

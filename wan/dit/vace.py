@@ -23,6 +23,7 @@ import torch.nn as nn
 from ..errors import CheckpointError, InputError
 from ..memory.offload import streamed
 from ..weights.ops import Linear
+from .compile import call_block
 from .config import WanDiTConfig
 from .model import Block, DiTState, WanDiT, patchify
 
@@ -148,8 +149,9 @@ class WanVaceDiT(WanDiT):
         for i, block in enumerate(streamed(self, x)):
             k = feeds.get(i)
             if k is not None:  # VACE block k only needs VACE block k - 1: run it just before its hint is used
-                c, hint = self.vace_blocks[k](c, s.e0, s.context, s.n_img, s.freqs, self._attn, self_attn, x0=s.x)
-            x = block(x, s.e0, s.context, s.n_img, s.freqs, self._attn, self_attn)
+                c, hint = call_block(self, self.vace_blocks[k], c, s.e0, s.context, s.n_img, s.freqs, self._attn,
+                                     self_attn, x0=s.x)
+            x = call_block(self, block, x, s.e0, s.context, s.n_img, s.freqs, self._attn, self_attn)
             if k is not None:
                 x = x + hint * s.strength
                 del hint
