@@ -13,9 +13,8 @@ Per compute dtype it prints:
 then, once, the recompile count over a 20-step Wan 2.2 A14B run (both experts, tiny width) with TeaCache and a LoRA
 of a different strength on each expert: graphs compiled in the first step and after it (target 0 after it).
 
-Times are medians of rounds (wall clock, or with ``--clock cpu --threads 1`` this process's CPU time); on a machine
-shared with other work they carry that load's noise. Eager and compiled rounds are not interleaved (the compiled
-model is lent its runner for its rounds only), so compare runs made under the same load.
+Times are medians of rounds (wall clock, or with ``--clock cpu --threads 1`` this process's CPU time); eager and
+compiled calls alternate within each round, so a drifting load slows both alike.
 """
 from __future__ import annotations
 
@@ -31,7 +30,7 @@ from harness import DTYPES, ROOT, add_timing_options, apply_timing_options, inte
 
 sys.path.insert(0, str(ROOT))
 
-from wan.dit.compile import CompileOptions, compiled_models  # noqa: E402
+from wan.dit.compile import ATTR, CompileOptions, compiled_models  # noqa: E402
 from wan.dit.config import WanDiTConfig  # noqa: E402
 from wan.dit.model import WanDiT  # noqa: E402
 
@@ -68,16 +67,26 @@ def measure_dtype(cfg: WanDiTConfig, grid, dtype: torch.dtype, repeats: int, opt
     def step():
         return model(x, t, ctx[0]), model(x, t, ctx[1])
 
+    def eager_step():  # the model without its runner for this call
+        runner = model.__dict__.pop(ATTR, None)
+        try:
+            return step()
+        finally:
+            if runner is not None:
+                model.__dict__[ATTR] = runner
+
     with compiled_models([model], options, x.device) as runner:
         rss_before = rss_kb("VmHWM")
         start = time.perf_counter()
         step()  # compiles
         first = time.perf_counter() - start
         rss_growth = (rss_kb("VmHWM") - rss_before) / 2 ** 20
-        compiled = interleaved_medians({"block": lambda: runner.call(block, state.x, *block_args), "step": step},
-                                       repeats, clock=clock)
+        eager_step()  # (the eager path's warm-up)
+        times = interleaved_medians({"eager block": eager_block, "block": lambda: runner.call(
+            block, state.x, *block_args), "eager step": eager_step, "step": step}, repeats, clock=clock, warm=False)
         failed = runner.failed if runner is not None else "compile unavailable"
-    eager = interleaved_medians({"block": eager_block, "step": step}, repeats, clock=clock)
+    eager = {"block": times["eager block"], "step": times["eager step"]}
+    compiled = {"block": times["block"], "step": times["step"]}
     return {"eager": eager, "compiled": compiled, "first": first, "rss": rss_growth, "failed": failed}
 
 
