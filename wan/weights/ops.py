@@ -123,7 +123,7 @@ def use_fp8_products(model: nn.Module, on: bool = True) -> int:
 
 
 HALF_DTYPES = (torch.bfloat16, torch.float16)
-WIDE_VALUES = 1 << 23  # float32 values (32 MiB) per widened block of input rows, and per block of weight rows
+WIDE_VALUES = 1 << 20  # float32 values (4 MiB) per widened block of input rows, and per block of weight rows
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -132,7 +132,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
     and fp16 operands are widened to float32 (exact), multiplied there and the result rounded once to ``x``'s dtype:
     the product a GPU's half-precision matrix multiply computes (float32 accumulation, one rounding), at float32
     speed. The widening goes block by block (``wide_block`` rows of the input, of the weight), so the float32
-    copies stay near 32 MiB each whatever the layer and token count (under ``torch.compile``: one product)."""
+    copies stay near 4 MiB each whatever the layer and token count (under ``torch.compile``: one product)."""
     if not (x.device.type == "cpu" and x.dtype in HALF_DTYPES and x.dtype == weight.dtype
             and not native_half_products(x.dtype)):
         return F.linear(x, weight, bias)
