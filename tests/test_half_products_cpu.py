@@ -70,3 +70,23 @@ def test_layer_uses_it(widened):
 def test_native_check_answers_for_this_cpu():
     for dtype in (torch.bfloat16, torch.float16):
         assert ops.native_half_products(dtype) in (True, False)
+
+
+def test_half_vae_passes_compute_in_float32_on_such_a_cpu(widened, tmp_path):
+    """A bf16 VAE on a CPU without native half products (its bf16 convolutions take a generic kernel, 660x slower
+    than float32 on an AVX2 CPU) encodes and decodes in float32. Oracle: the same file loaded with dtype fp32 (the
+    bf16 values exactly, in float32): equal outputs bit for bit. Its dtype stays bf16; its weights go back to bf16
+    when it moves to another device."""
+    from test_vae_tiny import official_vae, random_video, save_comfy
+    from wan.vae import load_vae
+
+    path = save_comfy(official_vae("2.1").state_dict(), tmp_path / "wan_2.1_vae_bf16.safetensors", dtype=torch.bfloat16)
+    half, wide = load_vae(path), load_vae(path, dtype="fp32")
+    assert half.dtype == torch.bfloat16 and half.pass_dtype == torch.float32 and wide.pass_dtype == torch.float32
+    video = random_video("2.1", 5)
+    z = torch.randn(1, 16, 2, 2, 3, generator=torch.Generator().manual_seed(6))
+    assert torch.equal(half.encode(video), wide.encode(video))
+    assert torch.equal(half.decode(z, clamp=False), wide.decode(z, clamp=False))
+    assert half.dtype == torch.bfloat16 and next(half.model.parameters()).dtype == torch.float32
+    half.to("meta")
+    assert {p.dtype for p in half.model.parameters()} == {torch.bfloat16} and half.pass_dtype == torch.bfloat16

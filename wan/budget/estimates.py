@@ -151,7 +151,7 @@ def vae_estimates(vae, kind: str, shape, tiled: bool, tile_size: int, out_device
     """Device (and, when the output goes elsewhere, host) memory of one VAE encode or decode of ``shape``."""
     cfg, device = vae.config, torch.device(vae.device)
     out_device = torch.device(out_device)
-    es = torch.empty((), dtype=vae.dtype).element_size()
+    es = torch.empty((), dtype=getattr(vae, "pass_dtype", vae.dtype)).element_size()
     s, decode = cfg.stride[1], kind == "decode"
     b, _, t, h, w = shape
     height, width = (h * s, w * s) if decode else (h, w)

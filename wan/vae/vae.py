@@ -19,6 +19,7 @@ from ..checks import whole_number
 from ..errors import InputError
 from ..finite import check_input, check_output
 from ..latents import VAE_NAME
+from ..weights.ops import HALF_DTYPES, native_half_products
 from .model import WanVAEModel, num_chunks
 from .tiling import TileGrid, run_tiled
 
@@ -59,9 +60,34 @@ class WanVAE:
         return f"WanVAE({self.version}, z {self.z_dim}, {str(self.dtype).replace('torch.', '')}, {self.device})"
 
     def to(self, device: torch.device | str) -> "WanVAE":
+        device = torch.device(device)
+        if device.type != "cpu" and self._weight_dtype() != self.dtype:  # widened for CPU passes: back first
+            self.model.to(dtype=self.dtype)
         self.model.to(device)
-        self.device = torch.device(device)
+        self.device = device
         return self
+
+    @property
+    def pass_dtype(self) -> torch.dtype:
+        """The dtype the passes compute in: the VAE's, except half precision on a CPU without native half-precision
+        products (there its convolutions take a generic kernel, measured 660x slower than float32 on an AVX2 CPU):
+        float32. The weights are then converted to float32 for the passes (in place, once), and back to the VAE's
+        dtype when it moves to another device."""
+        if self.device.type == "cpu" and self.dtype in HALF_DTYPES and not native_half_products(self.dtype):
+            return torch.float32
+        return self.dtype
+
+    def _weight_dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def _weights_for_pass(self) -> torch.dtype:
+        dtype = self.pass_dtype
+        if self._weight_dtype() != dtype:
+            if dtype != self.dtype:
+                log.info("Wan VAE: this CPU has no native %s products; the VAE computes in float32 here",
+                         str(self.dtype).replace("torch.", ""))
+            self.model.to(dtype=dtype)
+        return dtype
 
     # --- latent space ------------------------------------------------------------------------------------------
     @staticmethod
@@ -112,9 +138,9 @@ class WanVAE:
     def _run(self, x: torch.Tensor, job: "_Pass", tiled, callback: ProgressCallback | None) -> torch.Tensor:
         """One batch item at a time: whole frames, tiles, or whole frames falling back to tiles on out-of-memory."""
         mode = _tiled_mode(tiled)
-        batch, outs = x.shape[0], []
+        batch, outs, dtype = x.shape[0], [], self._weights_for_pass()
         for i in range(batch):
-            item = x[i:i + 1].to(self.device, self.dtype)
+            item = x[i:i + 1].to(self.device, dtype)
             out = None if mode == "on" else self._whole(job, item, _Counter(callback, batch, i, job.chunks), mode)
             if out is None:
                 out = job.tiled(item, _Counter(callback, batch, i, job.chunks * job.tile_count))
