@@ -90,3 +90,28 @@ def test_half_vae_passes_compute_in_float32_on_such_a_cpu(widened, tmp_path):
     assert half.dtype == torch.bfloat16 and next(half.model.parameters()).dtype == torch.float32
     half.to("meta")
     assert {p.dtype for p in half.model.parameters()} == {torch.bfloat16} and half.pass_dtype == torch.bfloat16
+
+
+def test_widened_call_rounds_once(widened):
+    """``widened`` (the encoders' small convolutions): the float32 convolution of the same operands, rounded once."""
+    g = torch.Generator().manual_seed(4)
+    x, w, b = (torch.randn(1, 6, 9, 9, generator=g).bfloat16(), torch.randn(5, 6, 3, 3, generator=g).bfloat16(),
+               torch.randn(5, generator=g).bfloat16())
+    out = ops.widened(F.conv2d, x, w, b, padding=1)
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, F.conv2d(x.float(), w.float(), b.float(), padding=1).to(torch.bfloat16))
+    assert torch.equal(ops.widened(F.conv2d, x.float(), w.float(), None), F.conv2d(x.float(), w.float()))
+
+
+def test_lora_side_path_gives_way_to_the_rebuilt_weight(widened):
+    """On such a CPU a half-precision layer with a low-rank patch rebuilds its weight (float32 patching, as always)
+    and widens the one product, instead of the two small half products of the side path."""
+    from wan.weights.patches import LowRank
+
+    layer = Linear(256, 96).to(torch.bfloat16)
+    g = torch.Generator().manual_seed(5)
+    layer.weight_patches = (LowRank(torch.randn(96, 4, generator=g), torch.randn(4, 256, generator=g), 0.5),)
+    x, _, _ = _operands(torch.bfloat16, rows=400)
+    assert not layer._side_path_is_cheaper(x)
+    ref = F.linear(x.float(), layer.compute_weight(torch.bfloat16, x.device).float(), layer.bias.float())
+    assert torch.equal(layer(x), ref.to(torch.bfloat16))

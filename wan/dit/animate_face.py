@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..weights.ops import Linear, RMSNorm, layer_norm
+from ..weights.ops import Linear, RMSNorm, layer_norm, widened
 from .attention import AttentionFn
 
 EPS = 1e-6
@@ -29,7 +29,7 @@ class CausalConv1d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k = self.conv.kernel_size[0]
         x = F.pad(x, (k - 1, 0), mode="replicate")
-        return F.conv1d(x, self.conv.weight.to(x.dtype), self.conv.bias.to(x.dtype), stride=self.conv.stride)
+        return widened(F.conv1d, x, self.conv.weight.to(x.dtype), self.conv.bias.to(x.dtype), stride=self.conv.stride)
 
 
 class FaceEncoder(nn.Module):

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..weights.ops import Linear
+from ..weights.ops import Linear, widened
 
 BLUR = (1.0, 3.0, 3.0, 1.0)
 LEAK, GAIN = 0.2, math.sqrt(2.0)
@@ -32,7 +32,7 @@ class Blur(nn.Module):
         k = torch.tensor(BLUR, dtype=torch.float32, device=x.device)
         k = (k[None, :] * k[:, None]) / (k.sum() ** 2)
         c, (p0, p1) = x.shape[1], self.pad
-        return F.conv2d(F.pad(x, (p0, p1, p0, p1)), k.to(x.dtype).expand(c, 1, 4, 4), groups=c)
+        return widened(F.conv2d, F.pad(x, (p0, p1, p0, p1)), k.to(x.dtype).expand(c, 1, 4, 4), groups=c)
 
 
 class EqualConv2d(nn.Module):
@@ -45,7 +45,7 @@ class EqualConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight.to(x.dtype) * self.scale
         b = None if self.bias is None else self.bias.to(x.dtype)
-        return F.conv2d(x, w, b, stride=self.stride, padding=self.padding)
+        return widened(F.conv2d, x, w, b, stride=self.stride, padding=self.padding)
 
 
 class BiasLeakyReLU(nn.Module):

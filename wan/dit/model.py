@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from ..errors import InputError
 from ..memory.offload import streamed
-from ..weights.ops import LayerNorm, Linear, RMSNorm, layer_norm
+from ..weights.ops import LayerNorm, Linear, RMSNorm, layer_norm, linear
 from ..variants import Variant
 from .attention import AttentionFn, get_attention
 from .compile import run_blocks
@@ -47,7 +47,7 @@ def patchify(x: torch.Tensor, conv: nn.Conv3d) -> tuple[torch.Tensor, tuple[int,
     patches = x.view(b, c, f, pt, h, ph, w, pw).permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, f * h * w, -1)
     weight = conv.weight.to(device=x.device, dtype=x.dtype).reshape(conv.out_channels, -1)
     bias = None if conv.bias is None else conv.bias.to(device=x.device, dtype=x.dtype)
-    return torch.nn.functional.linear(patches, weight, bias), (f, h, w)
+    return linear(patches, weight, bias), (f, h, w)
 
 
 class SelfAttention(nn.Module):

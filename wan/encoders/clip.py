@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ..checks import json_value
 from ..errors import CheckpointError
-from ..weights.ops import Linear, layer_norm
+from ..weights.ops import Linear, layer_norm, widened
 
 @dataclass(frozen=True)
 class ClipVisionConfig:
@@ -116,6 +116,7 @@ class ClipVisionTower(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """pixels: [B, 3, S, S] normalised; returns the penultimate-block tokens [B, 1 + patches, dim]."""
-        x = self.patch_embedding(pixels).flatten(2).transpose(1, 2)
+        conv = self.patch_embedding
+        x = widened(F.conv2d, pixels, conv.weight, None, stride=conv.stride).flatten(2).transpose(1, 2)
         x = torch.cat([self.cls_embedding.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
         return self.transformer(self.pre_norm(x + self.pos_embedding.to(x.dtype)))

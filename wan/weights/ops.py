@@ -83,6 +83,8 @@ class Linear(nn.Linear):
         1536x8960 0.64 at 1950, 0.89 at 8000, 0.99 at 32760; bfloat16 5120x5120 0.56 at 1950, 0.85 at 8000."""
         if self.side_path != "auto":
             return self.side_path == "always" and all(p.side_cost() is not None for p in self.weight_patches)
+        if half_on_generic_cpu(x):  # the side products would take the generic half kernels: rebuild, then widen
+            return False
         costs = [p.side_cost() for p in self.weight_patches]
         if any(c is None for c in costs):
             return False
@@ -133,8 +135,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
     the product a GPU's half-precision matrix multiply computes (float32 accumulation, one rounding), at float32
     speed. The widening goes block by block (``wide_block`` rows of the input, of the weight), so the float32
     copies stay near 4 MiB each whatever the layer and token count (under ``torch.compile``: one product)."""
-    if not (x.device.type == "cpu" and x.dtype in HALF_DTYPES and x.dtype == weight.dtype
-            and not native_half_products(x.dtype)):
+    if x.dtype != weight.dtype or not half_on_generic_cpu(x):
         return F.linear(x, weight, bias)
     wide_b = None if bias is None else bias.float()
     if torch.compiler.is_compiling():
@@ -148,6 +149,21 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
             out[r:r + step, c:c + step] = F.linear(wide_x, weight[c:c + step].float(),
                                                    None if wide_b is None else wide_b[c:c + step])
     return out.reshape(*x.shape[:-1], n_out)
+
+
+def half_on_generic_cpu(x: torch.Tensor) -> bool:
+    """Whether ``x`` is bf16 / fp16 on a CPU whose half-precision products and convolutions take torch's generic
+    kernels (no native support: see ``native_half_products``)."""
+    return x.device.type == "cpu" and x.dtype in HALF_DTYPES and not native_half_products(x.dtype)
+
+
+def widened(fn, x: torch.Tensor, *tensors: torch.Tensor | None, **kwargs) -> torch.Tensor:
+    """``fn(x, *tensors, **kwargs)`` (a convolution or product); for half-precision ``x`` on such a CPU computed on
+    float32 copies of its operands and rounded once to ``x``'s dtype (for the small convolutions of the encoders;
+    ``linear`` does the large products block by block)."""
+    if not half_on_generic_cpu(x):
+        return fn(x, *tensors, **kwargs)
+    return fn(x.float(), *(None if t is None else t.float() for t in tensors), **kwargs).to(x.dtype)
 
 
 def wide_block(in_features: int) -> int:
