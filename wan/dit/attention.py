@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from ..weights.ops import HALF_DTYPES, native_half_products
+from ..weights.ops import generic_half
 
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -92,7 +92,7 @@ def auto_backend(device_type: str, dtype: torch.dtype) -> str:
     if device_type == "cuda":
         installed = _installed()
         return next((name for name in CUDA_MEASURED.get(dtype, ()) if installed.get(name)), AUTO_FALLBACK)
-    if device_type == "cpu" and dtype in HALF_DTYPES and not native_half_products(dtype):
+    if generic_half(device_type, dtype):
         return AUTO_FALLBACK
     return AUTO_TABLE.get((device_type, dtype), AUTO_FALLBACK)
 

@@ -35,7 +35,7 @@ import torch.nn as nn
 
 from ..errors import InputError
 from ..quant import fp8_product
-from ..weights.ops import HALF_DTYPES, native_half_products
+from ..weights.ops import native_half_products
 
 log = logging.getLogger("wan_experts")
 
@@ -122,9 +122,11 @@ class BlockRunner:
 
     def _guarded(self, compiled, eager, target, x, args, kwargs) -> torch.Tensor:
         if self.failed is None:
-            fp8_product.kernel(x.device)  # probed eagerly: the compiled code only reads the answers
-            if x.dtype in HALF_DTYPES:
-                native_half_products(x.dtype)
+            # probed eagerly: the compiled code only reads the answers (every half dtype: a block's x is float32,
+            # its products run in the context's dtype)
+            fp8_product.kernel(x.device)
+            for dtype in fp8_product.HALF_DTYPES:
+                native_half_products(dtype)
             try:
                 return compiled(target, _graph_input(x), *(_graph_input(a) for a in args),
                                 **{k: _graph_input(v) for k, v in kwargs.items()})

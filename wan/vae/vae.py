@@ -19,7 +19,7 @@ from ..checks import whole_number
 from ..errors import InputError
 from ..finite import check_input, check_output
 from ..latents import VAE_NAME
-from ..weights.ops import HALF_DTYPES, native_half_products
+from ..weights.ops import generic_half
 from .model import WanVAEModel, num_chunks
 from .tiling import TileGrid, run_tiled
 
@@ -73,7 +73,7 @@ class WanVAE:
         products (there its convolutions take a generic kernel, measured 660x slower than float32 on an AVX2 CPU):
         float32. The weights are then converted to float32 for the passes (in place, once), and back to the VAE's
         dtype when it moves to another device."""
-        if self.device.type == "cpu" and self.dtype in HALF_DTYPES and not native_half_products(self.dtype):
+        if generic_half(self.device.type, self.dtype):
             return torch.float32
         return self.dtype
 

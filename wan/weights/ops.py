@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from ..quant import fp8_product
 from ..quant.fp8 import SCALED_FP8
+from ..quant.fp8_product import HALF_DTYPES
 
 FP8_DTYPES = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -124,7 +125,6 @@ def use_fp8_products(model: nn.Module, on: bool = True) -> int:
     return count
 
 
-HALF_DTYPES = (torch.bfloat16, torch.float16)
 WIDE_VALUES = 1 << 20  # float32 values (4 MiB) per widened block of input rows, and per block of weight rows
 
 
@@ -137,9 +137,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
     copies stay near 4 MiB each whatever the layer and token count (under ``torch.compile``: one product)."""
     if x.dtype != weight.dtype or not half_on_generic_cpu(x):
         return F.linear(x, weight, bias)
-    wide_b = None if bias is None else bias.float()
     if torch.compiler.is_compiling():
-        return F.linear(x.float(), weight.float(), wide_b).to(x.dtype)
+        return widened(F.linear, x, weight, bias)
+    wide_b = None if bias is None else bias.float()
     rows, n_out = x.reshape(-1, x.shape[-1]), weight.shape[0]
     step = wide_block(x.shape[-1])
     out = torch.empty(rows.shape[0], n_out, dtype=x.dtype, device=x.device)
@@ -151,10 +151,14 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
     return out.reshape(*x.shape[:-1], n_out)
 
 
-def half_on_generic_cpu(x: torch.Tensor) -> bool:
-    """Whether ``x`` is bf16 / fp16 on a CPU whose half-precision products and convolutions take torch's generic
+def generic_half(device_type: str, dtype: torch.dtype) -> bool:
+    """Whether ``dtype`` is bf16 / fp16 on a CPU whose half-precision products and convolutions take torch's generic
     kernels (no native support: see ``native_half_products``)."""
-    return x.device.type == "cpu" and x.dtype in HALF_DTYPES and not native_half_products(x.dtype)
+    return device_type == "cpu" and dtype in HALF_DTYPES and not native_half_products(dtype)
+
+
+def half_on_generic_cpu(x: torch.Tensor) -> bool:
+    return generic_half(x.device.type, x.dtype)
 
 
 def widened(fn, x: torch.Tensor, *tensors: torch.Tensor | None, **kwargs) -> torch.Tensor:
@@ -174,7 +178,7 @@ def wide_block(in_features: int) -> int:
 def widened_bytes(in_features: int, out_features: int, rows: int, dtype: torch.dtype, device) -> int:
     """The float32 copies ``linear`` makes at once for one product (0 where it widens nothing): a block of input
     rows, of weight rows and of output values."""
-    if torch.device(device).type != "cpu" or dtype not in HALF_DTYPES or native_half_products(dtype):
+    if not generic_half(torch.device(device).type, dtype):
         return 0
     step = wide_block(in_features)
     r, c = min(rows, step), min(out_features, step)
