@@ -33,6 +33,19 @@ def torchrun_environment(rank: int, world: int, port: int) -> None:
                       WORLD_SIZE=str(world))
 
 
+def run_parallel_cli(run, argv: list[str], rank: int, world: int, port: int, out) -> int:
+    """``run(argv)`` with Ulysses, DiT FSDP and T5 FSDP over 2 ranks, saving ``out/video{rank}.mp4``: the CLI joins
+    (and leaves) the process group itself, as under torchrun."""
+    torchrun_environment(rank, world, port)
+    return run(argv + ["--ulysses_size", "2", "--dit_fsdp", "--t5_fsdp", "--save_file", f"{out}/video{rank}.mp4"])
+
+
+def launch_two(fn, path, out: Path, timeout: int) -> list[dict]:
+    """``fn(rank, 2, (port, port), str(path), str(out))`` in 2 processes; what each saved (``rank_results``)."""
+    run_ranks(fn, (2, (free_port(), free_port()), str(path), str(out)), world=2, timeout=timeout)
+    return rank_results(out, 2)
+
+
 def rank_results(out: Path, world: int) -> list[dict]:
     """What each rank saved as ``out/rank{r}.pt``."""
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(world)]

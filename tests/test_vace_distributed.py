@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 import wan
-from spawn import assert_ranks_match, free_port, rank_results, run_ranks, torchrun_environment
+from spawn import assert_ranks_match, launch_two, run_parallel_cli
 from tiny_dit import save_safetensors, state_dict_of
 from tiny_vace import official_vace, vace_inputs
 from wan.dit.vace import VaceInputs
@@ -63,10 +63,7 @@ def _rank(rank: int, world: int, ports: tuple[int, int], path: str, out: str) ->
         if sharding is not None:
             results[mode + "_bytes"] = torch.tensor(resident_bytes(model))
     dist.destroy_process_group()
-    # the CLI joins (and leaves) the process group itself, as under torchrun
-    torchrun_environment(rank, world, ports[1])
-    results["cli"] = main(CLI + ["--ulysses_size", "2", "--dit_fsdp", "--t5_fsdp", "--save_file",
-                                 f"{out}/video{rank}.mp4"])
+    results["cli"] = run_parallel_cli(main, CLI, rank, world, ports[1], out)
     torch.save(results, f"{out}/rank{rank}.pt")
 
 
@@ -78,8 +75,7 @@ def dit_file(tmp_path_factory):
 @pytest.fixture(scope="module")
 def two(dit_file, tmp_path_factory) -> tuple[list[dict], Path]:
     out = tmp_path_factory.mktemp("vace_ranks")
-    run_ranks(_rank, (2, (free_port(), free_port()), str(dit_file), str(out)), world=2, timeout=TIMEOUT)
-    return rank_results(out, 2), out
+    return launch_two(_rank, dit_file, out, TIMEOUT), out
 
 
 @pytest.mark.parametrize("mode", list(MODES))
