@@ -14,12 +14,19 @@ import torch
 
 
 class WeightFormat:
-    """Base class; subclasses implement ``dequantize`` and may override ``shape`` and ``stored_bytes``."""
+    """Base class; subclasses implement ``dequantize`` and ``dequantize_rows`` and may override ``shape`` and
+    ``stored_bytes``."""
 
     name = "plain"
 
     def dequantize(self, layer: torch.nn.Module, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """The real weight [out_features, in_features] of ``layer`` in ``dtype`` on ``device``."""
+        raise NotImplementedError
+
+    def dequantize_rows(self, layer: torch.nn.Module, start: int, stop: int, dtype: torch.dtype,
+                        device: torch.device) -> torch.Tensor:
+        """Rows ``start:stop`` of the real weight, dequantising only those (the CPU forward goes a block of rows at
+        a time: ``wan.weights.ops.products_by_rows``)."""
         raise NotImplementedError
 
     def shape(self, layer: torch.nn.Module) -> tuple[int, int]:

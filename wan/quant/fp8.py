@@ -18,6 +18,11 @@ class ScaledFP8(WeightFormat):
         w = layer.weight.to(device=device, dtype=dtype)
         return w * layer.scale_weight.to(device=device, dtype=dtype)
 
+    def dequantize_rows(self, layer, start: int, stop: int, dtype: torch.dtype, device) -> torch.Tensor:
+        scale = layer.scale_weight  # one for the layer, or one per row ([rows, 1])
+        scale = scale[start:stop] if scale.dim() else scale
+        return layer.weight[start:stop].to(device=device, dtype=dtype) * scale.to(device=device, dtype=dtype)
+
 
 SCALED_FP8 = ScaledFP8()
 MARKER = "scaled_fp8"  # the marker tensor of a scaled-fp8 file, under any prefix (model.diffusion_model.scaled_fp8)

@@ -24,6 +24,10 @@ class GGUFFormat(WeightFormat):
     def dequantize(self, layer, dtype: torch.dtype, device) -> torch.Tensor:
         return dequantize(layer.weight.to(device), self.qtype, self.logical_shape, dtype)
 
+    def dequantize_rows(self, layer, start: int, stop: int, dtype: torch.dtype, device) -> torch.Tensor:
+        rows = layer.weight.reshape(self.logical_shape[0], -1)[start:stop]  # a row: whole blocks (ggml's rule)
+        return dequantize(rows.to(device), self.qtype, (rows.shape[0], *self.logical_shape[1:]), dtype)
+
     def shape(self, layer) -> tuple[int, ...]:
         return tuple(self.logical_shape)
 

@@ -17,6 +17,7 @@ from .base import QuantizedLayer, WeightFormat
 from .constants import device_constant
 
 BLOCK = 16
+TILE_ROWS = 128  # rows per tile of the block-scale layout (``untile``)
 E2M1 = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
 
 
@@ -27,6 +28,17 @@ class NVFP4(WeightFormat):
         w = dequantize_nvfp4(layer.weight.to(device), layer.weight_scale.to(device), layer.weight_scale_2.to(device))
         rows, cols = layer.weight_shape
         return w[:rows, :cols].to(dtype)
+
+    def dequantize_rows(self, layer, start: int, stop: int, dtype: torch.dtype, device) -> torch.Tensor:
+        """Through the 128-row tiles of block scales that hold rows ``start:stop``."""
+        packed, cols = layer.weight, layer.weight_shape[1]
+        first, last = start // TILE_ROWS, -(-stop // TILE_ROWS)
+        tiles = layer.weight_scale.reshape(-(-packed.shape[0] // TILE_ROWS), -1)[first:last]
+        scales = untile(tiles.to(device), (last - first) * TILE_ROWS, packed.shape[1] * 2 // BLOCK)
+        offset = first * TILE_ROWS
+        w = _scaled(packed[start:stop].to(device), scales[start - offset:stop - offset],
+                    layer.weight_scale_2.to(device))
+        return w[:, :cols].to(dtype)
 
 
 NVFP4_FORMAT = NVFP4()
@@ -54,16 +66,21 @@ def nvfp4_layer(packed: torch.Tensor, block_scales: torch.Tensor, tensor_scale: 
 
 def dequantize_nvfp4(packed: torch.Tensor, block_scales: torch.Tensor, tensor_scale: torch.Tensor) -> torch.Tensor:
     """The (padded) weight in float32."""
+    return _scaled(packed, untile(block_scales, packed.shape[0], packed.shape[1] * 2 // BLOCK), tensor_scale)
+
+
+def _scaled(packed: torch.Tensor, scales: torch.Tensor, tensor_scale: torch.Tensor) -> torch.Tensor:
+    """Rows of codes ``packed`` [rows, cols / 2] times their block scales ``scales`` [rows, cols / 16] (untiled)
+    and the tensor scale, in float32."""
     rows, cols = packed.shape[0], packed.shape[1] * 2
     codes = torch.stack([packed >> 4, packed & 0x0F], dim=-1).reshape(rows, cols)
     values = device_constant(E2M1, torch.float32, packed.device)[codes.long()].view(rows, cols // BLOCK, BLOCK)
-    scales = untile(block_scales, rows, cols // BLOCK).float() * tensor_scale.float()
-    return (values * scales.unsqueeze(-1)).view(rows, cols)
+    return (values * (scales.float() * tensor_scale.float()).unsqueeze(-1)).view(rows, cols)
 
 
 def untile(tiled: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     """``[rows, cols]`` from cuBLAS's block-scale layout: 128 x 4 tiles in row-major order, each stored as 32 x 16
     where row ``32 i + j``, column ``c`` of the tile sits at ``[j, 4 i + c]``."""
-    row_tiles, col_tiles = math.ceil(rows / 128), math.ceil(cols / 4)
+    row_tiles, col_tiles = math.ceil(rows / TILE_ROWS), math.ceil(cols / 4)
     t = tiled.reshape(row_tiles, col_tiles, 32, 4, 4).permute(0, 3, 2, 1, 4)
-    return t.reshape(row_tiles * 128, col_tiles * 4)[:rows, :cols]
+    return t.reshape(row_tiles * TILE_ROWS, col_tiles * 4)[:rows, :cols]

@@ -4,6 +4,8 @@
 - the stored weight may be in another dtype or a compact format: fp8 checkpoints stay fp8 in memory; Comfy-Org
   "scaled fp8", GGUF and comfy_quant layers carry a ``weight_format`` (``wan.quant``) that turns the stored tensor
   (plus the layer's scale buffers) into the real weight, one layer at a time, per forward;
+  On the CPU such a layer is dequantised a block of weight rows at a time (``products_by_rows``), so a forward
+  never holds a whole dequantised layer (a 5120 x 13824 layer: 141 MB in bf16) beside the stored one;
 - ``weight_patches`` (``wan.weights.patches``: LoRA low-rank factors, full differences, DoRA) are applied on top, in float32,
   without ever changing the stored weight. A layer whose patches are all low rank computes them as a side path
   ``x @ down.T @ up.T`` when that costs less than rebuilding the weight (few input rows), else it rebuilds the
@@ -42,17 +44,34 @@ class Linear(nn.Linear):
                 y = patch.add_side(y, x)
             return y
         if self.weight_patches and self._side_path_is_cheaper(x):
-            y = linear(x, self.dequantize(x.dtype, x.device), bias)
+            y = self._product(x, bias)
             for patch in self.weight_patches:
                 y = patch.add_side(y, x)
             return y
+        if not self.weight_patches:
+            return self._product(x, bias)
         return linear(x, self.compute_weight(x.dtype, x.device), bias)
+
+    def _product(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """``x @ dequantised weight.T + bias``: a compact (or other-dtype) weight on the CPU a block of rows at a
+        time, else the whole weight at once (one kernel on a GPU; one graph under ``torch.compile``)."""
+        if (self.weight_format is None and self.weight.dtype == x.dtype) or x.device.type != "cpu" \
+                or self.weight.device.type != "cpu" or torch.compiler.is_compiling():
+            return linear(x, self.dequantize(x.dtype, x.device), bias)
+        return products_by_rows(x, lambda a, b: self.dequantize_rows(a, b, x.dtype, x.device), self.out_features,
+                                bias)
 
     def dequantize(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """The real weight without patches, in ``dtype`` on ``device``."""
         if self.weight_format is not None:
             return self.weight_format.dequantize(self, dtype, device)
         return _cast(self.weight, dtype, device)
+
+    def dequantize_rows(self, start: int, stop: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """Rows ``start:stop`` of ``dequantize(dtype, device)``, dequantising only those."""
+        if self.weight_format is not None:
+            return self.weight_format.dequantize_rows(self, start, stop, dtype, device)
+        return _cast(self.weight[start:stop], dtype, device)
 
     def compute_weight(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """The weight the layer computes with: dequantised, then patched (in float32), in ``dtype``."""
@@ -125,7 +144,7 @@ def use_fp8_products(model: nn.Module, on: bool = True) -> int:
     return count
 
 
-WIDE_VALUES = 1 << 20  # float32 values (4 MiB) per widened block of input rows, and per block of weight rows
+WIDE_VALUES = 1 << 20  # float32 values (4 MiB) per block of input rows, and per block of weight rows
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -133,21 +152,34 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
     AVX512-BF16 / AVX512-FP16 / AMX: torch then falls back to a generic kernel, about 5x slower than float32), bf16
     and fp16 operands are widened to float32 (exact), multiplied there and the result rounded once to ``x``'s dtype:
     the product a GPU's half-precision matrix multiply computes (float32 accumulation, one rounding), at float32
-    speed. The widening goes block by block (``wide_block`` rows of the input, of the weight), so the float32
-    copies stay near 4 MiB each whatever the layer and token count (under ``torch.compile``: one product)."""
+    speed, block by block (``products_by_rows``; under ``torch.compile``: one product)."""
     if x.dtype != weight.dtype or not half_on_generic_cpu(x):
         return F.linear(x, weight, bias)
     if torch.compiler.is_compiling():
         return widened(F.linear, x, weight, bias)
-    wide_b = None if bias is None else bias.float()
-    rows, n_out = x.reshape(-1, x.shape[-1]), weight.shape[0]
+    return products_by_rows(x, lambda a, b: weight[a:b], weight.shape[0], bias)
+
+
+def products_by_rows(x: torch.Tensor, weight_rows, n_out: int, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear(x, W, bias)`` on the CPU with ``W``'s rows ``a:b`` given by ``weight_rows(a, b)`` (in ``x``'s
+    dtype), a block of ``wide_block`` weight rows at a time, each block made once, times blocks of as many input
+    rows; bf16 / fp16 blocks on a CPU without native half products are multiplied widened to float32 and rounded
+    once (see ``linear``). So a compact layer never exists dequantised whole, and the float32 copies stay near
+    4 MiB each whatever the layer and token count (``widened_bytes``)."""
+    rows = x.reshape(-1, x.shape[-1])
+    wide = half_on_generic_cpu(x)
     step = wide_block(x.shape[-1])
+    if rows.shape[0] <= step and n_out <= step:  # one block
+        w = weight_rows(0, n_out)
+        return (widened(F.linear, x, w, bias) if wide else F.linear(x, w, bias))
     out = torch.empty(rows.shape[0], n_out, dtype=x.dtype, device=x.device)
-    for r in range(0, rows.shape[0], step):
-        wide_x = rows[r:r + step].float()
-        for c in range(0, n_out, step):
-            out[r:r + step, c:c + step] = F.linear(wide_x, weight[c:c + step].float(),
-                                                   None if wide_b is None else wide_b[c:c + step])
+    for c in range(0, n_out, step):
+        w, b = weight_rows(c, min(c + step, n_out)), None if bias is None else bias[c:c + step]
+        if wide:
+            w, b = w.float(), None if b is None else b.float()
+        for r in range(0, rows.shape[0], step):
+            block = rows[r:r + step]
+            out[r:r + step, c:c + step] = F.linear(block.float() if wide else block, w, b)
     return out.reshape(*x.shape[:-1], n_out)
 
 

@@ -1,0 +1,107 @@
+"""Compact Linear weights on the CPU are dequantised a block of rows at a time, never whole.
+
+Oracles: each format's own whole-tensor ``dequantize`` (itself checked against the ``gguf`` package's dequantisers,
+the NVFP4 reference decoder and plain fp8 casts in tests/test_quant_*), sliced, must equal ``dequantize_rows`` bit
+for bit; a layer's forward must equal ``wan.weights.ops.linear`` on that whole dequantised weight bit for bit (the
+blocks are the same shapes as ``linear``'s own), with the whole-tensor ``dequantize`` made to fail meanwhile.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGMLQuantizationType as T, quants
+
+from test_quant_comfy_quant import nvfp4
+from wan.quant.fp8 import SCALED_FP8
+from wan.quant.gguf_format import GGUFFormat
+from wan.quant.gguf_write import _random  # random Q4_K blocks with sane scales (gguf cannot quantise Q4_K)
+from wan.quant.nvfp4 import NVFP4_FORMAT
+from wan.weights import ops
+from wan.weights.ops import Linear
+
+OUT, IN = 1504, 1536  # ops.wide_block(1536) = 682 rows: three blocks of weight rows (NVFP4: multiples of 16)
+
+
+def _layer(form: str, out: int = OUT, inp: int = IN) -> Linear:
+    torch.manual_seed(0)
+    layer = Linear(inp, out).requires_grad_(False)
+    w = torch.randn(out, inp) * 0.05
+    if form == "fp8":
+        layer.weight = torch.nn.Parameter(w.to(torch.float8_e4m3fn), requires_grad=False)
+    elif form in ("scaled fp8", "scaled fp8 rows"):
+        layer.weight = torch.nn.Parameter((w / 0.01).to(torch.float8_e4m3fn), requires_grad=False)
+        layer.scale_weight = torch.rand(out, 1) * 0.02 if form.endswith("rows") else torch.tensor(0.01)
+        layer.weight_format = SCALED_FP8
+    elif form.startswith("gguf"):
+        qtype = {"gguf Q8_0": T.Q8_0, "gguf Q4_K": T.Q4_K, "gguf F16": T.F16}[form]
+        raw = _random((out, inp), qtype, np.random.default_rng(0)) if qtype == T.Q4_K else quants.quantize(w.numpy(),
+                                                                                                         qtype)
+        layer.weight = torch.nn.Parameter(torch.from_numpy(raw), requires_grad=False)
+        layer.weight_format = GGUFFormat(int(qtype), (out, inp))
+    elif form == "nvfp4":
+        stored, _ = nvfp4(w)
+        layer.weight = torch.nn.Parameter(stored["weight"], requires_grad=False)
+        layer.register_buffer("weight_scale", stored["weight_scale"], persistent=False)
+        layer.register_buffer("weight_scale_2", stored["weight_scale_2"].float(), persistent=False)
+        layer.weight_format = NVFP4_FORMAT
+    elif form == "bf16 stored":
+        layer.weight = torch.nn.Parameter(w.bfloat16(), requires_grad=False)
+    return layer
+
+
+FORMS = ["fp8", "scaled fp8", "scaled fp8 rows", "gguf Q8_0", "gguf Q4_K", "gguf F16", "nvfp4", "bf16 stored"]
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rows_equal_the_whole_dequantised_weight(form, dtype):
+    layer = _layer(form)
+    whole = layer.dequantize(dtype, torch.device("cpu"))
+    for start, stop in [(0, 37), (37, 300), (300, 682), (682, OUT), (129, 131)]:
+        rows = layer.dequantize_rows(start, stop, dtype, torch.device("cpu"))
+        assert rows.dtype == dtype and torch.equal(rows, whole[start:stop]), (form, start, stop)
+
+
+@pytest.fixture(params=[False, True], ids=["generic-half", "native-half"])
+def native(request, monkeypatch):
+    monkeypatch.setattr(ops, "_NATIVE", {torch.bfloat16: request.param, torch.float16: request.param})
+    return request.param
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_forward_goes_by_rows_and_equals_the_whole_product(form, dtype, native, monkeypatch):
+    layer = _layer(form)
+    x = torch.randn(2, 800, IN).to(dtype)  # 1600 rows: three blocks of input rows, three of weight rows
+    assert 2 * ops.wide_block(IN) < min(OUT, 1600)
+    expected = ops.linear(x, layer.dequantize(dtype, x.device), layer.bias.to(dtype))
+    whole = []
+    if layer.weight_format is not None:
+        monkeypatch.setattr(type(layer.weight_format), "dequantize",
+                            lambda *a, **k: whole.append(1) or pytest.fail("dequantised whole"))
+    if layer.weight_format is not None or layer.weight.dtype != dtype:  # (else the weight is used as it is)
+        monkeypatch.setattr(Linear, "dequantize", lambda *a, **k: pytest.fail("dequantised whole"))
+    out = layer(x)
+    assert out.dtype == dtype and torch.equal(out, expected), form
+    assert not whole
+
+
+def test_blocks_are_bounded(monkeypatch):
+    """No block of dequantised rows is larger than ``wide_block`` rows, whatever the layer."""
+    layer = _layer("gguf Q8_0")
+    sizes = []
+    real = layer.dequantize_rows
+    monkeypatch.setattr(layer, "dequantize_rows", lambda a, b, *r: sizes.append(b - a) or real(a, b, *r))
+    layer(torch.randn(50, IN))
+    assert sizes and max(sizes) <= ops.wide_block(IN) and sum(sizes) == OUT
+
+
+def test_a_gpu_or_compiled_layer_dequantises_whole(monkeypatch):
+    """Off the CPU (here: the check's device test) the layer takes one dequantised weight and one product."""
+    layer = _layer("scaled fp8")
+    x = torch.randn(3, IN)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    monkeypatch.setattr(Linear, "dequantize_rows", lambda *a, **k: pytest.fail("went by rows"))
+    expected = torch.nn.functional.linear(x, layer.dequantize(torch.float32, x.device), layer.bias)
+    assert torch.equal(layer(x), expected)
