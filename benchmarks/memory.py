@@ -6,7 +6,8 @@ peer that loads the same file (diffusers, transformers).
 
 Weights are random, at the released widths with few layers (the growth over the file size does not depend on the
 depth), written once per case in a layout both sides read: diffusers / transformers folders (bf16, the released
-files' dtype), a Comfy-layout fp8 file, a community-layout GGUF (Q8_0 Linear weights, F16 text and time
+files' dtype; ``dit-fp32``: float32, as the official Wan 2.1 DiT files, loaded for bf16 compute), a Comfy-layout fp8
+file, a community-layout GGUF (Q8_0 Linear weights, F16 text and time
 embeddings, F32 norms), a llama.cpp-layout UMT5 GGUF (Q8_0 Linear weights and token embedding, F32 norms, the
 tokenizer in its metadata). Each measurement is one fresh process: imports, then the baseline RSS, then the load and
 the first run (DiT: one forward at 2x8x8 latents; text encoder: one 16-token forward; CLIP: one 224-pixel image;
@@ -40,7 +41,8 @@ SIZES = {  # case -> widths: released (few layers) / tiny
     "vae-2.2": (dict(base=160), dict(base=8)),
 }
 CASES = {  # name -> (size key, peer or None)
-    "dit-bf16": ("dit", "diffusers"), "dit-fp8": ("dit", None), "dit-gguf": ("dit", None),
+    "dit-bf16": ("dit", "diffusers"), "dit-fp32": ("dit", "diffusers"), "dit-fp8": ("dit", None),
+    "dit-gguf": ("dit", None),
     "t5": ("t5", "transformers"), "t5-gguf": ("t5", None), "clip": ("clip", "transformers"),
     "vae-2.1": ("vae-2.1", "diffusers"), "vae-2.2": ("vae-2.2", "diffusers"),
 }
@@ -65,8 +67,9 @@ def _randomised(model, std: float = 0.02):
 
 def write_files(case: str, s: dict, folder: Path) -> Path:
     """The file (or folder) of ``case`` under ``folder``."""
-    if case == "dit-bf16":
-        _randomised(_diffusers_dit(s)).to(torch.bfloat16).save_pretrained(str(folder / case))
+    if case in ("dit-bf16", "dit-fp32"):
+        dtype = torch.bfloat16 if case == "dit-bf16" else torch.float32
+        _randomised(_diffusers_dit(s)).to(dtype).save_pretrained(str(folder / case))
         return folder / case
     if case in ("dit-fp8", "dit-gguf"):
         from benchmarks.dit_forward import random_official_weights
@@ -143,7 +146,7 @@ def first_run(case: str, side: str, path: Path, s: dict) -> None:
             if side == "ours":
                 import wan
 
-                model = wan.load_dit(path, num_heads=s["heads"])
+                model = wan.load_dit(path, dtype="bf16", num_heads=s["heads"])
                 x, t, ctx = _dit_inputs(model.compute_dtype, s)
                 model(x, t, ctx)
             else:
@@ -226,7 +229,7 @@ def dit_working_set(case: str, s: dict) -> int:
     from wan.dit.config import WanDiTConfig
 
     config = WanDiTConfig(dim=s["dim"], ffn_dim=s["ffn"], num_heads=s["heads"], num_layers=s["layers"])
-    stored = {"dit-bf16": torch.bfloat16, "dit-fp8": torch.float8_e4m3fn, "dit-gguf": torch.uint8}[case]
+    stored = {"dit-fp8": torch.float8_e4m3fn, "dit-gguf": torch.uint8}.get(case, torch.bfloat16)
     return dit_activation_bytes(config, torch.bfloat16, 2 * 4 * 4, stored)  # 2x8x8 latents: 32 tokens
 
 

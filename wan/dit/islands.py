@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from ..weights.ops import FLOAT_DTYPES, FP8_DTYPES, Linear
+from ..weights.pages import MappedPages
 
 FLOAT32_ISLANDS = re.compile(
     r"^(time_embedding\.|time_projection\.|head\.|(vace_)?blocks\.\d+\.(modulation$|norm3\.)"
@@ -46,7 +47,9 @@ def island_parameters(model: nn.Module) -> int:
 def keep_float32_islands(model: nn.Module, sd: dict[str, torch.Tensor]) -> None:
     """After the weights are assigned: make every float-stored island parameter float32, from the file's tensor
     ``sd[name]``. Compact Linear weights (fp8, GGUF, comfy_quant) stay compact: like every compact layer they are
-    dequantised per forward, which costs far less than holding them in float32."""
+    dequantised per forward, which costs far less than holding them in float32. The file's pages of a converted
+    tensor go back to the system (``wan.weights.pages``)."""
+    pages = MappedPages()
     for name, param in list(model.named_parameters()):
         if not is_float32_island(name) or param.dtype == torch.float32:
             continue
@@ -58,6 +61,8 @@ def keep_float32_islands(model: nn.Module, sd: dict[str, torch.Tensor]) -> None:
         stored = sd.get(name)
         if stored is not None and stored.dtype in FLOAT_DTYPES:
             value = stored.to(device=param.device, dtype=torch.float32)
+            if value is not stored:
+                pages.release(stored)
         else:
             value = param.float()  # the loader already dequantised it to the compute dtype
         setattr(owner, attr, nn.Parameter(value, requires_grad=False))

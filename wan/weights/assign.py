@@ -1,7 +1,8 @@
 """Put a checkpoint's tensors into a module built on the meta device, keeping fp8 Linear weights as they are.
 
 Shared by the model loaders (DiT, text and image encoders): pick the compute dtype, split off Comfy "scaled fp8" scales, check every
-key and shape against the module, then assign (no copy unless a tensor must change dtype).
+key and shape against the module, then assign (no copy unless a tensor must change dtype; the mapped pages a
+converted tensor was read from go back to the system: ``wan.weights.pages``).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch.nn as nn
 from ..errors import CheckpointError, InputError
 from ..finite import check_loaded_weights
 from .ops import FLOAT_DTYPES, FP8_DTYPES, Linear
+from .pages import MappedPages
 from ..quant import SCALED_FP8
 from ..quant.fp8 import checked_scale, is_marker
 
@@ -79,7 +81,7 @@ def assign_weights(module: nn.Module, sd: dict[str, torch.Tensor], scales: dict[
         sharding.refuse_quantized(quantized)
     expected = module.state_dict()
     _check_keys(set(expected), set(sd) | {f"{name}.weight" for name in quantized}, source, what)
-    weights = {}
+    weights, pages = {}, MappedPages()
     for key, want in expected.items():
         layer = quantized.get(key[: -len(".weight")]) if key.endswith(".weight") else None
         found = tuple(layer.shape) if layer is not None else tuple(sd[key].shape)
@@ -92,6 +94,8 @@ def assign_weights(module: nn.Module, sd: dict[str, torch.Tensor], scales: dict[
         if layer is None:
             t = sd[key] if sharding is None else sharding.shard(key, sd[key])
             weights[key] = _as_stored(key, t, dtype, key in linear_weights, scales)
+            if weights[key] is not t:  # converted: the file's pages of it are done with
+                pages.release(t)
     module.load_state_dict(weights, strict=False, assign=True)  # every key was checked above
     for name, layer in quantized.items():
         _set_quantized(module.get_submodule(name), layer)

@@ -1,0 +1,77 @@
+"""A loader that converts mapped weights gives the file's pages back (``wan.weights.pages``).
+
+Measured from the kernel's own account of this process: the resident bytes of the file's mappings
+(``/proc/self/smaps``), before and after; the weights must still equal the file's (read independently with
+``safetensors.torch.load_file``) after their pages are dropped.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+import wan
+from tiny_dit import save_safetensors
+from wan.dit.config import WanDiTConfig
+from wan.dit.islands import is_float32_island
+from wan.dit.model import WanDiT
+from wan.weights.pages import MappedPages
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="page release is Linux-only")
+
+
+def resident_bytes(path: Path) -> int:
+    """Resident bytes of this process's mappings of ``path``."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        first = line.split(maxsplit=1)[0]
+        if "-" in first and not first.endswith(":"):  # a mapping's header line
+            inside = line.rstrip().endswith(str(path))
+        elif inside and first == "Rss:":
+            total += int(line.split()[1]) * 1024
+    return total
+
+
+def test_release_drops_a_mapped_tensor_s_pages_and_it_reads_back(tmp_path):
+    path = tmp_path / "w.safetensors"
+    save_file({"a": torch.randn(512, 1024), "b": torch.randn(8)}, str(path))
+    with safe_open(str(path), framework="pt") as f:
+        a = f.get_tensor("a")
+    a.sum()  # touch every page
+    before = resident_bytes(path)
+    assert before >= a.numel() * 4 - 8192
+    pages = MappedPages()
+    released = pages.release(a)
+    assert released >= a.numel() * 4 - 8192 and pages.released == released
+    assert resident_bytes(path) <= before - released
+    assert torch.equal(a, load_file(str(path))["a"])  # read back from the file
+
+
+def test_anonymous_memory_is_never_released():
+    t = torch.randn(512, 1024)
+    copy = t.clone()
+    assert MappedPages().release(t) == 0
+    assert torch.equal(t, copy)
+
+
+def test_a_converting_load_holds_no_copy_of_the_file(tmp_path):
+    """A float32 file loaded for bf16 compute: besides the float32 islands (kept as views of the file), none of the
+    file stays resident once loaded (before: all of it, beside the bf16 copy)."""
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in WanDiT(WanDiTConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2))
+                  .state_dict().items()}
+    g = torch.Generator().manual_seed(0)
+    sd = {k: torch.randn(shape, generator=g) * 0.02 for k, shape in shapes.items()}
+    path = save_safetensors(sd, tmp_path / "dit_fp32.safetensors")
+    model = wan.load_dit(path, dtype="bf16")
+    islands = sum(v.numel() * 4 for k, v in sd.items() if is_float32_island(k))
+    total = sum(v.numel() * 4 for v in sd.values())
+    assert total > 4 * islands
+    assert resident_bytes(path) <= islands + 64 * 4096, (resident_bytes(path), islands, total)
+    reference = load_file(str(path))
+    q = model.blocks[0].self_attn.q.weight
+    assert q.dtype == torch.bfloat16 and torch.equal(q, reference["blocks.0.self_attn.q.weight"].bfloat16())
