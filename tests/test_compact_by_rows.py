@@ -20,7 +20,7 @@ from wan.quant.nvfp4 import NVFP4_FORMAT
 from wan.weights import ops
 from wan.weights.ops import Linear
 
-OUT, IN = 1504, 1536  # ops.wide_block(1536) = 682 rows: three blocks of weight rows (NVFP4: multiples of 16)
+OUT, IN = 3008, 1536  # blocks of 682 weight rows when widening, of 2730 rows otherwise (NVFP4: multiples of 16)
 
 
 def _layer(form: str, out: int = OUT, inp: int = IN) -> Linear:
@@ -58,7 +58,7 @@ FORMS = ["fp8", "scaled fp8", "scaled fp8 rows", "gguf Q8_0", "gguf Q4_K", "gguf
 def test_rows_equal_the_whole_dequantised_weight(form, dtype):
     layer = _layer(form)
     whole = layer.dequantize(dtype, torch.device("cpu"))
-    for start, stop in [(0, 37), (37, 300), (300, 682), (682, OUT), (129, 131)]:
+    for start, stop in [(0, 37), (37, 300), (300, 682), (682, 2730), (2730, OUT), (129, 131)]:
         rows = layer.dequantize_rows(start, stop, dtype, torch.device("cpu"))
         assert rows.dtype == dtype and torch.equal(rows, whole[start:stop]), (form, start, stop)
 
@@ -73,8 +73,8 @@ def native(request, monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_forward_goes_by_rows_and_equals_the_whole_product(form, dtype, native, monkeypatch):
     layer = _layer(form)
-    x = torch.randn(2, 800, IN).to(dtype)  # 1600 rows: three blocks of input rows, three of weight rows
-    assert 2 * ops.wide_block(IN) < min(OUT, 1600)
+    x = torch.randn(2, 800, IN).to(dtype)  # 1600 rows: several blocks of input rows (widened), of weight rows
+    assert 2 * ops.wide_block(IN) < 1600 and ops.row_block(IN, False) < OUT
     expected = ops.linear(x, layer.dequantize(dtype, x.device), layer.bias.to(dtype))
     whole = []
     if layer.weight_format is not None:
@@ -87,14 +87,17 @@ def test_forward_goes_by_rows_and_equals_the_whole_product(form, dtype, native, 
     assert not whole
 
 
-def test_blocks_are_bounded(monkeypatch):
-    """No block of dequantised rows is larger than ``wide_block`` rows, whatever the layer."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_blocks_are_bounded(dtype, native, monkeypatch):
+    """No block of dequantised rows is larger than ``row_block`` rows (16 MB of float32 values; 4 MB widened)."""
     layer = _layer("gguf Q8_0")
     sizes = []
     real = layer.dequantize_rows
     monkeypatch.setattr(layer, "dequantize_rows", lambda a, b, *r: sizes.append(b - a) or real(a, b, *r))
-    layer(torch.randn(50, IN))
-    assert sizes and max(sizes) <= ops.wide_block(IN) and sum(sizes) == OUT
+    layer(torch.randn(50, IN).to(dtype))
+    wide = dtype == torch.bfloat16 and not native
+    assert len(sizes) > 1 and max(sizes) <= ops.row_block(IN, wide) and sum(sizes) == OUT
+    assert ops.row_block(IN, wide) * IN * 4 <= (1 << 22 if wide else 1 << 24)
 
 
 def test_a_gpu_or_compiled_layer_dequantises_whole(monkeypatch):

@@ -162,24 +162,28 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
 
 def products_by_rows(x: torch.Tensor, weight_rows, n_out: int, bias: torch.Tensor | None) -> torch.Tensor:
     """``F.linear(x, W, bias)`` on the CPU with ``W``'s rows ``a:b`` given by ``weight_rows(a, b)`` (in ``x``'s
-    dtype), a block of ``wide_block`` weight rows at a time, each block made once, times blocks of as many input
-    rows; bf16 / fp16 blocks on a CPU without native half products are multiplied widened to float32 and rounded
-    once (see ``linear``). So a compact layer never exists dequantised whole, and the float32 copies stay near
-    4 MiB each whatever the layer and token count (``widened_bytes``)."""
+    dtype), one block of weight rows at a time, each block made once; so a compact layer never exists dequantised
+    whole. Where the product runs in ``x``'s dtype, a block is ``4 x WIDE_VALUES`` values (16 MB in float32) and
+    multiplies every input row straight into its columns of the output (one matrix product per block, as fast as
+    one over the whole weight). bf16 / fp16 on a CPU without native half products: blocks of ``wide_block`` weight
+    rows times as many input rows, widened to float32 and rounded once (see ``linear``), so the float32 copies stay
+    near 4 MiB each whatever the layer and token count (``widened_bytes``)."""
     rows = x.reshape(-1, x.shape[-1])
     wide = half_on_generic_cpu(x)
-    step = wide_block(x.shape[-1])
-    if rows.shape[0] <= step and n_out <= step:  # one block
+    step = row_block(x.shape[-1], wide)
+    if n_out <= step and (rows.shape[0] <= step or not wide):  # one block
         w = weight_rows(0, n_out)
-        return (widened(F.linear, x, w, bias) if wide else F.linear(x, w, bias))
+        return widened(F.linear, x, w, bias) if wide else F.linear(x, w, bias)
     out = torch.empty(rows.shape[0], n_out, dtype=x.dtype, device=x.device)
     for c in range(0, n_out, step):
         w, b = weight_rows(c, min(c + step, n_out)), None if bias is None else bias[c:c + step]
-        if wide:
-            w, b = w.float(), None if b is None else b.float()
+        if not wide:  # the output's columns c:c+step are a strided view the product writes in place
+            columns = out[:, c:c + step]
+            torch.mm(rows, w.t(), out=columns) if b is None else torch.addmm(b, rows, w.t(), out=columns)
+            continue
+        w, b = w.float(), None if b is None else b.float()
         for r in range(0, rows.shape[0], step):
-            block = rows[r:r + step]
-            out[r:r + step, c:c + step] = F.linear(block.float() if wide else block, w, b)
+            out[r:r + step, c:c + step] = F.linear(rows[r:r + step].float(), w, b)
     return out.reshape(*x.shape[:-1], n_out)
 
 
@@ -200,6 +204,11 @@ def widened(fn, x: torch.Tensor, *tensors: torch.Tensor | None, **kwargs) -> tor
     if not half_on_generic_cpu(x):
         return fn(x, *tensors, **kwargs)
     return fn(x.float(), *(None if t is None else t.float() for t in tensors), **kwargs).to(x.dtype)
+
+
+def row_block(in_features: int, wide: bool) -> int:
+    """Weight rows per block of ``products_by_rows``: ``wide_block`` when widening, else ``4 x WIDE_VALUES`` values."""
+    return wide_block(in_features) if wide else max(256, 4 * WIDE_VALUES // in_features)
 
 
 def wide_block(in_features: int) -> int:
