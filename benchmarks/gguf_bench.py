@@ -6,6 +6,7 @@ community-layout GGUF file of over 1 GB (fresh subprocess).
     python benchmarks/gguf_bench.py --threads 1 2 4 --peer ~/ComfyUI/custom_nodes/ComfyUI-GGUF
     python benchmarks/gguf_bench.py --tiny   # a quick smoke run (small model, small file)
     python benchmarks/gguf_bench.py --peer PATH --peer-only --dtypes bf16 --threads 1 2 --skip-memory
+    python benchmarks/gguf_bench.py --peer PATH --comfy ~/ComfyUI --python ~/ComfyUI/venv/bin/python --peer-only
 
 ``--peer PATH``: a ComfyUI-GGUF checkout. Its ``dequant.py`` (torch only; the rest of it needs ComfyUI) runs in a
 process of its own, never imported here: there the same files load twice, and in the second model every GGUF layer
@@ -14,7 +15,15 @@ instead of ours; everything else in the forward is the same code, so the ratio i
 Both are timed interleaved, forwards and dequantisation alone (every GGUF layer once), per thread count; each line
 is printed as it is measured.
 
-The forward ratio is bounded by the dequantisation's share of the forward: with ``D_ours``, ``D_peer`` the
+``--comfy PATH`` (with ``--peer``): a ComfyUI checkout; then the peer is ComfyUI-GGUF's whole forward as a ComfyUI user
+runs it: its ``gguf_sd_loader`` reads the file, ``comfy.sd.load_diffusion_model_state_dict`` builds ComfyUI's own
+Wan model with its ``GGMLOps`` layers (what its "Unet Loader (GGUF)" node does), and that model's forward is timed
+against ours in one process with ComfyUI imported (as our nodes run in it), interleaved, on the same inputs. ComfyUI
+on a CPU computes a bf16 request in float32 (its manual cast: ``apply_model`` casts the inputs to float32, every
+layer then casts its weight to the input's dtype); the line names the dtype ComfyUI computed in.
+``--python``: the interpreter of those processes (a ComfyUI environment with its dependencies and this pack's).
+
+Without ``--comfy``, the forward ratio is bounded by the dequantisation's share of the forward: with ``D_ours``, ``D_peer`` the
 dequantisation times and ``F_peer`` the peer's forward, ours / peer = 1 - (D_peer - D_ours) / F_peer, so it can reach
 0.9 only where the peer's dequantisation is more than a tenth of its forward (few tokens; at 1560 tokens the matrix
 products dominate and both sides run the same ones).
@@ -146,17 +155,59 @@ def peer_probe(args) -> None:
                                   "rel_diff": err}), flush=True)
 
 
-def compare_peer(cfg, folder: Path, grid, repeats: int, threads: list[int], dtypes: list[str], peer: str) -> None:
+def host_peer_probe(args) -> None:
+    """ComfyUI-GGUF's forward in ComfyUI's own Wan model against ours, in this process (ComfyUI imported)."""
+    import importlib
+    import types
+
+    from harness import import_comfyui
+
+    import_comfyui(args.comfy, torch.device("cpu"))
+    import comfy.sd
+
+    package = types.ModuleType("comfyui_gguf_peer")  # its modules import each other relatively; its __init__
+    package.__path__ = [str(Path(args.peer).resolve())]  # (the nodes) needs ComfyUI's server: not run
+    sys.modules[package.__name__] = package
+    gguf_ops, gguf_loader = (importlib.import_module(f"{package.__name__}.{m}") for m in ("ops", "loader"))
+    cfg = WanDiTConfig(**json.loads(args.config))
+    grid = tuple(json.loads(args.grid))
+    for qtype in ("Q8_0", "Q4_K"):
+        path = Path(args.folder) / f"dit-{qtype}.gguf"
+        for dtype in args.dtypes:
+            ours = wan.load_dit(path, dtype=dtype, num_heads=cfg.num_heads)
+            ops = gguf_ops.GGMLOps()  # as its "Unet Loader (GGUF)" node: dequant_dtype and patch_dtype default
+            ops.Linear.dequant_dtype = ops.Linear.patch_dtype = None
+            patcher = comfy.sd.load_diffusion_model_state_dict(
+                gguf_loader.gguf_sd_loader(str(path)),
+                model_options={"custom_operations": ops, "dtype": ours.compute_dtype})
+            computes = patcher.model.manual_cast_dtype or patcher.model.get_dtype()
+            # ComfyUI's apply_model hands its Wan model the latents and text in the dtype it computes in
+            theirs = (lambda x, t, ctx, m=patcher.model.diffusion_model, d=computes: m(x.to(d), t, ctx.to(d)))
+            for n in args.threads:
+                torch.set_num_threads(n)
+                with torch.no_grad():
+                    outs, med = interleaved_forwards({"ours": ours, "peer": theirs},
+                                                     forward_inputs(cfg, grid, ours.compute_dtype), args.repeats)
+                err = ((outs["ours"].float() - outs["peer"].float()).abs().max()
+                       / outs["ours"].float().abs().max()).item()
+                print(json.dumps({"key": f"{qtype} {dtype} {n}", "forward": med, "rel_diff": err,
+                                  "peer_computes": str(computes).replace("torch.", "")}), flush=True)
+
+
+def compare_peer(cfg, folder: Path, grid, repeats: int, threads: list[int], dtypes: list[str], peer: str,
+                 comfy: str | None = None, python: str | None = None) -> None:
     """Runs the peer probe in its own process and prints each of its results as it comes."""
-    command = [sys.executable, __file__, "--peer-probe", "--peer", peer, "--folder", str(folder),
+    command = [python or sys.executable, __file__, "--peer-probe", "--peer", peer, "--folder", str(folder),
                "--config", json.dumps(cfg.to_dict()), "--grid", json.dumps(list(grid)), "--repeats", str(repeats),
-               "--threads", *map(str, threads), "--dtypes", *dtypes]
-    print("ours / ComfyUI-GGUF's dequantisation (same forward code otherwise; own process, interleaved):", flush=True)
+               "--threads", *map(str, threads), "--dtypes", *dtypes] + (["--comfy", comfy] if comfy else [])
+    print("ours / ComfyUI-GGUF's whole forward (ComfyUI's Wan model with its GGUF layers; one process with ComfyUI, "
+          "interleaved):" if comfy else
+          "ours / ComfyUI-GGUF's dequantisation (same forward code otherwise; own process, interleaved):", flush=True)
     with tempfile.TemporaryFile("w+") as errors:
         with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, text=True) as probe:
             for line in probe.stdout:
                 if line.startswith("{"):
-                    report_peer(json.loads(line))
+                    (report_host_peer if comfy else report_peer)(json.loads(line))
         if probe.returncode:
             errors.seek(0)
             raise RuntimeError(f"the peer process failed:\n{errors.read()[-3000:]}")
@@ -201,6 +252,13 @@ def report_peer(r: dict) -> None:
           f"{deq['peer']:.3f} s = {deq['ours'] / deq['peer']:.3f}   outputs within {r['rel_diff']:.1e}", flush=True)
 
 
+def report_host_peer(r: dict) -> None:
+    fwd = r["forward"]
+    print(f"  {r['key']:<14} thread(s): forward {fwd['ours']:.3f} / {fwd['peer']:.3f} s = "
+          f"{fwd['ours'] / fwd['peer']:.3f} (target <= 0.9)   ComfyUI computes in {r['peer_computes']}   outputs "
+          f"within {r['rel_diff']:.1e}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="small sizes for a quick smoke run")
@@ -210,6 +268,9 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"],
                         help="compute dtypes to time (default both)")
     parser.add_argument("--peer", default=None, help="path of a ComfyUI-GGUF checkout (its dequant.py)")
+    parser.add_argument("--comfy", default=None, help="with --peer: a ComfyUI checkout; the peer is then "
+                        "ComfyUI-GGUF's whole forward in ComfyUI's Wan model")
+    parser.add_argument("--python", default=None, help="interpreter for the peer process (default: this one)")
     parser.add_argument("--peer-only", action="store_true", help="with --peer: skip ours vs the unquantised model")
     parser.add_argument("--tokens", type=int, nargs=3, metavar=("F", "H", "W"), default=None,
                         help="latent token grid of the timed forwards (default 1 30 52: 1560 tokens, one 480x832 "
@@ -223,7 +284,7 @@ def main() -> None:
     args = parser.parse_args()
     args.threads = args.threads or [torch.get_num_threads()]
     if args.peer_probe:
-        return peer_probe(args)
+        return host_peer_probe(args) if args.comfy else peer_probe(args)
     if args.tiny:
         speed_cfg = WanDiTConfig(dim=256, ffn_dim=1024, num_heads=2, num_layers=1, text_dim=256)
         grid, repeats = (2, 8, 12), 2
@@ -240,7 +301,8 @@ def main() -> None:
             if not (args.peer and args.peer_only):
                 time_forward(speed_cfg, paths, grid, repeats, args.threads, args.dtypes)
             if args.peer:
-                compare_peer(speed_cfg, Path(tmp), grid, repeats, args.threads, args.dtypes, args.peer)
+                compare_peer(speed_cfg, Path(tmp), grid, repeats, args.threads, args.dtypes, args.peer, args.comfy,
+                             args.python)
     if args.skip_memory:
         return
     mem = measure_load_memory(mem_cfg)
