@@ -23,8 +23,8 @@ on a CPU computes a bf16 request in float32 (its manual cast: ``apply_model`` ca
 layer then casts its weight to the input's dtype); the line names the dtype ComfyUI computed in.
 ``--python``: the interpreter of those processes (a ComfyUI environment with its dependencies and this pack's).
 
-Without ``--comfy``, the forward ratio is bounded by the dequantisation's share of the forward: with ``D_ours``, ``D_peer`` the
-dequantisation times and ``F_peer`` the peer's forward, ours / peer = 1 - (D_peer - D_ours) / F_peer, so it can reach
+Without ``--comfy``, the forward ratio is bounded by the dequantisation's share of the forward: with ``D_ours``,
+``D_peer`` the dequantisation times and ``F_peer`` the peer's forward, ours / peer = 1 - (D_peer - D_ours) / F_peer, so it can reach
 0.9 only where the peer's dequantisation is more than a tenth of its forward (few tokens; at 1560 tokens the matrix
 products dominate and both sides run the same ones).
 
@@ -124,6 +124,12 @@ class PeerFormat(WeightFormat):
             return layer.weight.to(device=device, dtype=dtype)
         return self.peer.dequantize(layer.weight, self.qtype, self.logical_shape).to(dtype)
 
+    def dequantize_rows(self, layer, start, stop, dtype, device):  # as ours: a block of rows at a time
+        if self.qtype in (T.F32, T.F16, T.BF16):
+            return layer.weight[start:stop].to(device=device, dtype=dtype)
+        rows = layer.weight.reshape(self.logical_shape[0], -1)[start:stop]
+        return self.peer.dequantize(rows, self.qtype, (stop - start, *self.logical_shape[1:])).to(dtype)
+
 
 def peer_probe(args) -> None:
     import importlib.util
@@ -131,28 +137,37 @@ def peer_probe(args) -> None:
     spec = importlib.util.spec_from_file_location("peer_dequant", Path(args.peer) / "dequant.py")
     peer = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(peer)
+    for cfg, grid, qtype, dtype, path, ours in probe_cases(args):
+        theirs = wan.load_dit(path, dtype=dtype, num_heads=cfg.num_heads)
+        layers = [(m, n) for m, n in zip(ours.modules(), theirs.modules())
+                  if isinstance(getattr(m, "weight_format", None), GGUFFormat)]
+        for _, layer in layers:
+            layer.weight_format = PeerFormat(peer, layer.weight_format)
+        for n in args.threads:
+            torch.set_num_threads(n)
+            outs, med = interleaved_forwards({"ours": ours, "peer": theirs},
+                                             forward_inputs(cfg, grid, ours.compute_dtype), args.repeats)
+            alone = interleaved_medians({side: (lambda i=i: [pair[i].weight_format.dequantize(
+                pair[i], ours.compute_dtype, torch.device("cpu")) for pair in layers])
+                for i, side in enumerate(("ours", "peer"))}, args.repeats)
+            print(json.dumps({"key": f"{qtype} {dtype} {n}", "forward": med, "dequantize": alone,
+                              "rel_diff": relative_diff(outs)}), flush=True)
+
+
+def probe_cases(args):
+    """(config, token grid, GGUF type, compute dtype, file, our model loaded from it) of each case a peer probe
+    times."""
     cfg = WanDiTConfig(**json.loads(args.config))
     grid = tuple(json.loads(args.grid))
     for qtype in ("Q8_0", "Q4_K"):
         path = Path(args.folder) / f"dit-{qtype}.gguf"
         for dtype in args.dtypes:
-            ours = wan.load_dit(path, dtype=dtype, num_heads=cfg.num_heads)
-            theirs = wan.load_dit(path, dtype=dtype, num_heads=cfg.num_heads)
-            layers = [(m, n) for m, n in zip(ours.modules(), theirs.modules())
-                      if isinstance(getattr(m, "weight_format", None), GGUFFormat)]
-            for _, layer in layers:
-                layer.weight_format = PeerFormat(peer, layer.weight_format)
-            for n in args.threads:
-                torch.set_num_threads(n)
-                outs, med = interleaved_forwards({"ours": ours, "peer": theirs},
-                                                 forward_inputs(cfg, grid, ours.compute_dtype), args.repeats)
-                err = ((outs["ours"].float() - outs["peer"].float()).abs().max()
-                       / outs["ours"].float().abs().max()).item()
-                alone = interleaved_medians({side: (lambda i=i: [pair[i].weight_format.dequantize(
-                    pair[i], ours.compute_dtype, torch.device("cpu")) for pair in layers])
-                    for i, side in enumerate(("ours", "peer"))}, args.repeats)
-                print(json.dumps({"key": f"{qtype} {dtype} {n}", "forward": med, "dequantize": alone,
-                                  "rel_diff": err}), flush=True)
+            yield cfg, grid, qtype, dtype, path, wan.load_dit(path, dtype=dtype, num_heads=cfg.num_heads)
+
+
+def relative_diff(outs: dict) -> float:
+    ours, peer = outs["ours"].float(), outs["peer"].float()
+    return ((ours - peer).abs().max() / ours.abs().max()).item()
 
 
 def host_peer_probe(args) -> None:
@@ -169,29 +184,22 @@ def host_peer_probe(args) -> None:
     package.__path__ = [str(Path(args.peer).resolve())]  # (the nodes) needs ComfyUI's server: not run
     sys.modules[package.__name__] = package
     gguf_ops, gguf_loader = (importlib.import_module(f"{package.__name__}.{m}") for m in ("ops", "loader"))
-    cfg = WanDiTConfig(**json.loads(args.config))
-    grid = tuple(json.loads(args.grid))
-    for qtype in ("Q8_0", "Q4_K"):
-        path = Path(args.folder) / f"dit-{qtype}.gguf"
-        for dtype in args.dtypes:
-            ours = wan.load_dit(path, dtype=dtype, num_heads=cfg.num_heads)
-            ops = gguf_ops.GGMLOps()  # as its "Unet Loader (GGUF)" node: dequant_dtype and patch_dtype default
-            ops.Linear.dequant_dtype = ops.Linear.patch_dtype = None
-            patcher = comfy.sd.load_diffusion_model_state_dict(
-                gguf_loader.gguf_sd_loader(str(path)),
-                model_options={"custom_operations": ops, "dtype": ours.compute_dtype})
-            computes = patcher.model.manual_cast_dtype or patcher.model.get_dtype()
-            # ComfyUI's apply_model hands its Wan model the latents and text in the dtype it computes in
-            theirs = (lambda x, t, ctx, m=patcher.model.diffusion_model, d=computes: m(x.to(d), t, ctx.to(d)))
-            for n in args.threads:
-                torch.set_num_threads(n)
-                with torch.no_grad():
-                    outs, med = interleaved_forwards({"ours": ours, "peer": theirs},
-                                                     forward_inputs(cfg, grid, ours.compute_dtype), args.repeats)
-                err = ((outs["ours"].float() - outs["peer"].float()).abs().max()
-                       / outs["ours"].float().abs().max()).item()
-                print(json.dumps({"key": f"{qtype} {dtype} {n}", "forward": med, "rel_diff": err,
-                                  "peer_computes": str(computes).replace("torch.", "")}), flush=True)
+    for cfg, grid, qtype, dtype, path, ours in probe_cases(args):
+        ops = gguf_ops.GGMLOps()  # as its "Unet Loader (GGUF)" node: dequant_dtype and patch_dtype default
+        ops.Linear.dequant_dtype = ops.Linear.patch_dtype = None
+        patcher = comfy.sd.load_diffusion_model_state_dict(
+            gguf_loader.gguf_sd_loader(str(path)),
+            model_options={"custom_operations": ops, "dtype": ours.compute_dtype})
+        computes = patcher.model.manual_cast_dtype or patcher.model.get_dtype()
+        # ComfyUI's apply_model hands its Wan model the latents and text in the dtype it computes in
+        theirs = (lambda x, t, ctx, m=patcher.model.diffusion_model, d=computes: m(x.to(d), t, ctx.to(d)))
+        for n in args.threads:
+            torch.set_num_threads(n)
+            with torch.no_grad():
+                outs, med = interleaved_forwards({"ours": ours, "peer": theirs},
+                                                 forward_inputs(cfg, grid, ours.compute_dtype), args.repeats)
+            print(json.dumps({"key": f"{qtype} {dtype} {n}", "forward": med, "rel_diff": relative_diff(outs),
+                              "peer_computes": str(computes).replace("torch.", "")}), flush=True)
 
 
 def compare_peer(cfg, folder: Path, grid, repeats: int, threads: list[int], dtypes: list[str], peer: str,

@@ -108,3 +108,19 @@ def test_a_gpu_or_compiled_layer_dequantises_whole(monkeypatch):
     monkeypatch.setattr(Linear, "dequantize_rows", lambda *a, **k: pytest.fail("went by rows"))
     expected = torch.nn.functional.linear(x, layer.dequantize(torch.float32, x.device), layer.bias)
     assert torch.equal(layer(x), expected)
+
+
+def test_a_format_without_rows_is_dequantised_whole():
+    """A ``WeightFormat`` of someone else's that implements only ``dequantize`` still works (whole, as before)."""
+    from wan.quant.base import WeightFormat
+
+    class Doubled(WeightFormat):
+        def dequantize(self, layer, dtype, device):
+            return layer.weight.to(device=device, dtype=dtype) * 2
+
+    layer = _layer("fp8")
+    layer.weight_format = Doubled()
+    assert not layer.weight_format.dequantizes_rows and SCALED_FP8.dequantizes_rows
+    x = torch.randn(5, IN)
+    expected = torch.nn.functional.linear(x, layer.weight.float() * 2, layer.bias)
+    assert torch.equal(layer(x), expected)

@@ -14,8 +14,8 @@ import torch
 
 
 class WeightFormat:
-    """Base class; subclasses implement ``dequantize`` and ``dequantize_rows`` and may override ``shape`` and
-    ``stored_bytes``."""
+    """Base class; subclasses implement ``dequantize`` (and should ``dequantize_rows``) and may override ``shape``
+    and ``stored_bytes``."""
 
     name = "plain"
 
@@ -26,8 +26,12 @@ class WeightFormat:
     def dequantize_rows(self, layer: torch.nn.Module, start: int, stop: int, dtype: torch.dtype,
                         device: torch.device) -> torch.Tensor:
         """Rows ``start:stop`` of the real weight, dequantising only those (the CPU forward goes a block of rows at
-        a time: ``wan.weights.ops.products_by_rows``)."""
+        a time: ``wan.weights.ops.products_by_rows``). A format without it is dequantised whole."""
         raise NotImplementedError
+
+    @property
+    def dequantizes_rows(self) -> bool:
+        return type(self).dequantize_rows is not WeightFormat.dequantize_rows
 
     def shape(self, layer: torch.nn.Module) -> tuple[int, int]:
         """The real (logical) weight shape, which the stored tensor need not have."""

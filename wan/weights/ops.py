@@ -55,8 +55,9 @@ class Linear(nn.Linear):
     def _product(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """``x @ dequantised weight.T + bias``: a compact (or other-dtype) weight on the CPU a block of rows at a
         time, else the whole weight at once (one kernel on a GPU; one graph under ``torch.compile``)."""
-        if (self.weight_format is None and self.weight.dtype == x.dtype) or x.device.type != "cpu" \
-                or self.weight.device.type != "cpu" or torch.compiler.is_compiling():
+        fmt = self.weight_format
+        if (fmt is None and self.weight.dtype == x.dtype) or (fmt is not None and not fmt.dequantizes_rows) \
+                or x.device.type != "cpu" or self.weight.device.type != "cpu" or torch.compiler.is_compiling():
             return linear(x, self.dequantize(x.dtype, x.device), bias)
         return products_by_rows(x, lambda a, b: self.dequantize_rows(a, b, x.dtype, x.device), self.out_features,
                                 bias)
