@@ -124,3 +124,41 @@ def test_a_format_without_rows_is_dequantised_whole():
     x = torch.randn(5, IN)
     expected = torch.nn.functional.linear(x, layer.weight.float() * 2, layer.bias)
     assert torch.equal(layer(x), expected)
+
+
+def _patches(kind: str):
+    from wan.weights.patches import Decomposed, Full, Hadamard, Kronecker, LowRank
+
+    g = torch.Generator().manual_seed(3)
+    r = lambda *s: torch.randn(*s, generator=g) * 0.01  # noqa: E731
+    if kind == "lora":
+        return (LowRank(r(OUT, 8), r(8, IN), 0.7),)
+    if kind == "full":
+        return (Full(r(OUT, IN), 0.5),)
+    if kind == "loha":
+        return (Hadamard(r(OUT, 4), r(4, IN), r(OUT, 4), r(4, IN), 0.9),)
+    if kind == "dora rows":
+        return (Decomposed(LowRank(r(OUT, 8), r(8, IN), 1.0), r(OUT, 1).abs() + 1, 0.8),)
+    if kind == "lora then full":
+        return (LowRank(r(OUT, 8), r(8, IN), 0.7), Full(r(OUT, IN), 0.5))
+    if kind == "dora columns":
+        return (Decomposed(LowRank(r(OUT, 8), r(8, IN), 1.0), r(1, IN).abs() + 1, 1.0),)
+    return (Kronecker(r(16, 16), None, None, r(OUT // 16, IN // 16), None, None, 0.3),)
+
+
+@pytest.mark.parametrize("kind", ["lora", "full", "loha", "dora rows", "lora then full", "dora columns", "lokr"])
+@pytest.mark.parametrize("form", ["gguf Q8_0", "bf16 stored"])
+def test_patched_weight_is_rebuilt_by_rows(kind, form, native, monkeypatch):
+    """A patched layer rebuilds its weight a block of rows at a time where every patch is row by row (low rank, full
+    differences, LoHa, DoRA with a norm per output row), equal to the whole rebuilt weight's product; a patch that
+    needs the whole weight (DoRA normed per input column, LoKr) rebuilds it whole, as before."""
+    layer = _layer(form)
+    layer.weight_patches = _patches(kind)
+    layer.side_path = "never"
+    x = torch.randn(1600, IN).bfloat16()
+    expected = ops.linear(x, layer.compute_weight(x.dtype, x.device), layer.bias.bfloat16())
+    whole = kind in ("dora columns", "lokr")
+    if not whole:
+        monkeypatch.setattr(Linear, "compute_weight", lambda *a, **k: pytest.fail("rebuilt whole"))
+    out = layer(x)
+    assert torch.equal(out, expected), kind

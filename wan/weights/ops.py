@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..quant import fp8_product
+from .patches import apply_all, rows_of
 from ..quant.fp8 import SCALED_FP8
 from ..quant.fp8_product import HALF_DTYPES
 
@@ -50,6 +51,11 @@ class Linear(nn.Linear):
             return y
         if not self.weight_patches:
             return self._product(x, bias)
+        if x.device.type == "cpu" and self.weight.device.type == "cpu" and not torch.compiler.is_compiling() \
+                and (self.weight_format is None or self.weight_format.dequantizes_rows) \
+                and rows_of(self.weight_patches, 0, 1, self.weight_shape) is not None:
+            return products_by_rows(x, lambda a, b: self.compute_weight_rows(a, b, x.dtype, x.device),
+                                    self.out_features, bias)
         return linear(x, self.compute_weight(x.dtype, x.device), bias)
 
     def _product(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -78,9 +84,13 @@ class Linear(nn.Linear):
         """The weight the layer computes with: dequantised, then patched (in float32), in ``dtype``."""
         if not self.weight_patches:
             return self.dequantize(dtype, device)
-        from .patches import apply_all
-
         patched = apply_all(self.dequantize(torch.float32, device), self.weight_patches)
+        return patched.to(self.merge_dtype(dtype)).to(dtype)
+
+    def compute_weight_rows(self, start: int, stop: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """Rows ``start:stop`` of ``compute_weight`` (every patch applied to those rows alone: ``Patch.rows``)."""
+        patches = rows_of(self.weight_patches, start, stop, self.weight_shape)
+        patched = apply_all(self.dequantize_rows(start, stop, torch.float32, device), patches)
         return patched.to(self.merge_dtype(dtype)).to(dtype)
 
     def merge_dtype(self, compute: torch.dtype) -> torch.dtype:

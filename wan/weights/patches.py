@@ -25,6 +25,11 @@ class Patch:
         no such form (it must then be applied to the weight)."""
         return None
 
+    def rows(self, start: int, stop: int, shape) -> "Patch | None":
+        """The patch of rows ``start:stop`` of a weight of ``shape`` (applied to those rows alone, as a CPU forward
+        rebuilds a patched weight a block of rows at a time), or None when a row needs the whole weight."""
+        return None
+
     def side_cost(self) -> int | None:
         """Multiply-adds per input row of ``side``; None when there is no side form."""
         return None
@@ -81,6 +86,9 @@ class LowRank(Patch):
     def side_cost(self) -> int:
         return self.down[0].numel() * self.down.shape[0] + self.up.shape[0] * self.up.shape[1]
 
+    def rows(self, start: int, stop: int, shape) -> "LowRank":
+        return replace(self, up=self.up[start:stop])
+
     def add_side(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The second product accumulates straight into ``y`` with the scale as its factor (one matrix product
         with accumulate: no output-sized temporary, no separate addition pass, no scaled copy of ``up``)."""
@@ -109,6 +117,9 @@ class Full(Patch):
 
     def apply(self, w: torch.Tensor) -> torch.Tensor:
         return w + self.diff.to(device=w.device, dtype=torch.float32).reshape(w.shape) * self.scale
+
+    def rows(self, start: int, stop: int, shape) -> "Full":
+        return replace(self, diff=self.diff.reshape(shape)[start:stop])
 
 
 @dataclass(frozen=True)
@@ -145,6 +156,9 @@ class Hadamard(Patch):
         m2 = _factor(None, self.w2_a, self.w2_b, w.device)
         return w + (m1 * m2).mul_(self.scale).reshape(w.shape)
 
+    def rows(self, start: int, stop: int, shape) -> "Hadamard":
+        return replace(self, w1_a=self.w1_a[start:stop], w2_a=self.w2_a[start:stop])
+
 
 def _factor(whole, a, b, device) -> torch.Tensor:
     """A float32 factor: ``whole``, or the product ``a @ b``."""
@@ -177,6 +191,11 @@ class Decomposed(Patch):
         rescaled = v * (m.reshape(norm.shape) / (norm + torch.finfo(torch.float32).eps))
         return rescaled if self.strength == 1.0 else w + self.strength * (rescaled - w)
 
+    def rows(self, start: int, stop: int, shape) -> "Decomposed | None":
+        """Row by row only where the norm is per output row."""
+        inner = self.inner.rows(start, stop, shape) if self.per_row(shape) else None
+        return None if inner is None else Decomposed(inner, self.magnitude[start:stop], self.strength)
+
     def per_row(self, shape) -> bool:
         """One magnitude per output row ([out], [out, 1, ...]) rather than per input column ([1, in, ...])."""
         return self.magnitude.shape[0] == shape[0] and self.magnitude.numel() == shape[0]
@@ -186,6 +205,12 @@ class Decomposed(Patch):
 
     def moved(self, fn) -> "Decomposed":
         return Decomposed(self.inner.moved(fn), fn(self.magnitude), self.strength)
+
+
+def rows_of(patches, start: int, stop: int, shape) -> list[Patch] | None:
+    """Each patch restricted to rows ``start:stop`` of a weight of ``shape``; None if one of them cannot be."""
+    out = [patch.rows(start, stop, shape) for patch in patches]
+    return None if any(p is None for p in out) else out
 
 
 def apply_all(w: torch.Tensor, patches) -> torch.Tensor:
