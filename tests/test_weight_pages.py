@@ -75,3 +75,10 @@ def test_a_converting_load_holds_no_copy_of_the_file(tmp_path):
     reference = load_file(str(path))
     q = model.blocks[0].self_attn.q.weight
     assert q.dtype == torch.bfloat16 and torch.equal(q, reference["blocks.0.self_attn.q.weight"].bfloat16())
+
+
+def test_shared_memory_is_never_released():
+    t = torch.randn(512, 1024).share_memory_()  # torch maps it from /dev/shm or a memfd
+    copy = t.clone()
+    assert MappedPages().release(t) == 0
+    assert torch.equal(t, copy)

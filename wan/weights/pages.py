@@ -50,6 +50,9 @@ class MappedPages:
         return self._ranges
 
 
+NOT_FILES = ("/dev/", "/memfd:", "/SYSV")  # devices (a private /dev/zero map is anonymous memory), shared memory
+
+
 def file_mappings() -> list[tuple[int, int]]:
     """[start, end) of this process's mappings of regular files (``/proc/self/maps``: a path and an inode)."""
     ranges = []
@@ -57,7 +60,8 @@ def file_mappings() -> list[tuple[int, int]]:
         with open("/proc/self/maps") as maps:
             for line in maps:
                 fields = line.split(maxsplit=5)
-                if len(fields) == 6 and fields[4] != "0" and fields[5].startswith("/"):
+                if len(fields) == 6 and fields[4] != "0" and fields[5].startswith("/") \
+                        and not fields[5].startswith(NOT_FILES):
                     lo, hi = fields[0].split("-")
                     ranges.append((int(lo, 16), int(hi, 16)))
     except OSError:
