@@ -24,9 +24,9 @@ layer then casts its weight to the input's dtype); the line names the dtype Comf
 ``--python``: the interpreter of those processes (a ComfyUI environment with its dependencies and this pack's).
 
 Without ``--comfy``, the forward ratio is bounded by the dequantisation's share of the forward: with ``D_ours``,
-``D_peer`` the dequantisation times and ``F_peer`` the peer's forward, ours / peer = 1 - (D_peer - D_ours) / F_peer, so it can reach
-0.9 only where the peer's dequantisation is more than a tenth of its forward (few tokens; at 1560 tokens the matrix
-products dominate and both sides run the same ones).
+``D_peer`` the dequantisation times and ``F_peer`` the peer's forward, ours / peer = 1 - (D_peer - D_ours) / F_peer,
+so it can reach 0.9 only where the peer's dequantisation is more than a tenth of its forward (few tokens; at 1560
+tokens the matrix products dominate and both sides run the same ones).
 
 Targets: a Q8_0 forward costs <= 1.3 x the unquantised one in the same compute dtype at dim >= 1536 (the per-layer
 dequantisation is the overhead; it shrinks as the token count grows); ours <= 0.9 x the peer's forward at every
@@ -120,9 +120,7 @@ class PeerFormat(WeightFormat):
         self.name = f"peer {fmt.name}"
 
     def dequantize(self, layer, dtype, device):
-        if self.qtype in (T.F32, T.F16, T.BF16):
-            return layer.weight.to(device=device, dtype=dtype)
-        return self.peer.dequantize(layer.weight, self.qtype, self.logical_shape).to(dtype)
+        return self.dequantize_rows(layer, 0, self.logical_shape[0], dtype, device)
 
     def dequantize_rows(self, layer, start, stop, dtype, device):  # as ours: a block of rows at a time
         if self.qtype in (T.F32, T.F16, T.BF16):

@@ -3,9 +3,9 @@
 ``Linear`` computes in the dtype of its input with ``weight = dequantise(stored) + patches``:
 - the stored weight may be in another dtype or a compact format: fp8 checkpoints stay fp8 in memory; Comfy-Org
   "scaled fp8", GGUF and comfy_quant layers carry a ``weight_format`` (``wan.quant``) that turns the stored tensor
-  (plus the layer's scale buffers) into the real weight, one layer at a time, per forward;
-  On the CPU such a layer is dequantised a block of weight rows at a time (``products_by_rows``), so a forward
-  never holds a whole dequantised layer (a 5120 x 13824 layer: 141 MB in bf16) beside the stored one;
+  (plus the layer's scale buffers) into the real weight, one layer at a time, per forward (on the CPU a block of
+  weight rows at a time, ``products_by_rows``, so a forward never holds a whole dequantised layer, 141 MB in bf16
+  for a 5120 x 13824 one, beside the stored one);
 - ``weight_patches`` (``wan.weights.patches``: LoRA low-rank factors, full differences, DoRA) are applied on top, in float32,
   without ever changing the stored weight. A layer whose patches are all low rank computes them as a side path
   ``x @ down.T @ up.T`` when that costs less than rebuilding the weight (few input rows), else it rebuilds the
@@ -51,19 +51,22 @@ class Linear(nn.Linear):
             return y
         if not self.weight_patches:
             return self._product(x, bias)
-        if x.device.type == "cpu" and self.weight.device.type == "cpu" and not torch.compiler.is_compiling() \
-                and (self.weight_format is None or self.weight_format.dequantizes_rows) \
-                and rows_of(self.weight_patches, 0, 1, self.weight_shape) is not None:
+        if self._by_rows(x) and rows_of(self.weight_patches, 0, 1, self.weight_shape) is not None:
             return products_by_rows(x, lambda a, b: self.compute_weight_rows(a, b, x.dtype, x.device),
                                     self.out_features, bias)
         return linear(x, self.compute_weight(x.dtype, x.device), bias)
 
-    def _product(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """``x @ dequantised weight.T + bias``: a compact (or other-dtype) weight on the CPU a block of rows at a
-        time, else the whole weight at once (one kernel on a GPU; one graph under ``torch.compile``)."""
+    def _by_rows(self, x: torch.Tensor) -> bool:
+        """Whether this forward makes its weight a block of rows at a time: on the CPU, eagerly, where the format can
+        (``WeightFormat.dequantizes_rows``; a plain weight can); else the whole weight at once (one kernel on a GPU,
+        one graph under ``torch.compile``)."""
         fmt = self.weight_format
-        if (fmt is None and self.weight.dtype == x.dtype) or (fmt is not None and not fmt.dequantizes_rows) \
-                or x.device.type != "cpu" or self.weight.device.type != "cpu" or torch.compiler.is_compiling():
+        return x.device.type == "cpu" and self.weight.device.type == "cpu" and not torch.compiler.is_compiling() \
+            and (fmt is None or fmt.dequantizes_rows)
+
+    def _product(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """``x @ dequantised weight.T + bias``; a compact (or other-dtype) weight by rows where ``_by_rows``."""
+        if (self.weight_format is None and self.weight.dtype == x.dtype) or not self._by_rows(x):
             return linear(x, self.dequantize(x.dtype, x.device), bias)
         return products_by_rows(x, lambda a, b: self.dequantize_rows(a, b, x.dtype, x.device), self.out_features,
                                 bias)
