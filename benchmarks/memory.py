@@ -7,7 +7,8 @@ peer that loads the same file (diffusers, transformers).
 Weights are random, at the released widths with few layers (the growth over the file size does not depend on the
 depth), written once per case in a layout both sides read: diffusers / transformers folders (bf16, the released
 files' dtype; ``dit-fp32``: float32, as the official Wan 2.1 DiT files, loaded for bf16 compute), a Comfy-layout fp8
-file, a community-layout GGUF (Q8_0 Linear weights, F16 text and time
+file, a bf16 DiT file with a rank-32 LoRA on every attention and feed-forward layer (``dit-lora``: merged, the
+default; its file size is both files'), a community-layout GGUF (Q8_0 Linear weights, F16 text and time
 embeddings, F32 norms), a llama.cpp-layout UMT5 GGUF (Q8_0 Linear weights and token embedding, F32 norms, the
 tokenizer in its metadata). Each measurement is one fresh process: imports, then the baseline RSS, then the load and
 the first run (DiT: one forward at 2x8x8 latents; text encoder: one 16-token forward; CLIP: one 224-pixel image;
@@ -42,7 +43,7 @@ SIZES = {  # case -> widths: released (few layers) / tiny
 }
 CASES = {  # name -> (size key, peer or None)
     "dit-bf16": ("dit", "diffusers"), "dit-fp32": ("dit", "diffusers"), "dit-fp8": ("dit", None),
-    "dit-gguf": ("dit", None),
+    "dit-gguf": ("dit", None), "dit-lora": ("dit", None),
     "t5": ("t5", "transformers"), "t5-gguf": ("t5", None), "clip": ("clip", "transformers"),
     "vae-2.1": ("vae-2.1", "diffusers"), "vae-2.2": ("vae-2.2", "diffusers"),
 }
@@ -71,12 +72,21 @@ def write_files(case: str, s: dict, folder: Path) -> Path:
         dtype = torch.bfloat16 if case == "dit-bf16" else torch.float32
         _randomised(_diffusers_dit(s)).to(dtype).save_pretrained(str(folder / case))
         return folder / case
-    if case in ("dit-fp8", "dit-gguf"):
+    if case in ("dit-fp8", "dit-gguf", "dit-lora"):
         from benchmarks.dit_forward import random_official_weights
         from wan.dit.config import WanDiTConfig
 
         weights = random_official_weights(WanDiTConfig(dim=s["dim"], ffn_dim=s["ffn"], num_heads=s["heads"],
                                                        num_layers=s["layers"]))
+        if case == "dit-lora":
+            from safetensors.torch import save_file
+
+            from wan.lora.demo import write_demo_lora
+
+            (folder / case).mkdir()
+            save_file({k: v.to(torch.bfloat16) for k, v in weights.items()}, str(folder / case / "dit.safetensors"))
+            write_demo_lora(folder / case / "dit.safetensors", folder / case / "lora.safetensors", rank=32)
+            return folder / case
         if case == "dit-fp8":
             from safetensors.torch import save_file
 
@@ -139,20 +149,27 @@ def _dit_inputs(dtype, s):
             torch.randn(1, 512, 4096, generator=g).to(dtype))
 
 
-def first_run(case: str, side: str, path: Path, s: dict) -> None:
-    """Load ``path`` and run once, as ``side`` (ours / the peer)."""
+def first_run(case: str, side: str, path: Path, s: dict, loaded=lambda: None) -> None:
+    """Load ``path`` and run once, as ``side`` (ours / the peer); ``loaded()`` is called between the two."""
     with torch.no_grad():
         if case.startswith("dit"):
             if side == "ours":
                 import wan
 
-                model = wan.load_dit(path, dtype="bf16", num_heads=s["heads"])
+                lora = path / "lora.safetensors" if case == "dit-lora" else None
+                model = wan.load_dit(path / "dit.safetensors" if lora else path, dtype="bf16", num_heads=s["heads"])
+                if lora:
+                    from wan.lora import apply_lora
+
+                    model = apply_lora(model, lora)  # merged (the default): the first run's LoRA set-up
+                loaded()
                 x, t, ctx = _dit_inputs(model.compute_dtype, s)
                 model(x, t, ctx)
             else:
                 from diffusers import WanTransformer3DModel
 
                 model = diffusers_assigned(WanTransformer3DModel, path, torch.bfloat16)
+                loaded()
                 x, t, ctx = _dit_inputs(torch.bfloat16, s)
                 model(hidden_states=x, timestep=t, encoder_hidden_states=ctx)
         elif case.startswith("t5"):
@@ -160,22 +177,28 @@ def first_run(case: str, side: str, path: Path, s: dict) -> None:
             if side == "ours":
                 from wan.encoders import load_text_encoder
 
-                load_text_encoder(path).model(ids, mask)
+                encoder = load_text_encoder(path)
+                loaded()
+                encoder.model(ids, mask)
             else:
                 from transformers import UMT5EncoderModel
 
-                UMT5EncoderModel.from_pretrained(str(path), torch_dtype=torch.bfloat16)(input_ids=ids,
-                                                                                       attention_mask=mask)
+                model = UMT5EncoderModel.from_pretrained(str(path), torch_dtype=torch.bfloat16)
+                loaded()
+                model(input_ids=ids, attention_mask=mask)
         elif case == "clip":
             image = torch.rand(1, 3, 224, 224)
             if side == "ours":
                 from wan.encoders import load_clip_vision
 
-                load_clip_vision(path).encode(image)
+                clip = load_clip_vision(path)
+                loaded()
+                clip.encode(image)
             else:
                 from transformers import CLIPVisionModel
 
                 model = CLIPVisionModel.from_pretrained(str(path), torch_dtype=torch.float16)
+                loaded()
                 model(pixel_values=image.half(), output_hidden_states=True)
         else:
             from vae_decode import latents
@@ -184,11 +207,15 @@ def first_run(case: str, side: str, path: Path, s: dict) -> None:
             if side == "ours":
                 from wan.vae import load_vae
 
-                load_vae(path, dtype="fp32").decode(z, tiled="off")
+                vae = load_vae(path, dtype="fp32")
+                loaded()
+                vae.decode(z, tiled="off")
             else:
                 from diffusers import AutoencoderKLWan
 
-                diffusers_assigned(AutoencoderKLWan, path, torch.float32).decode(z)
+                vae = diffusers_assigned(AutoencoderKLWan, path, torch.float32)
+                loaded()
+                vae.decode(z)
 
 
 def diffusers_assigned(cls, path: Path, dtype: torch.dtype):
@@ -218,9 +245,9 @@ def probe(args) -> None:
     with torch.device("meta"):  # the first init on the meta device loads torch's meta kernels (~80 MB of code)
         torch.nn.Embedding(2, 2)
     size = SIZES[CASES[args.case][0]][1 if args.tiny else 0]
-    base = rss_kb("VmRSS:")
-    first_run(args.case, args.probe, Path(args.path), size)
-    print(json.dumps({"growth": (rss_kb("VmHWM:") - base) * 1024}))
+    base, at_load = rss_kb("VmRSS:"), []
+    first_run(args.case, args.probe, Path(args.path), size, lambda: at_load.append(rss_kb("VmHWM:")))
+    print(json.dumps({"growth": (rss_kb("VmHWM:") - base) * 1024, "load": (at_load[0] - base) * 1024}))
 
 
 def dit_working_set(case: str, s: dict) -> int:
@@ -244,10 +271,12 @@ def measure(case: str, args, folder: Path) -> None:
     runs = {side: [] for side in sides}
     for _ in range(args.runs):
         for side in sides:
-            runs[side].append(run_probe(Path(__file__), "--probe", side, *common)["growth"])
-    growth = {side: statistics.median(v) for side, v in runs.items()}
-    line = f"  {case:<9} file {total / 2**20:8.1f} MB   ours {growth['ours'] / 2**20:8.1f} MB = " \
-           f"{growth['ours'] / total:5.2f} x file"
+            runs[side].append(run_probe(Path(__file__), "--probe", side, *common))
+    growth = {side: statistics.median(r["growth"] for r in v) for side, v in runs.items()}
+    load = {side: statistics.median(r["load"] for r in v) for side, v in runs.items()}
+    line = f"  {case:<9} file {total / 2**20:8.1f} MB   load: ours {load['ours'] / total:4.2f} x file" + \
+        (f", {peer} {load[peer] / total:4.2f}" if peer else "") + \
+        f"   load + first run: ours {growth['ours'] / 2**20:8.1f} MB = {growth['ours'] / total:5.2f} x file"
     if case.startswith("dit"):
         work = dit_working_set(case, size)
         line += f" (target 1.1 x file + working set {work / 2**20:.0f} MB: {growth['ours'] / (1.1 * total + work):4.2f})"

@@ -159,3 +159,22 @@ def test_patched_weight_is_rebuilt_by_rows(kind, form, native, monkeypatch):
         monkeypatch.setattr(Linear, "compute_weight", lambda *a, **k: pytest.fail("rebuilt whole"))
     out = layer(x)
     assert torch.equal(out, expected), kind
+
+
+@pytest.mark.parametrize("kind", ["lora", "full", "loha", "dora rows", "lora then full", "dora columns", "lokr"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_merge_goes_by_rows_and_equals_the_whole_merge(kind, dtype, monkeypatch):
+    """Merging patches into a float weight (``patches.merged``) builds it a block of rows at a time where every patch
+    is row by row, bit-equal to the whole float32 patched weight rounded once (``apply_all``, the oracle: every
+    patch's own formula on the whole weight); DoRA normed per column and LoKr merge whole."""
+    from wan.weights import patches as P
+
+    w = (torch.randn(OUT, IN, generator=torch.Generator().manual_seed(4)) * 0.05).to(dtype)
+    expected = P.apply_all(w, _patches(kind)).to(dtype)
+    step = 602  # MERGE_VALUES // IN = 682 rows a block at most, 5 blocks: made even
+    calls = []
+    whole = P.apply_all
+    monkeypatch.setattr(P, "apply_all", lambda t, p: calls.append(t.shape[0]) or whole(t, p))
+    out = P.merged(w, _patches(kind))
+    assert out.dtype == dtype and torch.equal(out, expected), kind
+    assert calls == ([OUT] if kind in ("dora columns", "lokr") else [min(step, OUT - s) for s in range(0, OUT, step)])

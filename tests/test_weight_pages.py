@@ -82,3 +82,41 @@ def test_shared_memory_is_never_released():
     copy = t.clone()
     assert MappedPages().release(t) == 0
     assert torch.equal(t, copy)
+
+
+def test_a_merged_lora_holds_no_copy_of_the_weights_it_replaced(tmp_path):
+    """A bf16 file loaded for bf16 compute (its weights are views of the file) with a LoRA merged into every
+    attention and feed-forward layer: the file's pages of those layers are given back after the merge; the merged
+    weights equal W + scale * up @ down computed here from the two files, and the unpatched root, run again, still
+    reads the file's weights."""
+    from wan.lora import apply_lora
+    from wan.lora.demo import write_demo_lora
+
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in WanDiT(WanDiTConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2))
+                  .state_dict().items()}
+    g = torch.Generator().manual_seed(0)
+    sd = {k: (torch.randn(shape, generator=g) * 0.02).bfloat16() for k, shape in shapes.items()}
+    path = save_safetensors(sd, tmp_path / "dit_bf16.safetensors")
+    lora_path = write_demo_lora(path, tmp_path / "lora.safetensors", rank=4)
+    root = wan.load_dit(path, dtype="bf16")
+    for p in root.parameters():
+        p.sum()  # every page of the file resident, as after a run
+    patched_names = [k for k in sd if k.endswith(".weight") and (".self_attn." in k or ".cross_attn." in k
+                                                                 or ".ffn." in k) and sd[k].dim() == 2]
+    patched_bytes = sum(sd[k].numel() * 2 for k in patched_names)
+    before = resident_bytes(path)
+    assert before >= patched_bytes
+    model = apply_lora(root, lora_path, strength=1.0)
+    assert resident_bytes(path) <= before - patched_bytes + len(patched_names) * 2 * 4096, \
+        (resident_bytes(path), before, patched_bytes)
+    lora = load_file(str(lora_path))
+    reference = load_file(str(path))
+    for name in patched_names:
+        stem = "diffusion_model." + name[: -len(".weight")]
+        down, up = lora[f"{stem}.lora_down.weight"], lora[f"{stem}.lora_up.weight"]
+        scale = float(lora[f"{stem}.alpha"]) / down.shape[0]
+        want = (reference[name].float() + scale * (up @ down)).bfloat16()
+        got = model.get_parameter(name)
+        assert torch.allclose(got.float(), want.float(), rtol=0, atol=2 ** -9), name  # one bf16 rounding apart
+        assert torch.equal(root.get_parameter(name), reference[name])  # the root reads the file back

@@ -11,6 +11,10 @@ Where a patch goes:
   the layer and applied on the fly, exactly as merging would (``wan.weights.ops.Linear``);
 - a ``Linear`` weight in fp8 or a quantised format: always on the fly (the stored weight stays compact);
 - any other parameter (modulation, norms, biases, the patch embedding): merged (they are small).
+
+A merge reads the root's weight into this process; where that weight is a view of its file's memory map (a model
+loaded in the file's dtype), its pages are given back once merged (``wan.weights.pages``): the patched model holds
+the merged copy alone, and the root reads the pages back from the file if it runs again.
 """
 from __future__ import annotations
 
@@ -23,7 +27,8 @@ import torch.nn as nn
 from ..errors import InputError
 from ..memory.place import send_home
 from .ops import FLOAT_DTYPES, Linear
-from .patches import Patch, apply_all
+from .pages import MappedPages
+from .patches import Patch, merged
 
 
 @dataclass(frozen=True)
@@ -70,9 +75,9 @@ def build(root: nn.Module, sets: list[PatchSet], merge: bool = True) -> nn.Modul
         for name, patches in s.patches.items():
             by_param.setdefault(name, []).extend(patches)
     send_home(root)  # a model kept on the GPU first gets its own tensors back: the copy shares those
-    clone = shallow_clone(root)
+    clone, pages = shallow_clone(root), MappedPages()
     for name, patches in by_param.items():
-        _patch_parameter(clone, name, tuple(patches), merge)
+        _patch_parameter(clone, name, tuple(patches), merge, pages)
     object.__setattr__(clone, "patch_root", root)  # a plain reference, not a submodule of the clone
     object.__setattr__(clone, "patch_sets", tuple(sets))
     return clone
@@ -91,7 +96,8 @@ def shallow_clone(module: nn.Module) -> nn.Module:
     return new
 
 
-def _patch_parameter(model: nn.Module, name: str, patches: tuple[Patch, ...], merge: bool) -> None:
+def _patch_parameter(model: nn.Module, name: str, patches: tuple[Patch, ...], merge: bool,
+                     pages: MappedPages) -> None:
     owner_name, _, attr = name.rpartition(".")
     try:
         owner = model.get_submodule(owner_name)
@@ -104,8 +110,8 @@ def _patch_parameter(model: nn.Module, name: str, patches: tuple[Patch, ...], me
         if not merge or owner.weight_format is not None or param.dtype not in FLOAT_DTYPES:
             owner.weight_patches = owner.weight_patches + patches
             return
-    merged = apply_all(param.data, patches).to(param.dtype)
-    owner._parameters[attr] = nn.Parameter(merged, requires_grad=False)
+    owner._parameters[attr] = nn.Parameter(merged(param.data, patches), requires_grad=False)
+    pages.release(param.data)  # the root's mapped copy: read back from the file only if the root runs again
 
 
 def merged_weight(layer: Linear, dtype: torch.dtype | None = None) -> torch.Tensor:
