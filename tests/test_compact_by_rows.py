@@ -171,10 +171,31 @@ def test_merge_goes_by_rows_and_equals_the_whole_merge(kind, dtype, monkeypatch)
 
     w = (torch.randn(OUT, IN, generator=torch.Generator().manual_seed(4)) * 0.05).to(dtype)
     expected = P.apply_all(w, _patches(kind)).to(dtype)
-    step = 602  # MERGE_VALUES // IN = 682 rows a block at most, 5 blocks: made even
+    blocks = [stop - start for start, stop in P.even_blocks(OUT, P.MERGE_VALUES // IN)]
+    assert len(blocks) == 5 and max(blocks) <= P.MERGE_VALUES // IN
     calls = []
     whole = P.apply_all
     monkeypatch.setattr(P, "apply_all", lambda t, p: calls.append(t.shape[0]) or whole(t, p))
     out = P.merged(w, _patches(kind))
     assert out.dtype == dtype and torch.equal(out, expected), kind
-    assert calls == ([OUT] if kind in ("dora columns", "lokr") else [min(step, OUT - s) for s in range(0, OUT, step)])
+    assert calls == ([OUT] if kind in ("dora columns", "lokr") else blocks)
+
+
+def test_even_blocks_cover_the_rows_in_blocks_of_one_aligned_size():
+    """``even_blocks``: consecutive blocks covering every row once, none over ``most`` rows, all of one size but the
+    last, that size a multiple of 64 where ``most`` >= 64, and as few blocks as that allows."""
+    from wan.weights.patches import BLOCK_ALIGN, even_blocks
+
+    g = torch.Generator().manual_seed(0)
+    cases = [(8960, 2730), (1536, 468), (8960, 682), (1, 256), (64, 64), (5, 2)] + \
+        [(int(n), int(m)) for n, m in zip(torch.randint(1, 20000, (300,), generator=g),
+                                          torch.randint(1, 5000, (300,), generator=g))]
+    for n, most in cases:
+        blocks = even_blocks(n, most)
+        sizes = [stop - start for start, stop in blocks]
+        assert blocks[0][0] == 0 and blocks[-1][1] == n and sum(sizes) == n, (n, most)
+        assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:])), (n, most)
+        assert max(sizes) <= most and len(set(sizes[:-1])) <= 1 and sizes[-1] <= sizes[0], (n, most)
+        if most >= BLOCK_ALIGN and len(blocks) > 1:
+            assert sizes[0] % BLOCK_ALIGN == 0 and len(blocks) == -(-n // (most // BLOCK_ALIGN * BLOCK_ALIGN))
+    assert [b - a for a, b in even_blocks(8960, 2730)] == [2240] * 4  # not 2730 x 3 + 770

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..quant import fp8_product
-from .patches import apply_all, rows_of
+from .patches import apply_all, even_blocks, rows_of
 from ..quant.fp8 import SCALED_FP8
 from ..quant.fp8_product import HALF_DTYPES
 
@@ -189,15 +189,15 @@ def products_by_rows(x: torch.Tensor, weight_rows, n_out: int, bias: torch.Tenso
         w = weight_rows(0, n_out)
         return widened(F.linear, x, w, bias) if wide else F.linear(x, w, bias)
     out = torch.empty(rows.shape[0], n_out, dtype=x.dtype, device=x.device)
-    for c in range(0, n_out, step):
-        w, b = weight_rows(c, min(c + step, n_out)), None if bias is None else bias[c:c + step]
-        if not wide:  # the output's columns c:c+step are a strided view the product writes in place
-            columns = out[:, c:c + step]
+    for c, d in even_blocks(n_out, step):
+        w, b = weight_rows(c, d), None if bias is None else bias[c:d]
+        if not wide:  # the output's columns c:d are a strided view the product writes in place
+            columns = out[:, c:d]
             torch.mm(rows, w.t(), out=columns) if b is None else torch.addmm(b, rows, w.t(), out=columns)
             continue
         w, b = w.float(), None if b is None else b.float()
-        for r in range(0, rows.shape[0], step):
-            out[r:r + step, c:c + step] = F.linear(rows[r:r + step].float(), w, b)
+        for r, s in even_blocks(rows.shape[0], step):
+            out[r:s, c:d] = F.linear(rows[r:s].float(), w, b)
     return out.reshape(*x.shape[:-1], n_out)
 
 
