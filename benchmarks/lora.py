@@ -7,8 +7,9 @@ Forward: a rank-32 LoRA on every Linear layer kept unmerged (``merge=False``: pa
 quantised weights always are) against the same model without LoRA, repeats interleaved, medians; target ratio
 <= 1.05 at dim >= 1536. The merged LoRA is timed too (it should cost nothing per step).
 Load: in fresh subprocesses, wall time and peak RSS growth of ``load_dit`` (every weight touched) with and without
-``apply_lora`` (merged), for a bf16 file (merged layers are new tensors: extra memory for them) and a scaled fp8
-file (on the fly: no extra memory beyond the LoRA itself).
+``apply_lora`` (merged), for a bf16 file (merged layers are new tensors, and the file's pages of the layers they
+replace are given back: about the LoRA's size extra) and a scaled fp8 file (on the fly: no extra memory beyond the
+LoRA itself).
 """
 from __future__ import annotations
 
