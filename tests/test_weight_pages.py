@@ -120,3 +120,62 @@ def test_a_merged_lora_holds_no_copy_of_the_weights_it_replaced(tmp_path):
         got = model.get_parameter(name)
         assert torch.allclose(got.float(), want.float(), rtol=0, atol=2 ** -9), name  # one bf16 rounding apart
         assert torch.equal(root.get_parameter(name), reference[name])  # the root reads the file back
+
+
+def test_trim_heap_gives_freed_heap_pages_back():
+    """``trim_heap`` (glibc ``malloc_trim``): the resident size falls by the freed heap chunks that lie between live
+    ones (which ``free`` cannot return to the system)."""
+    from wan.weights.pages import trim_heap
+
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    if not hasattr(libc, "malloc_trim"):
+        pytest.skip("not glibc")
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
+    libc.free.argtypes = (ctypes.c_void_p,)
+    size = 64 * 1024 - 64  # below the mmap threshold: heap chunks
+    chunks = [libc.malloc(size) for _ in range(3200)]
+    for c in chunks:
+        ctypes.memset(c, 1, size)
+    for c in chunks[::2]:
+        libc.free(c)  # ~100 MB of holes between live chunks of the same size: free, still resident
+    before = resident()
+    assert trim_heap() is True
+    assert resident() < before - 64 * 2 ** 20, (before, resident())
+    for c in chunks[1::2]:
+        libc.free(c)
+
+
+def resident() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * 4096
+
+
+def test_a_merge_trims_the_heap_every_trim_bytes(tmp_path, monkeypatch):
+    """A merging ``build`` trims the C heap after each ``TRIM_BYTES`` of merged weights (none when patching on the
+    fly)."""
+    from wan.lora import apply_lora
+    from wan.lora.demo import write_demo_lora
+    from wan.weights import patching
+
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in WanDiT(WanDiTConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2))
+                  .state_dict().items()}
+    sd = {k: torch.zeros(shape, dtype=torch.bfloat16) for k, shape in shapes.items()}
+    path = save_safetensors(sd, tmp_path / "dit.safetensors")
+    lora_path = write_demo_lora(path, tmp_path / "lora.safetensors", rank=4)
+    merged = [k for k, v in sd.items() if v.dim() == 2 and any(p in k for p in (".self_attn.", ".cross_attn.",
+                                                                               ".ffn."))]
+    calls = []
+    monkeypatch.setattr(patching, "trim_heap", lambda: calls.append(1) or True)
+    monkeypatch.setattr(patching, "TRIM_BYTES", 1)  # after every merged weight
+    model = wan.load_dit(path, dtype="bf16")
+    apply_lora(model, lora_path)
+    assert len(calls) == len(merged) == 20
+    calls.clear()
+    monkeypatch.setattr(patching, "TRIM_BYTES", 256 * 256 * 2 * 10)  # 10 attention weights: every 2.x blocks
+    apply_lora(model, lora_path, strength=0.5)
+    assert 1 <= len(calls) < 4
+    calls.clear()
+    apply_lora(model, lora_path, merge=False)
+    assert calls == []

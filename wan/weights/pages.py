@@ -11,6 +11,9 @@ Only pages of a file mapping are dropped (never anonymous memory, whose contents
 of a file mapping reads back from the file if it is touched again: nothing is lost as long as the mapped weights
 are never written in place, which no code of the pack does (patches, casts and merges make new tensors). Linux
 only; elsewhere a no-op.
+
+``trim_heap`` gives back the free pages of the C heap itself, for a long series of allocations (a LoRA merge) that
+leaves free chunks between the tensors it keeps.
 """
 from __future__ import annotations
 
@@ -81,3 +84,25 @@ def _libc_madvise():
 
 
 _madvise = _libc_madvise()
+
+
+def _libc_trim():
+    try:
+        fn = ctypes.CDLL(None).malloc_trim if sys.platform.startswith("linux") else None
+    except (OSError, AttributeError):  # not glibc (musl has none)
+        return None
+    if fn is not None:
+        fn.argtypes, fn.restype = (ctypes.c_size_t,), ctypes.c_int
+    return fn
+
+
+_malloc_trim = _libc_trim()
+
+
+def trim_heap() -> bool:
+    """Give the C heap's free pages back to the system (glibc ``malloc_trim``; elsewhere nothing): the free chunks
+    a long run of allocations leaves between live ones stay resident otherwise. Returns whether it could."""
+    if _malloc_trim is None:
+        return False
+    _malloc_trim(0)
+    return True

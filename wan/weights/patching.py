@@ -14,7 +14,10 @@ Where a patch goes:
 
 A merge reads the root's weight into this process; where that weight is a view of its file's memory map (a model
 loaded in the file's dtype), its pages are given back once merged (``wan.weights.pages``): the patched model holds
-the merged copy alone, and the root reads the pages back from the file if it runs again.
+the merged copy alone, and the root reads the pages back from the file if it runs again. Every ``TRIM_BYTES`` of
+merged weights the C heap's free pages are given back (``trim_heap``): the merge's temporaries otherwise leave free
+chunks between the merged tensors that stay resident (a 0.43 GB model with a LoRA on every layer: peak 0.54-0.58
+GB over the load before, 0.47-0.48 GB with it, at the same speed).
 """
 from __future__ import annotations
 
@@ -27,8 +30,11 @@ import torch.nn as nn
 from ..errors import InputError
 from ..memory.place import send_home
 from .ops import FLOAT_DTYPES, Linear
-from .pages import MappedPages
+from .pages import MappedPages, trim_heap
 from .patches import Patch, merged
+
+
+TRIM_BYTES = 32 << 20  # merged bytes between two trims of the C heap
 
 
 @dataclass(frozen=True)
@@ -75,9 +81,11 @@ def build(root: nn.Module, sets: list[PatchSet], merge: bool = True) -> nn.Modul
         for name, patches in s.patches.items():
             by_param.setdefault(name, []).extend(patches)
     send_home(root)  # a model kept on the GPU first gets its own tensors back: the copy shares those
-    clone, pages = shallow_clone(root), MappedPages()
+    clone, pages, since_trim = shallow_clone(root), MappedPages(), 0
     for name, patches in by_param.items():
-        _patch_parameter(clone, name, tuple(patches), merge, pages)
+        since_trim += _patch_parameter(clone, name, tuple(patches), merge, pages)
+        if since_trim >= TRIM_BYTES and trim_heap():
+            since_trim = 0
     object.__setattr__(clone, "patch_root", root)  # a plain reference, not a submodule of the clone
     object.__setattr__(clone, "patch_sets", tuple(sets))
     return clone
@@ -97,7 +105,9 @@ def shallow_clone(module: nn.Module) -> nn.Module:
 
 
 def _patch_parameter(model: nn.Module, name: str, patches: tuple[Patch, ...], merge: bool,
-                     pages: MappedPages) -> None:
+                     pages: MappedPages) -> int:
+    """Patch one parameter of ``model``; returns the bytes of the merged tensor it made (0 when patched on the
+    fly)."""
     owner_name, _, attr = name.rpartition(".")
     try:
         owner = model.get_submodule(owner_name)
@@ -109,9 +119,11 @@ def _patch_parameter(model: nn.Module, name: str, patches: tuple[Patch, ...], me
     if isinstance(owner, Linear) and attr == "weight":
         if not merge or owner.weight_format is not None or param.dtype not in FLOAT_DTYPES:
             owner.weight_patches = owner.weight_patches + patches
-            return
-    owner._parameters[attr] = nn.Parameter(merged(param.data, patches), requires_grad=False)
+            return 0
+    new = merged(param.data, patches)
+    owner._parameters[attr] = nn.Parameter(new, requires_grad=False)
     pages.release(param.data)  # the root's mapped copy: read back from the file only if the root runs again
+    return new.numel() * new.element_size()
 
 
 def merged_weight(layer: Linear, dtype: torch.dtype | None = None) -> torch.Tensor:
