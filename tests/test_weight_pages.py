@@ -152,8 +152,8 @@ def resident() -> int:
 
 
 def test_a_merge_trims_the_heap_every_trim_bytes(tmp_path, monkeypatch):
-    """A merging ``build`` trims the C heap after each ``TRIM_BYTES`` of merged weights (none when patching on the
-    fly)."""
+    """A merging ``build`` trims the C heap after each ``TRIM_BYTES`` of merged weights and at the end (none when
+    patching on the fly)."""
     from wan.lora import apply_lora
     from wan.lora.demo import write_demo_lora
     from wan.weights import patching
@@ -175,7 +175,7 @@ def test_a_merge_trims_the_heap_every_trim_bytes(tmp_path, monkeypatch):
     calls.clear()
     monkeypatch.setattr(patching, "TRIM_BYTES", 256 * 256 * 2 * 10)  # 10 attention weights: every 2.x blocks
     apply_lora(model, lora_path, strength=0.5)
-    assert 1 <= len(calls) < 4
+    assert 2 <= len(calls) <= 4  # and one at the end
     calls.clear()
     apply_lora(model, lora_path, merge=False)
     assert calls == []
