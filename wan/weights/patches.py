@@ -243,9 +243,9 @@ BLOCK_ALIGN = 64  # rows: a multiple of the matrix kernels' tile widths
 
 def even_blocks(n: int, most: int) -> list[tuple[int, int]]:
     """``[start, stop)`` of the fewest blocks of at most ``most`` rows that cover ``n``, of one size (a multiple of
-    ``BLOCK_ALIGN`` where ``most`` is at least that; the last block shorter): no block of a few rows, which a matrix product computes slowly (in
-    float32 at 1 thread, 8960 output columns by blocks of 2730 + 770 took 1.19x the whole product, by 4 x 2240
-    1.02x) and may compute by another path."""
+    ``BLOCK_ALIGN`` where ``most`` is at least that; the last block shorter): no block of a few rows, which a matrix
+    product computes slowly (float32, 1 thread: 8960 output columns by blocks of 2730 x 3 + 770 took 1.19x the
+    whole product, by 4 x 2240 1.02x) and may compute by another path."""
     most = most // BLOCK_ALIGN * BLOCK_ALIGN if most >= BLOCK_ALIGN else max(1, most)
     count = -(-n // most)
     size = -(-n // count)

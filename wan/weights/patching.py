@@ -15,9 +15,9 @@ Where a patch goes:
 A merge reads the root's weight into this process; where that weight is a view of its file's memory map (a model
 loaded in the file's dtype), its pages are given back once merged (``wan.weights.pages``): the patched model holds
 the merged copy alone, and the root reads the pages back from the file if it runs again. Every ``TRIM_BYTES`` of
-merged weights, and at the end, the C heap's free pages are given back (``trim_heap``): the merge's temporaries otherwise leave free
-chunks between the merged tensors that stay resident (a 0.43 GB model with a LoRA on every layer: peak 0.54-0.58
-GB over the load before, 0.47-0.48 GB with it, at the same speed).
+merged weights, and at the end, the C heap's free pages are given back (``trim_heap``): the merge's temporaries
+otherwise leave free chunks between the merged tensors that stay resident (a 0.43 GB model with a LoRA on every
+layer: peak 0.54-0.58 GB over the load before, 0.47-0.48 GB with it, at the same speed).
 """
 from __future__ import annotations
 
