@@ -76,11 +76,11 @@ def write_files(case: str, s: dict, folder: Path) -> Path:
         from benchmarks.dit_forward import random_official_weights
         from wan.dit.config import WanDiTConfig
 
+        from safetensors.torch import save_file
+
         weights = random_official_weights(WanDiTConfig(dim=s["dim"], ffn_dim=s["ffn"], num_heads=s["heads"],
                                                        num_layers=s["layers"]))
         if case == "dit-lora":
-            from safetensors.torch import save_file
-
             from wan.lora.demo import write_demo_lora
 
             (folder / case).mkdir()
@@ -88,8 +88,6 @@ def write_files(case: str, s: dict, folder: Path) -> Path:
             write_demo_lora(folder / case / "dit.safetensors", folder / case / "lora.safetensors", rank=32)
             return folder / case
         if case == "dit-fp8":
-            from safetensors.torch import save_file
-
             fp8 = {k: v.to(torch.float8_e4m3fn) if v.dim() == 2 and ".weight" in k else v.to(torch.bfloat16)
                    for k, v in weights.items()}
             save_file(fp8, str(folder / "dit_fp8.safetensors"))

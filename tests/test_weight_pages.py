@@ -36,6 +36,13 @@ def resident_bytes(path: Path) -> int:
     return total
 
 
+def dit_shapes() -> dict[str, torch.Size]:
+    """The parameter shapes of a small DiT (dim 256, 2 layers)."""
+    with torch.device("meta"):
+        model = WanDiT(WanDiTConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2))
+    return {k: v.shape for k, v in model.state_dict().items()}
+
+
 def test_release_drops_a_mapped_tensor_s_pages_and_it_reads_back(tmp_path):
     path = tmp_path / "w.safetensors"
     save_file({"a": torch.randn(512, 1024), "b": torch.randn(8)}, str(path))
@@ -61,9 +68,7 @@ def test_anonymous_memory_is_never_released():
 def test_a_converting_load_holds_no_copy_of_the_file(tmp_path):
     """A float32 file loaded for bf16 compute: besides the float32 islands (kept as views of the file), none of the
     file stays resident once loaded (before: all of it, beside the bf16 copy)."""
-    with torch.device("meta"):
-        shapes = {k: v.shape for k, v in WanDiT(WanDiTConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2))
-                  .state_dict().items()}
+    shapes = dit_shapes()
     g = torch.Generator().manual_seed(0)
     sd = {k: torch.randn(shape, generator=g) * 0.02 for k, shape in shapes.items()}
     path = save_safetensors(sd, tmp_path / "dit_fp32.safetensors")
@@ -92,9 +97,7 @@ def test_a_merged_lora_holds_no_copy_of_the_weights_it_replaced(tmp_path):
     from wan.lora import apply_lora
     from wan.lora.demo import write_demo_lora
 
-    with torch.device("meta"):
-        shapes = {k: v.shape for k, v in WanDiT(WanDiTConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2))
-                  .state_dict().items()}
+    shapes = dit_shapes()
     g = torch.Generator().manual_seed(0)
     sd = {k: (torch.randn(shape, generator=g) * 0.02).bfloat16() for k, shape in shapes.items()}
     path = save_safetensors(sd, tmp_path / "dit_bf16.safetensors")
@@ -158,9 +161,7 @@ def test_a_merge_trims_the_heap_every_trim_bytes(tmp_path, monkeypatch):
     from wan.lora.demo import write_demo_lora
     from wan.weights import patching
 
-    with torch.device("meta"):
-        shapes = {k: v.shape for k, v in WanDiT(WanDiTConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2))
-                  .state_dict().items()}
+    shapes = dit_shapes()
     sd = {k: torch.zeros(shape, dtype=torch.bfloat16) for k, shape in shapes.items()}
     path = save_safetensors(sd, tmp_path / "dit.safetensors")
     lora_path = write_demo_lora(path, tmp_path / "lora.safetensors", rank=4)

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..quant import fp8_product
-from .patches import apply_all, even_blocks, rows_of
+from .patches import apply_all, even_blocks, restricts_to_rows, rows_of
 from ..quant.fp8 import SCALED_FP8
 from ..quant.fp8_product import HALF_DTYPES
 
@@ -51,7 +51,7 @@ class Linear(nn.Linear):
             return y
         if not self.weight_patches:
             return self._product(x, bias)
-        if self._by_rows(x) and rows_of(self.weight_patches, 0, 1, self.weight_shape) is not None:
+        if self._by_rows(x) and restricts_to_rows(self.weight_patches, self.weight_shape):
             return products_by_rows(x, lambda a, b: self.compute_weight_rows(a, b, x.dtype, x.device),
                                     self.out_features, bias)
         return linear(x, self.compute_weight(x.dtype, x.device), bias)

@@ -72,31 +72,21 @@ def file_mappings() -> list[tuple[int, int]]:
     return ranges
 
 
-def _libc_madvise():
+def _libc(name: str, argtypes: tuple, use_errno: bool = False):
+    """The C library's function ``name`` with its argument types (returning int); None off Linux or where the
+    library has none (``malloc_trim`` is glibc's)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        fn = ctypes.CDLL(None, use_errno=True).madvise
+        fn = getattr(ctypes.CDLL(None, use_errno=use_errno), name)
     except (OSError, AttributeError):
         return None
-    fn.argtypes, fn.restype = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int), ctypes.c_int
+    fn.argtypes, fn.restype = argtypes, ctypes.c_int
     return fn
 
 
-_madvise = _libc_madvise()
-
-
-def _libc_trim():
-    try:
-        fn = ctypes.CDLL(None).malloc_trim if sys.platform.startswith("linux") else None
-    except (OSError, AttributeError):  # not glibc (musl has none)
-        return None
-    if fn is not None:
-        fn.argtypes, fn.restype = (ctypes.c_size_t,), ctypes.c_int
-    return fn
-
-
-_malloc_trim = _libc_trim()
+_madvise = _libc("madvise", (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int), use_errno=True)
+_malloc_trim = _libc("malloc_trim", (ctypes.c_size_t,))
 
 
 def trim_heap() -> bool:

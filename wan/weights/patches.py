@@ -207,6 +207,11 @@ class Decomposed(Patch):
         return Decomposed(self.inner.moved(fn), fn(self.magnitude), self.strength)
 
 
+def restricts_to_rows(patches, shape) -> bool:
+    """Whether every patch of a weight of ``shape`` applies to a block of its rows alone (``Patch.rows``)."""
+    return rows_of(patches, 0, 1, shape) is not None
+
+
 def rows_of(patches, start: int, stop: int, shape) -> list[Patch] | None:
     """Each patch restricted to rows ``start:stop`` of a weight of ``shape``; None if one of them cannot be."""
     out = [patch.rows(start, stop, shape) for patch in patches]
@@ -230,7 +235,7 @@ def merged(w: torch.Tensor, patches) -> torch.Tensor:
     would be: no float32 copy of the whole weight (a 14B feed-forward weight: 283 MB of float32 and as much again
     for its difference, beside the result)."""
     step = max(1, MERGE_VALUES // max(1, w.shape[1])) if w.dim() == 2 else 0
-    if not step or step >= w.shape[0] or rows_of(patches, 0, 1, w.shape) is None:
+    if not step or step >= w.shape[0] or not restricts_to_rows(patches, w.shape):
         return apply_all(w, patches).to(w.dtype)
     out = torch.empty_like(w, memory_format=torch.contiguous_format)
     for start, stop in even_blocks(w.shape[0], step):
